@@ -1,1 +1,60 @@
-//! Placeholder.
+//! ivchan's wire protocol: the layout of the shared region and a lock-free
+//! single-producer/single-consumer ring per direction.
+//!
+//! The crate does no I/O and no allocation on the data path; it works on any
+//! region of at least 1 MiB that it is handed as a pointer and a length
+//! ([`Region`]). `no_std` without the default `std` feature.
+//!
+//! ```
+//! use ivchan_protocol::{Header, InitParams, Region, Side};
+//!
+//! // Normally an mmap of /dev/shm/fg_<uuid> or of the guest's BAR2.
+//! let mut memory = vec![0u64; (1 << 20) / 8];
+//! let region = Region::from_words(&mut memory);
+//! let params = InitParams { uuid: [7; 16], name: "demo", ring_size: None };
+//! let header = Header::create(region, &params)?;
+//!
+//! let (mut host_tx, _host_rx) = header.split(Side::Host)?;
+//! let (_guest_tx, mut guest_rx) = header.split(Side::Guest)?;
+//!
+//! // Copy API.
+//! assert!(host_tx.send(b"hello")?);
+//! let mut buf = [0u8; 64];
+//! assert_eq!(guest_rx.recv_into(&mut buf)?, Some(5));
+//! assert_eq!(&buf[..5], b"hello");
+//!
+//! // Zero-copy API: reserve, write in place, commit; peek, read, release.
+//! let mut grant = host_tx.reserve(4)?.expect("ring has room");
+//! grant.copy_from_slice(b"ping");
+//! grant.commit(4)?;
+//! let msg = guest_rx.peek()?.expect("a message");
+//! assert_eq!(&*msg, b"ping");
+//! msg.release();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! `docs/PROTOCOL.md` specifies the format for other implementations.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+mod error;
+pub mod layout;
+#[cfg(feature = "alloc")]
+mod model;
+mod region;
+pub mod ring;
+mod sync;
+
+pub use error::{Error, LayoutError, Violation};
+pub use layout::{
+    Direction, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side, SideStatus,
+};
+#[cfg(feature = "alloc")]
+pub use model::HeapRing;
+pub use region::Region;
+pub use ring::{Consumer, DirectMemory, Producer, ReadGrant, RingMemory, Word, WriteGrant};
+pub use sync::Ordering;
