@@ -318,7 +318,7 @@ fn cases() -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Any interleaving of reserve/commit/stage/publish/peek/release agrees
     /// with a queue model: same messages, same order, and "full" only when
