@@ -176,8 +176,7 @@ fn run_receiver(path: &Path, reports: &Path) {
     let last = bytes
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .filter(|&s| s != u64::MAX)
-        .last();
+        .rfind(|&s| s != u64::MAX);
     // A new incarnation may see up to BATCH redelivered messages.
     let mut window = match last {
         None => 0..=0,
