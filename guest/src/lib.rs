@@ -1,1 +1,31 @@
-//! Placeholder.
+//! ivchan's guest side: find the ivshmem device under sysfs, map its BAR2,
+//! check that the region is this VM's, and (later) exchange messages.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use ivchan_guest::{select_waiting, MapOptions, Selector};
+//!
+//! // The device whose header carries this VM's UUID (product_uuid).
+//! let bar = select_waiting(Path::new("/sys"), &Selector::Identity,
+//!                          &MapOptions::default(), Duration::from_secs(30))?;
+//! let header = bar.header()?;
+//! println!("{}", ivchan_guest::report::describe(&header));
+//! # Ok::<(), ivchan_guest::GuestError>(())
+//! ```
+//!
+//! Mapping needs root (sysfs `resource2` is 0600) and a kernel that is not in
+//! lockdown mode. All `unsafe` code is in [`mapping`].
+
+pub mod discovery;
+mod error;
+pub mod mapping;
+pub mod report;
+pub mod select;
+mod vm_uuid;
+
+pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
+pub use error::GuestError;
+pub use mapping::{MapOptions, MappedBar};
+pub use select::{select, select_waiting, Selector};
+pub use vm_uuid::{UuidError, VmUuid};

@@ -1,0 +1,118 @@
+//! The VM's UUID as ivchan names and compares it.
+//!
+//! One type for both sides: the host parses it from a region file's name
+//! (`fg_<uuid>`), the guest from `/sys/class/dmi/id/product_uuid`, and both
+//! compare it with the 16 bytes in the region header. It belongs in
+//! `ivchan-protocol` (behind `std`); it lives here until it moves, and
+//! `ivchan-host` re-exports it.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A VM UUID in RFC 4122 byte order: the bytes in the order their hex digits
+/// appear in the canonical text form `8-4-4-4-12`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmUuid([u8; 16]);
+
+/// A string that is not a canonical `8-4-4-4-12` hex UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a UUID (expected 8-4-4-4-12 hex digits, e.g. 5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c)")]
+pub struct UuidError {
+    /// The rejected text (truncated to 80 characters).
+    pub input: String,
+}
+
+impl VmUuid {
+    /// Wraps 16 bytes in RFC 4122 order (as stored in the region header).
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 16 bytes in RFC 4122 order.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl FromStr for VmUuid {
+    type Err = UuidError;
+
+    /// Accepts exactly the canonical form, upper or lower case hex. Nothing
+    /// else gets through: no braces, no `urn:uuid:`, no whitespace, no path
+    /// characters.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || UuidError {
+            input: s.chars().take(80).collect(),
+        };
+        let text = s.as_bytes();
+        if text.len() != 36 {
+            return Err(err());
+        }
+        let mut out = [0u8; 16];
+        let mut nibbles = 0usize;
+        for (i, &c) in text.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if c != b'-' {
+                    return Err(err());
+                }
+                continue;
+            }
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return Err(err()),
+            };
+            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            nibbles += 1;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for VmUuid {
+    /// Lower-case canonical form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_in_digit_order() {
+        let text = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
+        let u: VmUuid = text.parse().expect("valid");
+        assert_eq!(u.as_bytes()[..4], [0x5b, 0x7e, 0x6a, 0x0c]);
+        assert_eq!(u.as_bytes()[15], 0x2c);
+        assert_eq!(u.to_string(), text);
+        let upper: VmUuid = text.to_uppercase().parse().expect("valid");
+        assert_eq!(upper, u);
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for bad in [
+            "",
+            "../x",
+            "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2",
+            "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c0",
+            "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3bzz",
+            "5b7e6a0c11d2e-4f3a-9b8c-7d6e5f4a3b2c",
+            "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3/..",
+            "{b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2}",
+            " 5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2",
+            "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2\u{e9}",
+        ] {
+            assert!(bad.parse::<VmUuid>().is_err(), "accepted {bad:?}");
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! Discovery, selection and mapping against fake sysfs trees made of plain
+//! files (a regular `resource2` file of the right length maps like a BAR).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ivchan_guest::{
+    discover, select, select_waiting, DeviceKind, GuestError, MapOptions, MappedBar, Selector,
+    VmUuid,
+};
+use ivchan_protocol::{Header, InitParams, LayoutError, Side};
+
+const MIB: u64 = 1 << 20;
+const VM_A: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
+const VM_B: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+
+struct FakeSysfs {
+    dir: tempfile::TempDir,
+}
+
+struct Dev<'a> {
+    address: &'a str,
+    vendor: u16,
+    device: u16,
+    bar1: u64,
+    bar2: u64,
+    enabled: bool,
+    wc: bool,
+}
+
+impl<'a> Dev<'a> {
+    fn ivshmem(address: &'a str) -> Self {
+        Self {
+            address,
+            vendor: 0x1af4,
+            device: 0x1110,
+            bar1: 0,
+            bar2: 8 * MIB,
+            enabled: true,
+            wc: false,
+        }
+    }
+}
+
+impl FakeSysfs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("bus/pci/devices")).expect("mkdir");
+        Self { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn set_product_uuid(&self, text: &str) {
+        let dir = self.root().join("class/dmi/id");
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("product_uuid"), format!("{text}\n")).expect("write");
+    }
+
+    fn add(&self, dev: &Dev<'_>) -> PathBuf {
+        let dir = self.root().join("bus/pci/devices").join(dev.address);
+        fs::create_dir_all(&dir).expect("mkdir");
+        let w = |name: &str, text: String| fs::write(dir.join(name), text).expect("write");
+        w("vendor", format!("{:#06x}\n", dev.vendor));
+        w("device", format!("{:#06x}\n", dev.device));
+        w("revision", "0x01\n".into());
+        w("subsystem_vendor", "0x1af4\n".into());
+        w("subsystem_device", "0x1100\n".into());
+        w("enable", if dev.enabled { "1\n" } else { "0\n" }.into());
+        let line = |start: u64, size: u64, flags: u64| {
+            if size == 0 {
+                "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".to_owned()
+            } else {
+                format!("{start:#018x} {:#018x} {flags:#018x}\n", start + size - 1)
+            }
+        };
+        let mut resource = line(0xfebf_1000, 256, 0x40200);
+        resource += &line(0xfebf_2000, dev.bar1, 0x40200);
+        resource += &line(0xfe00_0000_0000, dev.bar2, 0x14220c);
+        for _ in 3..7 {
+            resource += &line(0, 0, 0);
+        }
+        w("resource", resource);
+        let bar = fs::File::create(dir.join("resource2")).expect("create");
+        bar.set_len(dev.bar2).expect("size");
+        if dev.wc {
+            let bar = fs::File::create(dir.join("resource2_wc")).expect("create");
+            bar.set_len(dev.bar2).expect("size");
+        }
+        dir
+    }
+
+    /// Writes an ivchan header into a device's fake BAR.
+    fn write_header(&self, address: &str, uuid: &str, name: &str) {
+        let bar = select(
+            self.root(),
+            &Selector::Address(address.into()),
+            &MapOptions::default(),
+        )
+        .expect("map");
+        let uuid: VmUuid = uuid.parse().expect("uuid");
+        let params = InitParams {
+            uuid: *uuid.as_bytes(),
+            name,
+            ring_size: None,
+        };
+        Header::create(bar.region(), &params).expect("header");
+    }
+}
+
+#[test]
+fn finds_one_device_with_its_facts() {
+    let sys = FakeSysfs::new();
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    let devices = discover(sys.root()).expect("discover");
+    assert_eq!(devices.len(), 1);
+    let d = &devices[0];
+    assert_eq!(d.address, "0000:00:1f.0");
+    assert_eq!(d.revision, 1);
+    assert_eq!((d.subsystem_vendor, d.subsystem_device), (0x1af4, 0x1100));
+    assert_eq!(d.kind, DeviceKind::Plain);
+    assert_eq!(d.bar2_size, 8 * MIB);
+    assert!(d.enabled);
+    assert!(d.vendor_name().contains("Red Hat"), "{}", d.vendor_name());
+    assert!(
+        d.device_name().contains("shared memory"),
+        "{}",
+        d.device_name()
+    );
+
+    let bar = select(
+        sys.root(),
+        &Selector::Address(d.address.clone()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    assert_eq!(bar.len() as u64, 8 * MIB);
+    assert!(!bar.write_combining());
+    assert_eq!(bar.device().address, "0000:00:1f.0");
+}
+
+#[test]
+fn no_device_is_a_clear_error() {
+    let sys = FakeSysfs::new();
+    assert!(discover(sys.root()).expect("discover").is_empty());
+    let err = select(sys.root(), &Selector::Identity, &MapOptions::default()).unwrap_err();
+    assert!(matches!(err, GuestError::NoDevice { .. }), "{err}");
+    assert!(err.to_string().contains("no ivshmem device"), "{err}");
+}
+
+#[test]
+fn other_pci_devices_are_ignored() {
+    let sys = FakeSysfs::new();
+    let mut host_bridge = Dev::ivshmem("0000:00:00.0");
+    host_bridge.vendor = 0x8086;
+    host_bridge.device = 0x1237;
+    sys.add(&host_bridge);
+    let mut virtio = Dev::ivshmem("0000:00:03.0");
+    virtio.device = 0x1000; // same vendor, another device
+    sys.add(&virtio);
+    // A device directory with no readable files at all.
+    fs::create_dir_all(sys.root().join("bus/pci/devices/0000:00:04.0")).expect("mkdir");
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    let devices = discover(sys.root()).expect("discover");
+    let addresses: Vec<_> = devices.iter().map(|d| d.address.as_str()).collect();
+    assert_eq!(addresses, ["0000:00:1f.0"]);
+}
+
+#[test]
+fn doorbell_device_is_recognised_by_its_msix_bar() {
+    let sys = FakeSysfs::new();
+    let mut dev = Dev::ivshmem("0000:00:05.0");
+    dev.bar1 = 4096;
+    sys.add(&dev);
+    let devices = discover(sys.root()).expect("discover");
+    assert_eq!(devices[0].kind, DeviceKind::Doorbell);
+}
+
+#[test]
+fn identity_picks_the_right_device_among_several() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(&VM_B.to_uppercase());
+    for address in [
+        "0000:00:1d.0",
+        "0000:00:1e.0",
+        "0000:00:1f.0",
+        "0000:00:10.0",
+    ] {
+        sys.add(&Dev::ivshmem(address));
+    }
+    sys.write_header("0000:00:1d.0", VM_A, "other-vm");
+    sys.write_header("0000:00:1e.0", VM_B, "mine");
+    // 0000:00:1f.0 has no header; 0000:00:10.0 has garbage.
+    fs::write(
+        sys.root().join("bus/pci/devices/0000:00:10.0/resource2"),
+        vec![0xa5u8; MIB as usize],
+    )
+    .expect("write");
+
+    let bar = select(sys.root(), &Selector::Identity, &MapOptions::default()).expect("select");
+    assert_eq!(bar.device().address, "0000:00:1e.0");
+    let header = bar.header().expect("header");
+    assert_eq!(header.layout().name_str(), Some("mine"));
+    bar.check_identity(&header, &VM_B.parse().expect("uuid"))
+        .expect("identity");
+
+    let by_name = select(
+        sys.root(),
+        &Selector::Name("other-vm".into()),
+        &MapOptions::default(),
+    )
+    .expect("by name");
+    assert_eq!(by_name.device().address, "0000:00:1d.0");
+}
+
+#[test]
+fn several_matches_are_an_error() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    sys.write_header("0000:00:1e.0", VM_A, "a");
+    sys.write_header("0000:00:1f.0", VM_A, "b");
+    let err = select(sys.root(), &Selector::Identity, &MapOptions::default()).unwrap_err();
+    assert!(matches!(err, GuestError::Ambiguous { .. }), "{err}");
+    assert!(
+        err.to_string().contains("0000:00:1e.0, 0000:00:1f.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn header_from_another_vm_is_refused() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    sys.write_header("0000:00:1f.0", VM_B, "theirs");
+
+    let err = select(sys.root(), &Selector::Identity, &MapOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, GuestError::NoMatch { .. }), "{text}");
+    assert!(text.contains(VM_A) && text.contains(VM_B), "{text}");
+
+    let bar = select(
+        sys.root(),
+        &Selector::Address("0000:00:1f.0".into()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    let header = bar.header().expect("header");
+    let err = bar
+        .check_identity(&header, &VM_A.parse().expect("uuid"))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, GuestError::WrongVm { .. }), "{text}");
+    assert!(text.contains(VM_A) && text.contains(VM_B), "{text}");
+}
+
+#[test]
+fn too_small_bar_is_refused_and_skipped() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    let mut small = Dev::ivshmem("0000:00:1e.0");
+    small.bar2 = 512 * 1024;
+    sys.add(&small);
+    let devices = discover(sys.root()).expect("discover");
+    let err = MappedBar::map(devices[0].clone(), &MapOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, GuestError::BarTooSmall { size: 524288, .. }),
+        "{err}"
+    );
+
+    // Selection passes over it and still finds the good one.
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    sys.write_header("0000:00:1f.0", VM_A, "ok");
+    let bar = select(sys.root(), &Selector::Identity, &MapOptions::default()).expect("select");
+    assert_eq!(bar.device().address, "0000:00:1f.0");
+}
+
+#[test]
+fn disabled_device_gets_enabled() {
+    let sys = FakeSysfs::new();
+    let mut dev = Dev::ivshmem("0000:00:1f.0");
+    dev.enabled = false;
+    let dir = sys.add(&dev);
+    let devices = discover(sys.root()).expect("discover");
+    assert!(!devices[0].enabled);
+    let bar = MappedBar::map(devices[0].clone(), &MapOptions::default()).expect("map");
+    assert!(bar.device().enabled);
+    assert_eq!(
+        fs::read_to_string(dir.join("enable")).expect("read").trim(),
+        "1"
+    );
+}
+
+#[test]
+fn memory_decoding_comes_from_the_command_register() {
+    let sys = FakeSysfs::new();
+    let mut dev = Dev::ivshmem("0000:00:1f.0");
+    dev.enabled = false; // no driver bound: enable count 0
+    let dir = sys.add(&dev);
+    let mut config = vec![0u8; 64];
+    config[4] = 0x03; // I/O + Memory Space, as SeaBIOS leaves it
+    fs::write(dir.join("config"), &config).expect("write");
+    let d = &discover(sys.root()).expect("discover")[0];
+    assert_eq!((d.enabled, d.memory_decoding), (false, Some(true)));
+    assert!(d.readable());
+    config[4] = 0x01;
+    fs::write(dir.join("config"), &config).expect("write");
+    let d = &discover(sys.root()).expect("discover")[0];
+    assert!(!d.readable());
+}
+
+#[test]
+fn write_combining_mapping_is_flagged_or_refused() {
+    let sys = FakeSysfs::new();
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    let mut wc = Dev::ivshmem("0000:00:1f.0");
+    wc.wc = true;
+    sys.add(&wc);
+    let options = MapOptions {
+        write_combining: true,
+        ..MapOptions::default()
+    };
+    let err = select(
+        sys.root(),
+        &Selector::Address("0000:00:1e.0".into()),
+        &options,
+    )
+    .unwrap_err();
+    assert!(matches!(err, GuestError::NoWriteCombining { .. }), "{err}");
+    let bar = select(
+        sys.root(),
+        &Selector::Address("0000:00:1f.0".into()),
+        &options,
+    )
+    .expect("map");
+    assert!(bar.write_combining());
+}
+
+#[test]
+fn unknown_address_names_the_ones_present() {
+    let sys = FakeSysfs::new();
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    let err = select(
+        sys.root(),
+        &Selector::Address("0000:00:02.0".into()),
+        &MapOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("0000:00:1f.0"), "{err}");
+}
+
+#[test]
+fn waiting_for_a_header_times_out_or_sees_it_arrive() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    let bar = select(
+        sys.root(),
+        &Selector::Address("0000:00:1f.0".into()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    let err = bar.wait_for_header(Duration::from_millis(30)).unwrap_err();
+    assert!(matches!(err, GuestError::Timeout { .. }), "{err}");
+    let err = select_waiting(
+        sys.root(),
+        &Selector::Identity,
+        &MapOptions::default(),
+        Duration::from_millis(30),
+    )
+    .unwrap_err();
+    assert!(matches!(err, GuestError::Timeout { .. }), "{err}");
+
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            sys.write_header("0000:00:1f.0", VM_A, "late");
+        });
+        let header = bar.wait_for_header(Duration::from_secs(5)).expect("header");
+        assert_eq!(header.layout().name_str(), Some("late"));
+        let status = header.status(Side::Host).expect("status");
+        assert_eq!(status.epoch, 0);
+    });
+    let found = select_waiting(
+        sys.root(),
+        &Selector::Identity,
+        &MapOptions::default(),
+        Duration::from_secs(1),
+    )
+    .expect("select");
+    assert_eq!(found.device().address, "0000:00:1f.0");
+}
+
+#[test]
+fn garbage_header_is_reported_not_waited_for() {
+    let sys = FakeSysfs::new();
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    fs::write(
+        sys.root().join("bus/pci/devices/0000:00:1f.0/resource2"),
+        vec![0xffu8; MIB as usize],
+    )
+    .expect("write");
+    let bar = select(
+        sys.root(),
+        &Selector::Address("0000:00:1f.0".into()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    let err = bar.wait_for_header(Duration::from_secs(5)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GuestError::Layout {
+                source: LayoutError::BadMagic { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_sysfs_values_are_typed_errors() {
+    let sys = FakeSysfs::new();
+    let dir = sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    fs::write(dir.join("resource"), "garbage\n").expect("write");
+    let err = discover(sys.root()).unwrap_err();
+    assert!(matches!(err, GuestError::BadSysfsValue { .. }), "{err}");
+    assert!(err.to_string().contains("garbage"), "{err}");
+}
+
+fn ivchan_guest(root: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ivchan-guest"))
+        .arg("--sysfs")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("run ivchan-guest");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_lists_and_inspects() {
+    let sys = FakeSysfs::new();
+    let (ok, _, err) = ivchan_guest(sys.root(), &["list"]);
+    assert!(!ok);
+    assert!(err.starts_with("ivchan-guest: no ivshmem device"), "{err}");
+
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    let mut off = Dev::ivshmem("0000:00:10.0");
+    off.enabled = false;
+    let off_dir = sys.add(&off);
+    sys.write_header("0000:00:1e.0", VM_B, "theirs");
+    sys.write_header("0000:00:1f.0", VM_A, "ours");
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("this VM   {VM_A}")), "{out}");
+    assert!(out.contains("Inter-VM shared memory"), "{out}");
+    assert!(
+        out.contains("kind      plain  BAR2 8 MiB  enabled yes"),
+        "{out}"
+    );
+    assert!(out.contains("\"theirs\" vm 0f1e2d3c"), "{out}");
+    assert!(out.contains("[ANOTHER VM]"), "{out}");
+    assert!(out.contains("\"ours\" vm 5b7e6a0c"), "{out}");
+    assert!(out.contains("[matches this VM]"), "{out}");
+    assert!(out.contains("memory decoding off"), "{out}");
+    // `list` does not enable anything.
+    assert_eq!(
+        fs::read_to_string(off_dir.join("enable"))
+            .expect("read")
+            .trim(),
+        "0"
+    );
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["inspect"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("0000:00:1f.0\n"), "{out}");
+    assert!(out.contains("identity  matches this VM"), "{out}");
+    assert!(out.contains("name      \"ours\""), "{out}");
+    assert!(
+        out.contains("guest->host  head 0  tail 0  used 0 of"),
+        "{out}"
+    );
+    if std::env::var_os("IVCHAN_SHOW").is_some() {
+        println!("{out}");
+    }
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["inspect", "--address", "0000:00:1e.0"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("identity  MISMATCH"), "{out}");
+
+    let (ok, _, err) = ivchan_guest(sys.root(), &["inspect", "--address", "0000:00:02.0"]);
+    assert!(!ok);
+    assert!(err.contains("no ivshmem device at 0000:00:02.0"), "{err}");
+}

@@ -1,0 +1,160 @@
+//! `ivchan`: look at the region files of this host's VMs.
+//!
+//! Read-only: regions are opened `O_RDONLY` and mapped private, without the
+//! host agent's lock, so running it next to a live agent is safe.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ivchan_guest::report::{describe, human_size, summary};
+use ivchan_host::region_file::{DEFAULT_DIR, DEFAULT_PREFIX};
+use ivchan_host::{list_regions, InspectedRegion, RegionError, VmUuid};
+use ivchan_protocol::{Header, LayoutError};
+
+/// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("ivchan: cannot write output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+#[derive(Parser)]
+#[command(
+    name = "ivchan",
+    version,
+    about = "Inspect ivchan shared-memory regions on the host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List region files with size, owner and header summary.
+    List {
+        /// Directory holding region files.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// File-name prefix before the VM UUID.
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+    },
+    /// Print one region's header, rings and sides.
+    Inspect {
+        /// `fg_<uuid>`, a bare UUID, or a path (anything with a `/`).
+        region: String,
+        /// Directory for `fg_<uuid>` and UUID arguments.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// File-name prefix before the VM UUID.
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List { dir, prefix } => list(&dir, &prefix),
+        Command::Inspect {
+            region,
+            dir,
+            prefix,
+        } => resolve(&region, &dir, &prefix).and_then(|path| inspect(&path)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ivchan: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns the `inspect` argument into a path; a name must carry a valid UUID.
+fn resolve(arg: &str, dir: &Path, prefix: &str) -> Result<PathBuf, RegionError> {
+    if arg.contains('/') {
+        return Ok(PathBuf::from(arg));
+    }
+    let uuid: VmUuid = arg.strip_prefix(prefix).unwrap_or(arg).parse()?;
+    Ok(dir.join(format!("{prefix}{uuid}")))
+}
+
+fn owner_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{}({uid})", user.name),
+        _ => uid.to_string(),
+    }
+}
+
+fn header_line(view: &InspectedRegion) -> String {
+    match Header::open(view.region()) {
+        Ok(header) => {
+            let uuid = VmUuid::from_bytes(header.layout().uuid);
+            let mut line = summary(&header);
+            if !view.path().to_string_lossy().ends_with(&uuid.to_string()) {
+                line.push_str("  [header UUID differs from file name]");
+            }
+            line
+        }
+        Err(LayoutError::NotInitialized) => "no header yet (all zeros)".to_owned(),
+        Err(e) => format!("invalid header: {e}"),
+    }
+}
+
+fn list(dir: &Path, prefix: &str) -> Result<(), RegionError> {
+    let regions = list_regions(dir, prefix)?;
+    if regions.is_empty() {
+        say!("no {prefix}<uuid> region files in {}", dir.display());
+        return Ok(());
+    }
+    for (_, path) in regions {
+        say!("{}", path.display());
+        match InspectedRegion::open(&path) {
+            Ok(view) => {
+                let meta = view.metadata();
+                say!(
+                    "  {}  owner {}  mode {:04o}",
+                    human_size(meta.len()),
+                    owner_name(meta.uid()),
+                    meta.mode() & 0o7777
+                );
+                say!("  {}", header_line(&view));
+            }
+            Err(e) => say!("  cannot open: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn inspect(path: &Path) -> Result<(), RegionError> {
+    let view = InspectedRegion::open(path)?;
+    let meta = view.metadata();
+    say!("file      {}", path.display());
+    say!(
+        "owner     {}  mode {:04o}",
+        owner_name(meta.uid()),
+        meta.mode() & 0o7777
+    );
+    let header = Header::open(view.region()).map_err(|source| RegionError::Layout {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    emit(format_args!("{}", describe(&header)));
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Region files on real files in a private temp directory under /dev/shm.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use ivchan_host::{list_regions, InspectedRegion, RegionError, RegionOptions, VmUuid};
+use ivchan_protocol::layout::offsets;
+use ivchan_protocol::{Header, Ordering, Side};
+
+const VM: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
+const OTHER_VM: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+const MIB: u64 = 1 << 20;
+
+fn shm_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ivchan-host-test-")
+        .tempdir_in("/dev/shm")
+        .expect("temp dir in /dev/shm")
+}
+
+fn uuid(text: &str) -> VmUuid {
+    text.parse().expect("uuid")
+}
+
+fn opts(dir: &Path) -> RegionOptions {
+    RegionOptions::new().dir(dir).size(MIB)
+}
+
+#[test]
+fn create_then_reopen_keeps_header_and_messages() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let file = opts(dir.path()).create(&vm).expect("create");
+    assert_eq!(file.path(), dir.path().join(format!("fg_{VM}")));
+    assert_eq!(file.len() as u64, MIB);
+    assert_eq!(file.uuid(), &vm);
+    let meta = fs::metadata(file.path()).expect("stat");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), MIB);
+    {
+        let header = file.attach_or_init("chan").expect("init");
+        let (mut tx, _) = header.split(Side::Host).expect("split");
+        assert!(tx.send(b"kept across reopen").expect("send"));
+    }
+    drop(file);
+
+    let file = opts(dir.path())
+        .size(8 * MIB) // ignored when opening: the file's size is adopted
+        .open(&vm)
+        .expect("reopen");
+    assert_eq!(file.len() as u64, MIB);
+    let header = file.attach_or_init("ignored").expect("attach");
+    assert_eq!(header.layout().name_str(), Some("chan"));
+    let (_, mut rx) = header.split(Side::Guest).expect("split");
+    let mut buf = [0u8; 64];
+    let n = rx.recv_into(&mut buf).expect("recv").expect("a message");
+    assert_eq!(&buf[..n], b"kept across reopen");
+}
+
+#[test]
+fn attach_or_init_initialises_a_zero_file_and_never_wipes() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    // As QEMU would leave it: sized, all zeros, made by someone else first.
+    let path = dir.path().join(format!("fg_{VM}"));
+    let f = fs::File::create(&path).expect("create");
+    f.set_len(2 * MIB).expect("size");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    drop(f);
+
+    let file = opts(dir.path()).open_or_create(&vm).expect("open");
+    assert_eq!(file.len() as u64, 2 * MIB);
+    let header = file.attach_or_init("fresh").expect("init");
+    assert_eq!(header.layout().uuid, *vm.as_bytes());
+    let (mut tx, _) = header.split(Side::Guest).expect("split");
+    assert!(tx.send(b"before").expect("send"));
+
+    // A second attach (e.g. after an agent restart) keeps the message.
+    let again = file.attach_or_init("other-name").expect("attach");
+    assert_eq!(again.layout().name_str(), Some("fresh"));
+    let (_, mut rx) = again.split(Side::Host).expect("split");
+    let mut buf = [0u8; 16];
+    let n = rx.recv_into(&mut buf).expect("recv").expect("message kept");
+    assert_eq!(&buf[..n], b"before");
+}
+
+#[test]
+fn newer_version_and_foreign_headers_are_left_alone() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let file = opts(dir.path()).create(&vm).expect("create");
+    file.attach_or_init("x").expect("init");
+    let region = file.region();
+    let version = region.load(offsets::VERSION, Ordering::Relaxed);
+    region.store(offsets::VERSION, (version & !0xffff) | 2, Ordering::Relaxed);
+    let err = file.attach_or_init("x").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RegionError::IncompatibleVersion { .. }),
+        "{text}"
+    );
+    assert!(text.contains("2.0") && text.contains("1.0"), "{text}");
+    // Not wiped: the bumped version and the magic are still there.
+    assert_eq!(region.load(offsets::VERSION, Ordering::Relaxed) & 0xffff, 2);
+    assert_ne!(region.load(offsets::MAGIC, Ordering::Relaxed), 0);
+
+    // Garbage magic: a layout error, not a re-initialisation.
+    region.store(offsets::MAGIC, 0x1234, Ordering::Relaxed);
+    let err = file.attach_or_init("x").unwrap_err();
+    assert!(matches!(err, RegionError::Layout { .. }), "{err}");
+    assert_eq!(region.load(offsets::MAGIC, Ordering::Relaxed), 0x1234);
+}
+
+#[test]
+fn header_for_another_vm_is_refused() {
+    let dir = shm_dir();
+    let file = opts(dir.path()).create(&uuid(VM)).expect("create");
+    let params = ivchan_protocol::InitParams {
+        uuid: *uuid(OTHER_VM).as_bytes(),
+        name: "theirs",
+        ring_size: None,
+    };
+    Header::create(file.region(), &params).expect("header");
+    let err = file.attach_or_init("mine").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegionError::UuidMismatch { .. }), "{text}");
+    assert!(text.contains(VM) && text.contains(OTHER_VM), "{text}");
+}
+
+#[test]
+fn symlink_is_refused() {
+    let dir = shm_dir();
+    let target = dir.path().join("target");
+    fs::write(&target, vec![0u8; MIB as usize]).expect("write");
+    let link = dir.path().join(format!("fg_{VM}"));
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    for result in [
+        opts(dir.path()).open(&uuid(VM)),
+        opts(dir.path()).open_or_create(&uuid(VM)),
+    ] {
+        let err = result.unwrap_err();
+        assert!(matches!(err, RegionError::Symlink { .. }), "{err}");
+        assert!(err.to_string().contains(&format!("fg_{VM}")), "{err}");
+    }
+    let err = InspectedRegion::open(&link).unwrap_err();
+    assert!(matches!(err, RegionError::Symlink { .. }), "{err}");
+}
+
+#[test]
+fn file_of_another_owner_is_refused_unless_allowed() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let file = opts(dir.path()).create(&vm).expect("create");
+    let path = file.path().to_path_buf();
+    drop(file);
+    std::os::unix::fs::chown(&path, Some(65534), None).expect("chown (tests run as root)");
+    let err = opts(dir.path()).open(&vm).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RegionError::UnexpectedOwner { uid: 65534, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("65534") && text.contains(&format!("fg_{VM}")),
+        "{text}"
+    );
+    opts(dir.path())
+        .allow_owner(65534)
+        .open(&vm)
+        .expect("allowed owner");
+}
+
+#[test]
+fn group_or_other_writable_file_is_refused_by_default() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let path = opts(dir.path())
+        .create(&vm)
+        .expect("create")
+        .path()
+        .to_path_buf();
+    for mode in [0o620, 0o602, 0o666] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+        let err = opts(dir.path()).open(&vm).unwrap_err();
+        assert!(matches!(err, RegionError::WritableByOthers { .. }), "{err}");
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).expect("chmod");
+    opts(dir.path())
+        .allow_group_write(true)
+        .open(&vm)
+        .expect("group write allowed");
+}
+
+#[test]
+fn created_mode_and_group_are_exact_despite_umask() {
+    let dir = shm_dir();
+    let file = opts(dir.path())
+        .mode(0o660)
+        .group(65534)
+        .create(&uuid(VM))
+        .expect("create");
+    let meta = fs::metadata(file.path()).expect("stat");
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 65534);
+}
+
+#[test]
+fn bad_sizes_are_refused_and_leave_nothing_behind() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let err = opts(dir.path()).size(3 * MIB).create(&vm).unwrap_err();
+    assert!(
+        matches!(err, RegionError::SizeNotPowerOfTwo { size, .. } if size == 3 * MIB),
+        "{err}"
+    );
+    let err = opts(dir.path()).size(MIB / 2).create(&vm).unwrap_err();
+    assert!(matches!(err, RegionError::SizeTooSmall { .. }), "{err}");
+    assert!(!dir.path().join(format!("fg_{VM}")).exists());
+
+    // Existing files with a bad or no size.
+    let path = dir.path().join(format!("fg_{VM}"));
+    for (size, check) in [
+        (0, "empty"),
+        (3 * MIB, "power of two"),
+        (MIB / 2, "minimum"),
+    ] {
+        let f = fs::File::create(&path).expect("create");
+        f.set_len(size).expect("size");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let err = opts(dir.path()).open_or_create(&vm).unwrap_err();
+        assert!(err.to_string().contains(check), "{size}: {err}");
+        if size == 0 {
+            assert!(matches!(err, RegionError::Unsized { .. }), "{err}");
+        }
+    }
+}
+
+#[test]
+fn second_opener_gets_busy() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let first = opts(dir.path()).create(&vm).expect("create");
+    let err = opts(dir.path()).open(&vm).unwrap_err();
+    assert!(matches!(err, RegionError::Busy { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("fg_{VM}")), "{err}");
+    // Inspection takes no lock.
+    let view = InspectedRegion::open(first.path()).expect("inspect");
+    assert_eq!(view.len(), first.len());
+    drop(first);
+    opts(dir.path()).open(&vm).expect("lock released on drop");
+}
+
+#[test]
+fn inspection_never_writes_the_file() {
+    let dir = shm_dir();
+    let file = opts(dir.path()).create(&uuid(VM)).expect("create");
+    file.attach_or_init("seen").expect("init");
+    let view = InspectedRegion::open(file.path()).expect("inspect");
+    let header = Header::open(view.region()).expect("header via private map");
+    assert_eq!(header.layout().name_str(), Some("seen"));
+    // A store through the private mapping stays private...
+    view.region().store(offsets::MAGIC, 0, Ordering::Relaxed);
+    // ...the file (and the shared mapping) still has the magic.
+    assert_ne!(file.region().load(offsets::MAGIC, Ordering::Relaxed), 0);
+    // Later writes to the file stay visible through pages the view never
+    // wrote (the ring control block is on another page than the magic).
+    let control = header.layout().host_to_guest.control;
+    file.region().store(control, 42, Ordering::Relaxed);
+    assert_eq!(view.region().load(control, Ordering::Relaxed), 42);
+}
+
+#[test]
+fn list_finds_only_region_files() {
+    let dir = shm_dir();
+    let a = opts(dir.path()).create(&uuid(VM)).expect("create");
+    let b = opts(dir.path()).create(&uuid(OTHER_VM)).expect("create");
+    fs::write(dir.path().join("fg_not-a-uuid"), b"x").expect("write");
+    fs::write(
+        dir.path()
+            .join("other_5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c"),
+        b"x",
+    )
+    .expect("w");
+    fs::create_dir(dir.path().join("fg_00000000-0000-0000-0000-000000000000")).expect("mkdir");
+    let found = list_regions(dir.path(), "fg_").expect("list");
+    assert_eq!(
+        found,
+        vec![
+            (uuid(OTHER_VM), b.path().to_path_buf()),
+            (uuid(VM), a.path().to_path_buf()),
+        ]
+    );
+}
+
+#[test]
+fn remove_unlinks_the_file() {
+    let dir = shm_dir();
+    let file = opts(dir.path()).create(&uuid(VM)).expect("create");
+    let path = file.path().to_path_buf();
+    file.remove().expect("remove");
+    assert!(!path.exists());
+}
+
+#[test]
+fn bad_uuids_never_become_paths() {
+    for bad in [
+        "../x",
+        "",
+        "5b7e6a0c-1d2e-4f3a-9b8c",
+        "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3bzz",
+    ] {
+        let err = bad.parse::<VmUuid>().unwrap_err();
+        assert!(err.to_string().contains("not a UUID"), "{err}");
+    }
+    let vm = uuid(VM);
+    assert_eq!(
+        RegionOptions::new().path_for(&vm),
+        Path::new("/dev/shm/fg_5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c")
+    );
+}
