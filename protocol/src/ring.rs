@@ -91,58 +91,41 @@ pub trait DirectMemory: RingMemory {
     unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8];
 }
 
-impl<T: RingMemory + ?Sized> RingMemory for &T {
-    fn capacity(&self) -> usize {
-        (**self).capacity()
-    }
-    fn load(&self, word: Word, order: Ordering) -> u64 {
-        (**self).load(word, order)
-    }
-    fn store(&self, word: Word, value: u64, order: Ordering) {
-        (**self).store(word, value, order)
-    }
-    fn load_header(&self, offset: usize) -> u64 {
-        (**self).load_header(offset)
-    }
-    fn store_header(&self, offset: usize, value: u64) {
-        (**self).store_header(offset, value)
-    }
-    unsafe fn write_bytes(&self, offset: usize, src: &[u8]) {
-        // SAFETY: forwarded with the caller's guarantee.
-        unsafe { (**self).write_bytes(offset, src) }
-    }
-    unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
-        // SAFETY: forwarded with the caller's guarantee.
-        unsafe { (**self).read_bytes(offset, dst) }
-    }
+/// Forwards `RingMemory` through a pointer type, so a ring can be shared by
+/// reference or by `Arc`.
+macro_rules! forward_ring_memory {
+    ($($ty:ty),*) => {$(
+        impl<T: RingMemory + ?Sized> RingMemory for $ty {
+            fn capacity(&self) -> usize {
+                (**self).capacity()
+            }
+            fn load(&self, word: Word, order: Ordering) -> u64 {
+                (**self).load(word, order)
+            }
+            fn store(&self, word: Word, value: u64, order: Ordering) {
+                (**self).store(word, value, order)
+            }
+            fn load_header(&self, offset: usize) -> u64 {
+                (**self).load_header(offset)
+            }
+            fn store_header(&self, offset: usize, value: u64) {
+                (**self).store_header(offset, value)
+            }
+            unsafe fn write_bytes(&self, offset: usize, src: &[u8]) {
+                // SAFETY: forwarded with the caller's guarantee.
+                unsafe { (**self).write_bytes(offset, src) }
+            }
+            unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+                // SAFETY: forwarded with the caller's guarantee.
+                unsafe { (**self).read_bytes(offset, dst) }
+            }
+        }
+    )*};
 }
 
+forward_ring_memory!(&T);
 #[cfg(feature = "alloc")]
-impl<T: RingMemory + ?Sized> RingMemory for alloc::sync::Arc<T> {
-    fn capacity(&self) -> usize {
-        (**self).capacity()
-    }
-    fn load(&self, word: Word, order: Ordering) -> u64 {
-        (**self).load(word, order)
-    }
-    fn store(&self, word: Word, value: u64, order: Ordering) {
-        (**self).store(word, value, order)
-    }
-    fn load_header(&self, offset: usize) -> u64 {
-        (**self).load_header(offset)
-    }
-    fn store_header(&self, offset: usize, value: u64) {
-        (**self).store_header(offset, value)
-    }
-    unsafe fn write_bytes(&self, offset: usize, src: &[u8]) {
-        // SAFETY: forwarded with the caller's guarantee.
-        unsafe { (**self).write_bytes(offset, src) }
-    }
-    unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
-        // SAFETY: forwarded with the caller's guarantee.
-        unsafe { (**self).read_bytes(offset, dst) }
-    }
-}
+forward_ring_memory!(alloc::sync::Arc<T>);
 
 /// Bytes a record with a `len`-byte payload occupies.
 pub const fn record_size(len: usize) -> usize {
