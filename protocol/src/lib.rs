@@ -33,6 +33,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! With the default `std` feature, [`Channel`] adds the handshake, liveness,
+//! blocking calls with timeouts and `std::io` adapters on top.
+//!
 //! `docs/PROTOCOL.md` specifies the format for other implementations.
 
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -41,6 +44,8 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod channel;
 mod error;
 pub mod layout;
 #[cfg(feature = "alloc")]
@@ -49,6 +54,11 @@ mod region;
 pub mod ring;
 mod sync;
 
+#[cfg(feature = "std")]
+pub use channel::{
+    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle,
+    PeerEvent, WaitStrategy, Waiter,
+};
 pub use error::{Error, LayoutError, Violation};
 pub use layout::{
     Direction, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side, SideStatus,

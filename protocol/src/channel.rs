@@ -1,0 +1,600 @@
+//! A channel: one side's two rings plus the handshake, liveness, blocking
+//! operations with timeouts, and `std::io` adapters. Host and guest agents
+//! both use it; they differ only in how they obtain the region.
+//!
+//! Liveness comes from the side blocks of the header. Attaching bumps this
+//! side's epoch and marks it ready; every channel call (and [`Channel::tick`])
+//! advances this side's heartbeat at most once per
+//! [`ChannelOptions::heartbeat_interval`], and watches the peer's block:
+//! a new epoch is a (re)attach, `closed` a clean exit, a heartbeat that has
+//! not moved for [`ChannelOptions::peer_timeout`] a silent peer. Each change
+//! is reported once by [`Channel::poll_peer`]; blocking calls that wait on a
+//! closed or silent peer return that as an error instead of waiting out their
+//! timeout. None of these poison the channel: when the peer comes back, the
+//! rings carry on from the positions stored in the region.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, LayoutError};
+use crate::layout::{Header, PeerState, RegionRing, Side, SideStatus};
+use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
+
+/// How a blocked call waits: spin, then yield, then sleep with exponential
+/// backoff up to a ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitStrategy {
+    /// Busy-poll iterations before yielding.
+    pub spins: u32,
+    /// `yield_now` iterations before sleeping.
+    pub yields: u32,
+    /// First sleep.
+    pub min_sleep: Duration,
+    /// Longest sleep; sleeps double up to this.
+    pub max_sleep: Duration,
+}
+
+impl WaitStrategy {
+    /// Never sleeps or yields: lowest latency, one core per waiting side.
+    pub const fn busy_poll() -> Self {
+        Self {
+            spins: u32::MAX,
+            yields: 0,
+            min_sleep: Duration::ZERO,
+            max_sleep: Duration::ZERO,
+        }
+    }
+
+    /// Spin briefly, yield, then sleep from 10 µs up to 1 ms (the default).
+    pub const fn adaptive() -> Self {
+        Self {
+            spins: 200,
+            yields: 50,
+            min_sleep: Duration::from_micros(10),
+            max_sleep: Duration::from_millis(1),
+        }
+    }
+
+    /// Sleep `period` between polls from the start: least CPU.
+    pub const fn sleep_only(period: Duration) -> Self {
+        Self {
+            spins: 0,
+            yields: 0,
+            min_sleep: period,
+            max_sleep: period,
+        }
+    }
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        Self::adaptive()
+    }
+}
+
+/// One wait in progress under a [`WaitStrategy`].
+#[derive(Debug)]
+pub struct Waiter {
+    strategy: WaitStrategy,
+    step: u64,
+    sleep: Duration,
+}
+
+impl Waiter {
+    /// Starts waiting.
+    pub fn new(strategy: WaitStrategy) -> Self {
+        Self {
+            strategy,
+            step: 0,
+            sleep: strategy.min_sleep,
+        }
+    }
+
+    /// Waits once, a little longer than last time; never longer than
+    /// `limit` when a sleep is due.
+    pub fn wait(&mut self, limit: Option<Duration>) {
+        let s = &self.strategy;
+        self.step += 1;
+        if self.step <= u64::from(s.spins) {
+            std::hint::spin_loop();
+        } else if self.step <= u64::from(s.spins) + u64::from(s.yields) {
+            std::thread::yield_now();
+        } else {
+            let mut nap = self.sleep;
+            if let Some(limit) = limit {
+                nap = nap.min(limit);
+            }
+            std::thread::sleep(nap);
+            self.sleep = (self.sleep * 2).min(s.max_sleep).max(s.min_sleep);
+        }
+    }
+
+    /// Progress was made: the next wait spins again.
+    pub fn reset(&mut self) {
+        self.step = 0;
+        self.sleep = self.strategy.min_sleep;
+    }
+}
+
+/// Channel settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// How blocking calls wait.
+    pub wait: WaitStrategy,
+    /// How often this side advances its heartbeat (while it calls in).
+    pub heartbeat_interval: Duration,
+    /// How long the peer's heartbeat may stand still before it counts as
+    /// silent; `None` never declares it silent.
+    pub peer_timeout: Option<Duration>,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            wait: WaitStrategy::default(),
+            heartbeat_interval: Duration::from_millis(100),
+            peer_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A change in the peer's life, reported once by [`Channel::poll_peer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// The peer attached (or was found attached) with this epoch.
+    Attached {
+        /// The peer's session epoch.
+        epoch: u64,
+    },
+    /// The peer attached again: a restart. Messages in flight are kept.
+    Restarted {
+        /// Epoch of the session that ended.
+        old_epoch: u64,
+        /// Epoch of the new session.
+        new_epoch: u64,
+    },
+    /// The peer detached cleanly.
+    Closed,
+    /// The peer's heartbeat has not moved for this long.
+    Silent {
+        /// Time since the heartbeat last moved.
+        since: Duration,
+    },
+    /// A silent peer's heartbeat moved again.
+    Resumed,
+}
+
+/// What a blocking channel call can fail with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    /// A ring error: a protocol violation (fatal) or a caller error.
+    Ring(Error),
+    /// The peer's side block is invalid.
+    Layout(LayoutError),
+    /// Nothing happened within the timeout.
+    Timeout {
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The peer detached cleanly while we waited on it.
+    PeerClosed,
+    /// The peer's heartbeat stood still for longer than the peer timeout
+    /// while we waited on it.
+    PeerSilent {
+        /// Time since the heartbeat last moved.
+        since: Duration,
+    },
+}
+
+impl ChannelError {
+    /// True when the channel cannot be used any more (the peer broke the
+    /// protocol). Timeouts and peer absences are not fatal.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Ring(e) if e.is_fatal())
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ring(e) => write!(f, "{e}"),
+            Self::Layout(e) => write!(f, "{e}"),
+            Self::Timeout { waited } => write!(f, "timed out after {waited:?}"),
+            Self::PeerClosed => write!(f, "the peer closed the channel"),
+            Self::PeerSilent { since } => {
+                write!(f, "the peer has been silent for {since:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+impl From<Error> for ChannelError {
+    fn from(e: Error) -> Self {
+        Self::Ring(e)
+    }
+}
+
+impl From<LayoutError> for ChannelError {
+    fn from(e: LayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+impl From<ChannelError> for io::Error {
+    fn from(e: ChannelError) -> Self {
+        let kind = match e {
+            ChannelError::Timeout { .. } => io::ErrorKind::TimedOut,
+            ChannelError::PeerClosed | ChannelError::PeerSilent { .. } => io::ErrorKind::BrokenPipe,
+            ChannelError::Ring(Error::TooLarge { .. } | Error::BufferTooSmall { .. }) => {
+                io::ErrorKind::InvalidInput
+            }
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// What this side knows of the peer.
+#[derive(Debug)]
+struct PeerWatch {
+    last: Option<SideStatus>,
+    /// When the heartbeat (or epoch) last moved.
+    moved_at: Instant,
+    silent: bool,
+}
+
+impl PeerWatch {
+    /// Compares a fresh read of the peer's block with the last one.
+    fn observe(
+        &mut self,
+        now: Instant,
+        status: SideStatus,
+        timeout: Option<Duration>,
+    ) -> Option<PeerEvent> {
+        let previous = self.last.replace(status);
+        let moved =
+            previous.is_none_or(|p| p.heartbeat != status.heartbeat || p.epoch != status.epoch);
+        if moved {
+            self.moved_at = now;
+        }
+        let event = match previous {
+            Some(p)
+                if p.epoch != status.epoch && p.epoch != 0 && status.state == PeerState::Ready =>
+            {
+                Some(PeerEvent::Restarted {
+                    old_epoch: p.epoch,
+                    new_epoch: status.epoch,
+                })
+            }
+            Some(p) if p.state != PeerState::Ready && status.state == PeerState::Ready => {
+                Some(PeerEvent::Attached {
+                    epoch: status.epoch,
+                })
+            }
+            None if status.state == PeerState::Ready => Some(PeerEvent::Attached {
+                epoch: status.epoch,
+            }),
+            Some(p) if p.state != PeerState::Closed && status.state == PeerState::Closed => {
+                Some(PeerEvent::Closed)
+            }
+            _ => None,
+        };
+        if event.is_some() {
+            self.silent = false;
+            return event;
+        }
+        let since = now.duration_since(self.moved_at);
+        let overdue = status.state == PeerState::Ready && timeout.is_some_and(|t| since > t);
+        match (self.silent, overdue) {
+            (false, true) => {
+                self.silent = true;
+                Some(PeerEvent::Silent { since })
+            }
+            (true, false) if moved => {
+                self.silent = false;
+                Some(PeerEvent::Resumed)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Advances one side's heartbeat from another thread (for agents that stay
+/// away from their channel for long stretches). `Copy` and `Send`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatHandle<'a> {
+    header: Header<'a>,
+    side: Side,
+}
+
+impl HeartbeatHandle<'_> {
+    /// Advances the heartbeat once.
+    pub fn beat(&self) {
+        self.header.heartbeat(self.side);
+    }
+}
+
+/// One side of a channel over a region.
+#[derive(Debug)]
+pub struct Channel<'a> {
+    header: Header<'a>,
+    side: Side,
+    tx: Producer<RegionRing<'a>>,
+    rx: Consumer<RegionRing<'a>>,
+    options: ChannelOptions,
+    epoch: u64,
+    beat_at: Instant,
+    peer: PeerWatch,
+}
+
+impl<'a> Channel<'a> {
+    /// Attaches `side` to a checked header: starts a new session (new epoch,
+    /// state ready) and resumes both rings at the positions in the region.
+    pub fn attach(
+        header: Header<'a>,
+        side: Side,
+        options: ChannelOptions,
+    ) -> Result<Self, ChannelError> {
+        let (tx, rx) = header.split(side)?;
+        let epoch = header.begin_session(side);
+        header.heartbeat(side);
+        let now = Instant::now();
+        Ok(Self {
+            header,
+            side,
+            tx,
+            rx,
+            options,
+            epoch,
+            beat_at: now,
+            peer: PeerWatch {
+                last: None,
+                moved_at: now,
+                silent: false,
+            },
+        })
+    }
+
+    /// This side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// This side's session epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The largest message either direction carries.
+    pub fn max_message(&self) -> usize {
+        self.tx.max_message().min(self.rx.max_message())
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ChannelOptions {
+        &self.options
+    }
+
+    /// A handle that advances this side's heartbeat from another thread.
+    pub fn heartbeat_handle(&self) -> HeartbeatHandle<'a> {
+        HeartbeatHandle {
+            header: self.header,
+            side: self.side,
+        }
+    }
+
+    /// The peer's side block, as last read.
+    pub fn peer_status(&self) -> Option<SideStatus> {
+        self.peer.last
+    }
+
+    /// Advances this side's heartbeat if it is due. Agents that do not call
+    /// the channel for a while call this (or use a [`HeartbeatHandle`]).
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.beat_at) >= self.options.heartbeat_interval {
+            self.header.heartbeat(self.side);
+            self.beat_at = now;
+        }
+    }
+
+    /// Reads the peer's block and reports what changed since the last call.
+    pub fn poll_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
+        self.tick();
+        let status = self.header.status(self.side.peer())?;
+        Ok(self
+            .peer
+            .observe(Instant::now(), status, self.options.peer_timeout))
+    }
+
+    /// Sends without waiting; `Ok(false)` when the ring is full.
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<bool, ChannelError> {
+        self.tick();
+        Ok(self.tx.send(msg)?)
+    }
+
+    /// Receives without waiting; `Ok(None)` when nothing is queued.
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
+        self.tick();
+        Ok(self.rx.recv_into(buf)?)
+    }
+
+    /// Sends, waiting for room up to `timeout` (`None`: no limit).
+    pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), ChannelError> {
+        self.block(timeout, |ch| ch.tx.send(msg).map(|sent| sent.then_some(())))
+    }
+
+    /// Receives into `buf`, waiting up to `timeout` (`None`: no limit).
+    /// Returns the message length.
+    pub fn recv(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<usize, ChannelError> {
+        self.block(timeout, |ch| ch.rx.recv_into(buf))
+    }
+
+    /// Reserves room for a `len`-byte message in place, waiting up to
+    /// `timeout`.
+    pub fn reserve(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<WriteGrant<'_, RegionRing<'a>>, ChannelError> {
+        // Wait for room first, then reserve once for real: returning a grant
+        // from inside the retry loop would hold the borrow across iterations.
+        self.block(timeout, |ch| ch.tx.reserve(len).map(|g| g.map(drop)))?;
+        self.tx.reserve(len)?.ok_or(ChannelError::Timeout {
+            waited: Duration::ZERO,
+        })
+    }
+
+    /// Waits up to `timeout` for a message and borrows it in place.
+    pub fn peek(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<ReadGrant<'_, RegionRing<'a>>, ChannelError> {
+        self.block(timeout, |ch| ch.rx.peek().map(|g| g.map(drop)))?;
+        self.rx.peek()?.ok_or(ChannelError::Timeout {
+            waited: Duration::ZERO,
+        })
+    }
+
+    /// Publishes staged sends and releases.
+    pub fn publish(&mut self) {
+        self.tx.publish();
+        self.rx.publish();
+    }
+
+    /// Detaches cleanly: publishes what is staged and marks this side closed.
+    pub fn close(mut self) {
+        self.publish();
+        self.header.set_state(self.side, PeerState::Closed);
+    }
+
+    /// Retries `attempt` under the wait strategy until it yields a value,
+    /// fails, the timeout passes, or the peer is found closed or silent.
+    fn block<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut attempt: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
+    ) -> Result<T, ChannelError> {
+        let start = Instant::now();
+        let mut waiter = Waiter::new(self.options.wait);
+        let mut polls = 0u32;
+        loop {
+            if let Some(value) = attempt(self)? {
+                return Ok(value);
+            }
+            let waited = start.elapsed();
+            if timeout.is_some_and(|t| waited >= t) {
+                return Err(ChannelError::Timeout { waited });
+            }
+            // Reading the peer's block costs a few loads: do it every 64
+            // polls, so a busy-polling wait stays cheap.
+            polls = polls.wrapping_add(1);
+            if polls % 64 == 0 {
+                self.poll_peer()?;
+                if let Some(status) = self.peer.last {
+                    if status.state == PeerState::Closed {
+                        return Err(ChannelError::PeerClosed);
+                    }
+                }
+                if self.peer.silent {
+                    let since = self.peer.moved_at.elapsed();
+                    return Err(ChannelError::PeerSilent { since });
+                }
+            }
+            waiter.wait(timeout.map(|t| t.saturating_sub(waited)));
+        }
+    }
+
+    /// A byte-stream writer: each `write` sends up to one message.
+    pub fn writer(&mut self, timeout: Option<Duration>) -> ChannelWriter<'_, 'a> {
+        ChannelWriter {
+            channel: self,
+            timeout,
+        }
+    }
+
+    /// A byte-stream reader: message boundaries disappear; an empty message
+    /// (see [`ChannelWriter::finish`]) reads as end of stream.
+    pub fn reader(&mut self, timeout: Option<Duration>) -> ChannelReader<'_, 'a> {
+        ChannelReader {
+            buf: vec![0; self.rx.max_message()],
+            channel: self,
+            timeout,
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+}
+
+/// `std::io::Write` over a channel. Writes of any length are split into
+/// messages of at most [`Channel::max_message`] bytes.
+#[derive(Debug)]
+pub struct ChannelWriter<'c, 'a> {
+    channel: &'c mut Channel<'a>,
+    timeout: Option<Duration>,
+}
+
+impl ChannelWriter<'_, '_> {
+    /// Ends the stream: the reader sees end of file.
+    pub fn finish(self) -> io::Result<()> {
+        Ok(self.channel.send(&[], self.timeout)?)
+    }
+}
+
+impl io::Write for ChannelWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.channel.tx.max_message());
+        self.channel.send(&buf[..n], self.timeout)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.channel.publish();
+        Ok(())
+    }
+}
+
+/// `std::io::Read` over a channel.
+#[derive(Debug)]
+pub struct ChannelReader<'c, 'a> {
+    channel: &'c mut Channel<'a>,
+    timeout: Option<Duration>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl io::Read for ChannelReader<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.start == self.end {
+            if self.eof {
+                return Ok(0);
+            }
+            let n = self.channel.recv(&mut self.buf, self.timeout)?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.start = 0;
+            self.end = n;
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}

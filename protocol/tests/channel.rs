@@ -1,0 +1,196 @@
+//! Channels: handshake and liveness events, blocking calls, timeouts and the
+//! byte-stream adapters.
+
+#![cfg(feature = "std")]
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use ivchan_protocol::{
+    Channel, ChannelError, ChannelOptions, Header, InitParams, PeerEvent, Region, Side,
+    WaitStrategy,
+};
+
+fn params() -> InitParams<'static> {
+    InitParams {
+        uuid: [3; 16],
+        name: "chan",
+        ring_size: Some(16 * 1024),
+    }
+}
+
+fn quick() -> ChannelOptions {
+    ChannelOptions {
+        wait: WaitStrategy::adaptive(),
+        heartbeat_interval: Duration::from_millis(1),
+        peer_timeout: Some(Duration::from_millis(if cfg!(miri) { 2000 } else { 50 })),
+    }
+}
+
+#[test]
+fn handshake_restart_and_close_are_reported_once_each() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    assert_eq!(host.poll_peer().unwrap(), None, "no guest yet");
+
+    let guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    assert_eq!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Attached { epoch: 1 })
+    );
+    assert_eq!(host.poll_peer().unwrap(), None);
+
+    // The guest restarts: a new session on the same region.
+    let _ = guest;
+    let guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    assert_eq!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Restarted {
+            old_epoch: 1,
+            new_epoch: 2
+        })
+    );
+    guest.close();
+    assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Closed));
+    assert_eq!(host.poll_peer().unwrap(), None);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // sleeps for real time
+fn silent_peer_fires_the_timeout_and_resumes() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let mut guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    assert!(matches!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Attached { .. })
+    ));
+    // The guest stops calling in; a blocked receive notices.
+    let mut buf = [0u8; 16];
+    let err = host
+        .recv(&mut buf, Some(Duration::from_secs(10)))
+        .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::PeerSilent { since } if since >= Duration::from_millis(50)),
+        "{err:?}"
+    );
+    assert!(!err.is_fatal());
+    std::thread::sleep(Duration::from_millis(2));
+    guest.tick();
+    assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Resumed));
+    // And the channel still works.
+    guest.send(b"back", None).unwrap();
+    assert_eq!(host.recv(&mut buf, None).unwrap(), 4);
+}
+
+#[test]
+fn receive_times_out_and_closed_peer_is_an_error() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    let mut host = Channel::attach(header, Side::Host, options).unwrap();
+    let mut buf = [0u8; 8];
+    let err = host
+        .recv(&mut buf, Some(Duration::from_millis(5)))
+        .unwrap_err();
+    assert!(matches!(err, ChannelError::Timeout { waited } if waited >= Duration::from_millis(5)));
+
+    let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+    guest.send(b"last words", None).unwrap();
+    guest.close();
+    // Queued messages still arrive after the peer closed...
+    assert_eq!(
+        host.recv(&mut buf[..], None),
+        Err(ChannelError::Ring(ivchan_protocol::Error::BufferTooSmall {
+            needed: 10,
+            available: 8
+        }))
+    );
+    let mut big = [0u8; 16];
+    assert_eq!(host.recv(&mut big, None).unwrap(), 10);
+    // ...then waiting on a closed peer says so instead of hanging.
+    assert_eq!(host.recv(&mut big, None), Err(ChannelError::PeerClosed));
+}
+
+#[test]
+fn full_ring_send_waits_for_the_reader() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    let mut host = Channel::attach(header, Side::Host, options).unwrap();
+    let max = host.max_message();
+    let msg = vec![1u8; max];
+    // Two largest messages fill the 16 KiB ring exactly.
+    assert!(host.try_send(&msg).unwrap());
+    assert!(host.try_send(&msg).unwrap());
+    assert!(!host.try_send(&msg).unwrap());
+    let err = host.send(&msg, Some(Duration::from_millis(2))).unwrap_err();
+    assert!(matches!(err, ChannelError::Timeout { .. }));
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+            let mut buf = vec![0u8; max];
+            for _ in 0..3 {
+                assert_eq!(guest.recv(&mut buf, None).unwrap(), max);
+            }
+        });
+        // Blocks until the guest drains one.
+        host.send(&msg, Some(Duration::from_secs(30))).unwrap();
+    });
+}
+
+#[test]
+fn byte_stream_round_trip_across_threads() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let total = if cfg!(miri) { 20_000 } else { 3_000_000 };
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    std::thread::scope(|s| {
+        let data = &data;
+        s.spawn(move || {
+            let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+            let mut w = guest.writer(None);
+            // Odd-sized writes, larger than one message at a time.
+            for chunk in data.chunks(9_999) {
+                w.write_all(chunk).unwrap();
+            }
+            w.flush().unwrap();
+            w.finish().unwrap();
+        });
+        let mut host = Channel::attach(header, Side::Host, options).unwrap();
+        let mut got = Vec::new();
+        host.reader(None).read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == *data);
+    });
+}
+
+#[test]
+fn zero_copy_through_a_channel() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let mut guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    let mut g = host.reserve(5, None).unwrap();
+    g.copy_from_slice(b"hello");
+    g.commit(5).unwrap();
+    let m = guest.peek(Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(&*m, b"hello");
+    m.release();
+    assert!(matches!(
+        guest.peek(Some(Duration::from_millis(1))),
+        Err(ChannelError::Timeout { .. })
+    ));
+}
