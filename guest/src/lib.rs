@@ -10,7 +10,7 @@
 //! let bar = select_waiting(Path::new("/sys"), &Selector::Identity,
 //!                          &MapOptions::default(), Duration::from_secs(30))?;
 //! let header = bar.header()?;
-//! println!("{}", ivchan_guest::report::describe(&header));
+//! println!("{}", ivchan_protocol::report::describe(&header));
 //! # Ok::<(), ivchan_guest::GuestError>(())
 //! ```
 //!
@@ -20,12 +20,10 @@
 pub mod discovery;
 mod error;
 pub mod mapping;
-pub mod report;
 pub mod select;
-mod vm_uuid;
 
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
 pub use error::GuestError;
+pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar};
 pub use select::{select, select_waiting, Selector};
-pub use vm_uuid::{UuidError, VmUuid};

@@ -8,7 +8,7 @@
 //! // /dev/shm/fg_<uuid>, 8 MiB, 0600; QEMU may have created it already.
 //! let file = RegionOptions::new().open_or_create(&uuid)?;
 //! let header = file.attach_or_init("agent")?;
-//! println!("{}", ivchan_guest::report::describe(&header));
+//! println!("{}", ivchan_protocol::report::describe(&header));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

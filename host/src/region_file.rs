@@ -27,7 +27,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::statfs::{fstatfs, HUGETLBFS_MAGIC};
 use nix::unistd::{Gid, Uid};
 
-pub use ivchan_guest::{UuidError, VmUuid};
+pub use ivchan_protocol::{UuidError, VmUuid};
 
 /// Default directory of region files.
 pub const DEFAULT_DIR: &str = "/dev/shm";

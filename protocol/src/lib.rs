@@ -51,8 +51,12 @@ pub mod layout;
 #[cfg(feature = "alloc")]
 mod model;
 mod region;
+#[cfg(feature = "std")]
+pub mod report;
 pub mod ring;
 mod sync;
+#[cfg(feature = "std")]
+mod uuid;
 
 #[cfg(feature = "std")]
 pub use channel::{
@@ -68,3 +72,5 @@ pub use model::HeapRing;
 pub use region::Region;
 pub use ring::{Consumer, DirectMemory, Producer, ReadGrant, RingMemory, Word, WriteGrant};
 pub use sync::Ordering;
+#[cfg(feature = "std")]
+pub use uuid::{UuidError, VmUuid};

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ivchan_guest::discovery::DEFAULT_SYSFS;
-use ivchan_guest::report::{describe, human_size, summary};
 use ivchan_guest::{
     discover, product_uuid, select, GuestError, IvshmemDevice, MapOptions, MappedBar, Selector,
     VmUuid,
 };
+use ivchan_protocol::report::{describe, human_size, summary};
 
 /// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
 fn emit(text: std::fmt::Arguments<'_>) {

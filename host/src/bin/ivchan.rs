@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ivchan_guest::report::{describe, human_size, summary};
 use ivchan_host::region_file::{DEFAULT_DIR, DEFAULT_PREFIX};
 use ivchan_host::{list_regions, InspectedRegion, RegionError, VmUuid};
+use ivchan_protocol::report::{describe, human_size, summary};
 use ivchan_protocol::{Header, LayoutError};
 
 /// Writes to stdout; a closed pipe (`| head`) ends the program quietly.

@@ -10,10 +10,10 @@
 
 use std::fmt::Write as _;
 
-use ivchan_protocol::layout::{HEADER_SIZE, VERSION_MAJOR};
-use ivchan_protocol::{Direction, Header, PeerState, RingPlace, Side};
+use crate::layout::{HEADER_SIZE, VERSION_MAJOR};
+use crate::{Direction, Header, PeerState, RingPlace, Side};
 
-use crate::VmUuid;
+use crate::uuid::VmUuid;
 
 /// `1536 B`, `64 KiB`, `8 MiB`: exact binary units when they fit, bytes otherwise.
 pub fn human_size(bytes: u64) -> String {
@@ -67,7 +67,7 @@ pub fn describe(header: &Header<'_>) -> String {
             "  {:<20} {:#010x} {:>10}",
             format!("{label} control"),
             place.control,
-            human_size(ivchan_protocol::layout::CONTROL_SIZE as u64)
+            human_size(crate::layout::CONTROL_SIZE as u64)
         );
         let _ = writeln!(
             out,
@@ -153,7 +153,7 @@ fn fill(head: u64, tail: u64, place: RingPlace) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ivchan_protocol::{InitParams, Region};
+    use crate::{InitParams, Region};
 
     #[test]
     fn describes_a_fresh_region_with_traffic() {

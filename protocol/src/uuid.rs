@@ -2,9 +2,7 @@
 //!
 //! One type for both sides: the host parses it from a region file's name
 //! (`fg_<uuid>`), the guest from `/sys/class/dmi/id/product_uuid`, and both
-//! compare it with the 16 bytes in the region header. It belongs in
-//! `ivchan-protocol` (behind `std`); it lives here until it moves, and
-//! `ivchan-host` re-exports it.
+//! compare it with the 16 bytes in the region header.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,12 +13,23 @@ use std::str::FromStr;
 pub struct VmUuid([u8; 16]);
 
 /// A string that is not a canonical `8-4-4-4-12` hex UUID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a UUID (expected 8-4-4-4-12 hex digits, e.g. 5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c)")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UuidError {
     /// The rejected text (truncated to 80 characters).
     pub input: String,
 }
+
+impl fmt::Display for UuidError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a UUID (expected 8-4-4-4-12 hex digits, e.g. 5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c)",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for UuidError {}
 
 impl VmUuid {
     /// Wraps 16 bytes in RFC 4122 order (as stored in the region header).
