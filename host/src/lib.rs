@@ -1,5 +1,6 @@
 //! ivchan's host side: the region file of each VM (create, open, check,
-//! lock, map), and later channels and many-VM supervision.
+//! lock, map), host channels that own their region, and a supervisor that
+//! serves many VMs from one process.
 //!
 //! ```no_run
 //! use ivchan_host::{RegionOptions, VmUuid};
@@ -14,8 +15,14 @@
 //!
 //! All `unsafe` code (the mappings) is in [`region_file`].
 
+pub mod channel;
 pub mod region_file;
+pub mod supervisor;
 
+pub use channel::{HostError, VmChannel};
+pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
 pub use region_file::{
-    list_regions, InspectedRegion, RegionError, RegionFile, RegionOptions, UuidError, VmUuid,
+    list_regions, InspectedRegion, PeerMapping, RegionError, RegionFile, RegionOptions, UuidError,
+    VmUuid,
 };
+pub use supervisor::{Supervisor, VmEvent};

@@ -724,6 +724,60 @@ impl InspectedRegion {
     }
 }
 
+/// A region file mapped shared and *without* the lock, the way a guest's
+/// BAR2 sees it: for a peer on the same host (tests, demos, a guest
+/// simulator). The host agent holds the lock; this side must be the other
+/// party of the channel.
+#[derive(Debug)]
+pub struct PeerMapping {
+    base: NonNull<u8>,
+    len: usize,
+    _map: MmapMut,
+    path: PathBuf,
+}
+
+// SAFETY: as for `RegionFile`: `base` points into the owned mapping and is
+// only used to build `Region`s.
+unsafe impl Send for PeerMapping {}
+// SAFETY: as above.
+unsafe impl Sync for PeerMapping {}
+
+impl PeerMapping {
+    /// Opens `path` read-write (refusing symlinks, non-regular files and bad
+    /// sizes) and maps it shared.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegionError> {
+        let path = path.into();
+        let file = open_flags(&path, OpenOptions::new().read(true).write(true))?;
+        let meta = file.metadata().map_err(io_err(&path, "stat"))?;
+        if !meta.file_type().is_file() {
+            return Err(RegionError::NotRegular { path });
+        }
+        check_size(&path, meta.len(), huge_page_size(&file, &path)?)?;
+        let len = usize::try_from(meta.len()).map_err(|_| RegionError::SizeTooSmall {
+            path: path.clone(),
+            size: meta.len(),
+            min: MIN_REGION_SIZE as u64,
+        })?;
+        let (map, base) = map_shared(&file, len, &path)?;
+        Ok(Self {
+            base,
+            len,
+            _map: map,
+            path,
+        })
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The mapping as an ivchan region.
+    pub fn region(&self) -> Region<'_> {
+        region_of(self, self.base, self.len)
+    }
+}
+
 /// Region files in `dir`: entries named `<prefix><uuid>` with a canonical
 /// UUID, sorted by UUID. Other entries (and directories) are ignored.
 pub fn list_regions(dir: &Path, prefix: &str) -> Result<Vec<(VmUuid, PathBuf)>, RegionError> {

@@ -469,11 +469,10 @@ impl<'a> Channel<'a> {
         self.rx.publish();
     }
 
-    /// Detaches cleanly: publishes what is staged and marks this side closed.
-    pub fn close(mut self) {
-        self.publish();
-        self.header.set_state(self.side, PeerState::Closed);
-    }
+    /// Detaches cleanly: publishes what is staged and marks this side
+    /// closed. Dropping the channel does the same; a crash does neither, and
+    /// the peer notices through the heartbeat instead.
+    pub fn close(self) {}
 
     /// Retries `attempt` under the wait strategy until it yields a value,
     /// fails, the timeout passes, or the peer is found closed or silent.
@@ -531,6 +530,13 @@ impl<'a> Channel<'a> {
             end: 0,
             eof: false,
         }
+    }
+}
+
+impl Drop for Channel<'_> {
+    fn drop(&mut self) {
+        self.publish();
+        self.header.set_state(self.side, PeerState::Closed);
     }
 }
 
