@@ -46,6 +46,15 @@ pub enum GuestError {
         /// What it held (truncated).
         value: String,
     },
+    /// A channel operation failed.
+    #[error("{address}: {source}")]
+    Channel {
+        /// PCI address of the device.
+        address: String,
+        /// What failed.
+        #[source]
+        source: ivchan_protocol::ChannelError,
+    },
     /// No ivshmem device at all.
     #[error("no ivshmem device (PCI 1af4:1110) under {root}/bus/pci/devices; does the VM have an ivshmem-plain device?")]
     NoDevice {

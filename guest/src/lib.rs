@@ -1,5 +1,6 @@
 //! ivchan's guest side: find the ivshmem device under sysfs, map its BAR2,
-//! check that the region is this VM's, and (later) exchange messages.
+//! check that the region is this VM's, and exchange messages
+//! ([`GuestChannel`]).
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -17,13 +18,16 @@
 //! Mapping needs root (sysfs `resource2` is 0600) and a kernel that is not in
 //! lockdown mode. All `unsafe` code is in [`mapping`].
 
+pub mod channel;
 pub mod discovery;
 mod error;
 pub mod mapping;
 pub mod select;
 
+pub use channel::GuestChannel;
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
 pub use error::GuestError;
+pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar};
 pub use select::{select, select_waiting, Selector};

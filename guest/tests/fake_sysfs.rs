@@ -506,3 +506,61 @@ fn cli_lists_and_inspects() {
     assert!(!ok);
     assert!(err.contains("no ivshmem device at 0000:00:02.0"), "{err}");
 }
+
+#[test]
+fn guest_channel_waits_for_a_hotplugged_device_and_talks_to_its_host() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    // Another VM's device is there from the start; ours is hotplugged later.
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.write_header("0000:00:1e.0", VM_B, "other");
+    std::fs::remove_dir_all(sys.root().join("bus/pci/devices/0000:00:1e.0")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            sys.add(&Dev::ivshmem("0000:00:1e.0"));
+            sys.write_header("0000:00:1e.0", VM_B, "other");
+            sys.add(&Dev::ivshmem("0000:00:05.0"));
+            sys.write_header("0000:00:05.0", VM_A, "ours");
+            let bar = select(
+                sys.root(),
+                &Selector::Address("0000:00:05.0".into()),
+                &MapOptions::default(),
+            )
+            .expect("map");
+            let header = Header::open(bar.region()).expect("header");
+            let mut host = ivchan_protocol::Channel::attach(
+                header,
+                Side::Host,
+                ivchan_protocol::ChannelOptions::default(),
+            )
+            .expect("attach");
+            let mut buf = [0u8; 16];
+            let n = host
+                .recv(&mut buf, Some(Duration::from_secs(10)))
+                .expect("hello");
+            assert_eq!(&buf[..n], b"hello");
+            host.send(b"welcome", None).expect("reply");
+            // Wait for the guest to close before unmapping.
+            let err = host
+                .recv(&mut buf, Some(Duration::from_secs(10)))
+                .unwrap_err();
+            assert_eq!(err, ivchan_protocol::ChannelError::PeerClosed);
+        });
+        let mut guest = ivchan_guest::GuestChannel::open(
+            sys.root(),
+            &Selector::Identity,
+            &MapOptions::default(),
+            ivchan_protocol::ChannelOptions::default(),
+            Duration::from_secs(10),
+        )
+        .expect("guest channel");
+        assert_eq!(guest.address(), "0000:00:05.0");
+        guest.send(b"hello", None).expect("send");
+        let mut buf = [0u8; 16];
+        let n = guest
+            .recv(&mut buf, Some(Duration::from_secs(10)))
+            .expect("reply");
+        assert_eq!(&buf[..n], b"welcome");
+    });
+}

@@ -127,6 +127,8 @@ pub struct ChannelOptions {
     /// How long the peer's heartbeat may stand still before it counts as
     /// silent; `None` never declares it silent.
     pub peer_timeout: Option<Duration>,
+    /// The region is mapped write-combining: fence before each publish.
+    pub write_combining: bool,
 }
 
 impl Default for ChannelOptions {
@@ -135,6 +137,7 @@ impl Default for ChannelOptions {
             wait: WaitStrategy::default(),
             heartbeat_interval: Duration::from_millis(100),
             peer_timeout: Some(Duration::from_secs(5)),
+            write_combining: false,
         }
     }
 }
@@ -338,7 +341,8 @@ impl<'a> Channel<'a> {
         side: Side,
         options: ChannelOptions,
     ) -> Result<Self, ChannelError> {
-        let (tx, rx) = header.split(side)?;
+        let (mut tx, rx) = header.split(side)?;
+        tx.set_store_fence(options.write_combining);
         let epoch = header.begin_session(side);
         header.heartbeat(side);
         let now = Instant::now();

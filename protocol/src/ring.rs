@@ -21,7 +21,7 @@
 //! later one return [`Error::Corrupt`] without touching shared memory again.
 
 use crate::error::{Error, Violation};
-use crate::sync::Ordering;
+use crate::sync::{fence, Ordering};
 
 /// Size of a record header in bytes.
 pub const RECORD_HEADER: usize = 8;
@@ -204,6 +204,8 @@ pub struct Producer<M: RingMemory> {
     /// Last consumer position seen; reloaded only when the ring looks full.
     head: u64,
     poison: Option<Violation>,
+    /// Issue a full fence before publishing (write-combining mappings).
+    store_fence: bool,
 }
 
 impl<M: RingMemory> Producer<M> {
@@ -221,7 +223,15 @@ impl<M: RingMemory> Producer<M> {
             published: tail,
             head,
             poison: None,
+            store_fence: false,
         })
+    }
+
+    /// Fences before every publish. Needed when the data area is mapped
+    /// write-combining (`resource2_wc`): a Release store alone does not
+    /// order earlier write-combined stores on x86.
+    pub fn set_store_fence(&mut self, on: bool) {
+        self.store_fence = on;
     }
 
     /// The largest payload [`reserve`](Self::reserve) accepts.
@@ -339,6 +349,10 @@ impl<M: RingMemory> Producer<M> {
     /// Publishes every staged record with one store.
     pub fn publish(&mut self) {
         if self.tail != self.published {
+            if self.store_fence {
+                // Drains write-combining buffers before the index store.
+                fence(Ordering::SeqCst);
+            }
             // SYNC POINT: pairs with the consumer's Acquire load of tail; the
             // record headers and payloads written before are visible to it.
             self.mem.store(Word::Tail, self.tail, Ordering::Release);

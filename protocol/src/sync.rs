@@ -7,11 +7,11 @@
 //! the models run the ring over [`HeapRing`](crate::HeapRing) instead.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::AtomicU64;
+pub(crate) use loom::sync::atomic::{fence, AtomicU64};
 
 #[cfg(not(loom))]
 #[allow(unused_imports)]
-pub(crate) use core::sync::atomic::AtomicU64;
+pub(crate) use core::sync::atomic::{fence, AtomicU64};
 
 pub use core::sync::atomic::Ordering;
 

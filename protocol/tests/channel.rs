@@ -24,6 +24,7 @@ fn quick() -> ChannelOptions {
         wait: WaitStrategy::adaptive(),
         heartbeat_interval: Duration::from_millis(1),
         peer_timeout: Some(Duration::from_millis(if cfg!(miri) { 2000 } else { 50 })),
+        ..ChannelOptions::default()
     }
 }
 
