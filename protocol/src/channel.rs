@@ -426,6 +426,23 @@ impl<'a> Channel<'a> {
         Ok(self.rx.recv_into(buf)?)
     }
 
+    /// Reserves room for a `len`-byte message in place without waiting;
+    /// `Ok(None)` when the ring is full.
+    pub fn try_reserve(
+        &mut self,
+        len: usize,
+    ) -> Result<Option<WriteGrant<'_, RegionRing<'a>>>, ChannelError> {
+        self.tick();
+        Ok(self.tx.reserve(len)?)
+    }
+
+    /// Borrows the next message in place without waiting; `Ok(None)` when
+    /// nothing is queued.
+    pub fn try_peek(&mut self) -> Result<Option<ReadGrant<'_, RegionRing<'a>>>, ChannelError> {
+        self.tick();
+        Ok(self.rx.peek()?)
+    }
+
     /// Sends, waiting for room up to `timeout` (`None`: no limit).
     pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), ChannelError> {
         self.block(timeout, |ch| ch.tx.send(msg).map(|sent| sent.then_some(())))
@@ -564,7 +581,10 @@ impl io::Write for ChannelWriter<'_, '_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf.len().min(self.channel.tx.max_message());
+        // Messages of an eighth of the ring keep several in flight, so the
+        // reader copies one while the writer fills the next.
+        let chunk = (self.channel.tx.capacity() / 8).min(self.channel.tx.max_message());
+        let n = buf.len().min(chunk);
         self.channel.send(&buf[..n], self.timeout)?;
         Ok(n)
     }

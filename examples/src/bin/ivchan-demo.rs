@@ -1,185 +1,167 @@
-//! Both sides of an ivchan channel as two processes over one `/dev/shm`
-//! region, no VM needed. The host process creates `/dev/shm/fg_<uuid>` the
-//! way a host agent does; the guest process maps the same file shared, the
-//! way a guest maps BAR2. Prints messages/s and MB/s for an echo of small
-//! messages and a checksummed bulk stream.
+//! Both agents as two processes over one `/dev/shm` region, no VM needed.
 //!
-//! Usage: `ivchan-demo [--echo N] [--bulk-mib M]`
+//! The host side creates `/dev/shm/fg_<uuid>` as the host agent does; the
+//! guest agent runs as a child process with `--region-file`, mapping the
+//! same file shared as a guest maps BAR2. The demo runs a checked exchange
+//! both ways, an echo and a file transfer, prints messages/s and MB/s, and
+//! removes the region and the files it made.
+//!
+//! `ivchan-demo [--exchange N] [--file-mib M]`
 
-use std::fs::OpenOptions;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use ivchan_examples::{checksum, Backoff};
-use ivchan_host::{RegionOptions, VmUuid};
-use ivchan_protocol::{Consumer, Header, Producer, Region, RegionRing, Side};
+use clap::Parser;
+use ivchan_examples::{agent, traffic};
+use ivchan_host::{ChannelOptions, PeerEvent, RegionOptions, VmChannel, VmUuid};
 
-type Tx<'a> = Producer<RegionRing<'a>>;
-type Rx<'a> = Consumer<RegionRing<'a>>;
-type AnyError = Box<dyn std::error::Error>;
-
-const ECHO_SIZE: usize = 64;
-const BULK_SIZE: usize = 64 * 1024;
-
-fn send(tx: &mut Tx<'_>, msg: &[u8]) -> Result<(), AnyError> {
-    let mut backoff = Backoff::default();
-    while !tx.send(msg)? {
-        backoff.wait();
-    }
-    Ok(())
+#[derive(Parser)]
+#[command(about = "ivchan demo: host and guest agents over one /dev/shm region")]
+struct Args {
+    /// Checked messages (1 B to 64 KiB) each way.
+    #[arg(long, default_value_t = 100_000)]
+    exchange: u64,
+    /// Round trips for the echo.
+    #[arg(long, default_value_t = 20_000)]
+    echo: u64,
+    /// Size of the file transferred, in MiB.
+    #[arg(long, default_value_t = 256)]
+    file_mib: u64,
 }
 
-fn recv(rx: &mut Rx<'_>, buf: &mut [u8]) -> Result<usize, AnyError> {
-    let mut backoff = Backoff::default();
-    loop {
-        if let Some(n) = rx.recv_into(buf)? {
-            return Ok(n);
-        }
-        backoff.wait();
-    }
-}
-
-/// The guest side: echo small messages; checksum bulk messages and answer
-/// with the checksum when an empty message ends the stream.
-fn guest(path: &str) -> Result<(), AnyError> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
-    // SAFETY: the region file is shared with the host process, which only
-    // touches it through the ring protocol; the map outlives every Region.
-    let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
-    let len = map.len();
-    // SAFETY: as above; the mapping is 8-byte aligned (page aligned).
-    let region = unsafe { Region::from_raw_parts(map.as_mut_ptr(), len)? };
-    let header = Header::open(region)?;
-    header.begin_session(Side::Guest);
-    let (mut tx, mut rx) = header.split(Side::Guest)?;
-    let mut buf = vec![0u8; rx.max_message()];
-    let mut sum = 0u64;
-    loop {
-        let n = recv(&mut rx, &mut buf)?;
-        match n {
-            0 => {
-                send(&mut tx, &sum.to_le_bytes())?;
-                sum = 0;
-            }
-            ECHO_SIZE => send(&mut tx, &buf[..n])?,
-            1 => break,
-            _ => sum = sum.wrapping_add(checksum(&buf[..n])),
-        }
-    }
-    header.set_state(Side::Guest, ivchan_protocol::PeerState::Closed);
-    Ok(())
-}
-
-fn rate(count: u64, bytes: u64, secs: f64) -> String {
-    format!(
-        "{:>10.0} msg/s {:>9.1} MB/s",
+fn rate(what: &str, count: u64, bytes: u64, secs: f64) {
+    println!(
+        "{what:<34} {:>10.0} msg/s {:>9.1} MB/s",
         count as f64 / secs,
         bytes as f64 / secs / 1e6
-    )
+    );
 }
 
-fn host(echo: u64, bulk_mib: u64) -> Result<(), AnyError> {
-    let uuid: VmUuid = format!("00000000-0000-4000-8000-{:012x}", std::process::id()).parse()?;
-    let file = RegionOptions::new().create(&uuid)?;
+fn throughput(what: &str, bytes: u64, secs: f64) {
+    println!(
+        "{what:<34} {:>16} {:>9.1} MB/s",
+        "",
+        bytes as f64 / secs / 1e6
+    );
+}
+
+/// Removes what the demo made, however it ends.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let uuid: VmUuid = format!("00000000-0000-4000-8000-{:012x}", std::process::id())
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let regions = RegionOptions::new();
+    // Work in /dev/shm too, so the file transfer measures the channel, not
+    // a disk.
+    let work = std::path::Path::new("/dev/shm").join(format!("ivchan-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let file = work.join("payload.bin");
+    let received = work.join("received");
+    std::fs::create_dir_all(&received).map_err(|e| e.to_string())?;
+    let _cleanup = Cleanup(vec![
+        regions.path_for(&uuid),
+        file.clone(),
+        received.join("payload.bin"),
+    ]);
+
+    let mut vm = VmChannel::open(&uuid, &regions, "demo", ChannelOptions::default())
+        .map_err(|e| e.to_string())?;
     println!(
         "region {} ({} MiB)",
-        file.path().display(),
-        file.len() >> 20
+        vm.path().display(),
+        std::fs::metadata(vm.path())
+            .map_err(|e| e.to_string())?
+            .len()
+            >> 20
     );
-    // The region is the demo's own: remove it whatever happens.
-    let result = session(&file, echo, bulk_mib);
-    file.remove()?;
-    result
-}
+    let guest_bin = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .with_file_name("ivchan-guest-agent");
+    let mut guest = Command::new(&guest_bin)
+        .arg("--region-file")
+        .arg(vm.path())
+        .arg("--dir")
+        .arg(&received)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (build it with cargo build -p ivchan-examples)",
+                guest_bin.display()
+            )
+        })?;
 
-fn session(file: &ivchan_host::RegionFile, echo: u64, bulk_mib: u64) -> Result<(), AnyError> {
-    let header = file.attach_or_init("demo")?;
-    header.begin_session(Side::Host);
-    let (mut tx, mut rx) = header.split(Side::Host)?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--guest")
-        .arg(file.path())
-        .spawn()?;
-
-    // Echo: keep a window of messages in flight, check each reply.
-    let mut buf = vec![0u8; BULK_SIZE];
-    let start = Instant::now();
-    let window = 64u64.min(echo);
-    let mut msg = [0u8; ECHO_SIZE];
-    for seq in 0..window {
-        msg[..8].copy_from_slice(&seq.to_le_bytes());
-        send(&mut tx, &msg)?;
-    }
-    for seq in 0..echo {
-        let n = recv(&mut rx, &mut buf)?;
-        let got = u64::from_le_bytes(buf[..8].try_into()?);
-        if n != ECHO_SIZE || got != seq {
-            return Err(format!("echo {seq}: got {n} bytes, sequence {got}").into());
+    let result = (|| -> Result<(), String> {
+        let start = Instant::now();
+        while !matches!(
+            vm.poll_peer().map_err(|e| e.to_string())?,
+            Some(PeerEvent::Attached { .. })
+        ) {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err("the guest agent did not attach".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        if seq + window < echo {
-            msg[..8].copy_from_slice(&(seq + window).to_le_bytes());
-            send(&mut tx, &msg)?;
-        }
+        let data: Vec<u8> = (0..args.file_mib << 20)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        std::fs::write(&file, &data).map_err(|e| e.to_string())?;
+        let stall = Duration::from_secs(30);
+        vm.with(|ch| -> Result<(), String> {
+            let bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
+            let t = Instant::now();
+            agent::run_exchange(ch, args.exchange, false, stall)?;
+            rate(
+                "exchange, 1 B-64 KiB, both ways",
+                2 * args.exchange,
+                2 * bytes,
+                t.elapsed().as_secs_f64(),
+            );
+            let bytes: u64 = (0..args.echo).map(|s| traffic::len(s) as u64).sum();
+            let t = Instant::now();
+            agent::run_exchange(ch, args.echo, true, stall)?;
+            rate(
+                "echo round trips, 1 B-64 KiB",
+                args.echo,
+                2 * bytes,
+                t.elapsed().as_secs_f64(),
+            );
+            let t = Instant::now();
+            let size = agent::send_file(ch, &file, stall)?;
+            let what = format!("file transfer, {} MiB, checked", size >> 20);
+            throughput(&what, size, t.elapsed().as_secs_f64());
+            agent::command(ch, "quit", stall).map(drop)
+        })
+    })();
+    if result.is_err() {
+        let _ = guest.kill();
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "echo  {echo} x {ECHO_SIZE} B round trips: {}",
-        rate(echo, 2 * echo * ECHO_SIZE as u64, secs)
-    );
-
-    // Bulk: stream 64 KiB messages, compare checksums at the end.
-    let count = bulk_mib * (1 << 20) / BULK_SIZE as u64;
-    let mut expected = 0u64;
-    let start = Instant::now();
-    for seq in 0..count {
-        for (i, chunk) in buf.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&(seq ^ (i as u64) << 20).to_le_bytes());
-        }
-        expected = expected.wrapping_add(checksum(&buf));
-        send(&mut tx, &buf)?;
-    }
-    send(&mut tx, &[])?;
-    let n = recv(&mut rx, &mut buf)?;
-    let secs = start.elapsed().as_secs_f64();
-    let got = u64::from_le_bytes(buf[..n.min(8)].try_into()?);
-    if got != expected {
-        return Err(
-            format!("bulk checksum mismatch: sent {expected:#x}, guest saw {got:#x}").into(),
-        );
-    }
-    println!(
-        "bulk  {count} x 64 KiB, checksum ok:      {}",
-        rate(count, count * BULK_SIZE as u64, secs)
-    );
-    send(&mut tx, &[0])?;
-    let status = child.wait()?;
+    let status = guest.wait().map_err(|e| e.to_string())?;
+    result?;
     if !status.success() {
-        return Err(format!("guest process failed: {status}").into());
+        return Err(format!("guest agent failed: {status}"));
     }
+    let copy = std::fs::read(received.join("payload.bin")).map_err(|e| e.to_string())?;
+    if copy != std::fs::read(&file).map_err(|e| e.to_string())? {
+        return Err("the received file differs".into());
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!("all messages and the file checked; region removed");
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let result = match args.get(1).map(String::as_str) {
-        Some("--guest") => match args.get(2) {
-            Some(path) => guest(path),
-            None => Err("--guest needs the region path".into()),
-        },
-        _ => {
-            let flag = |name: &str, default: u64| {
-                args.iter()
-                    .position(|a| a == name)
-                    .and_then(|i| args.get(i + 1))
-                    .map_or(Ok(default), |v| v.parse::<u64>())
-            };
-            match (flag("--echo", 200_000), flag("--bulk-mib", 2048)) {
-                (Ok(echo), Ok(bulk)) => host(echo, bulk),
-                _ => Err("usage: ivchan-demo [--echo N] [--bulk-mib M]".into()),
-            }
-        }
-    };
-    match result {
+    match run(&Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ivchan-demo: {e}");
