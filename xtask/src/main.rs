@@ -3,6 +3,10 @@
 //! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, tests,
 //!   loom models and Miri. `.ci/run` calls this.
 //! - `loom`, `miri`: one of those steps alone.
+//! - `smoke`: host agent and guest agent through a real TCG guest.
+
+mod e2e;
+mod vm;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -91,7 +95,14 @@ fn packages() {
 fn loom() {
     step("loom models (LOOM_MAX_PREEMPTIONS=2)");
     run(cargo()
-        .args(["test", "-p", "ivchan-protocol", "--test", "loom", "--release"])
+        .args([
+            "test",
+            "-p",
+            "ivchan-protocol",
+            "--test",
+            "loom",
+            "--release",
+        ])
         .args(["--target-dir", "target/loom"])
         .env("RUSTFLAGS", "--cfg loom")
         .env("LOOM_MAX_PREEMPTIONS", "2"));
@@ -100,7 +111,14 @@ fn loom() {
 fn miri() {
     step("miri");
     let add = Command::new("rustup")
-        .args(["component", "add", "--toolchain", "nightly", "miri", "rust-src"])
+        .args([
+            "component",
+            "add",
+            "--toolchain",
+            "nightly",
+            "miri",
+            "rust-src",
+        ])
         .status();
     if !matches!(add, Ok(s) if s.success()) {
         eprintln!();
@@ -120,7 +138,14 @@ fn ci() {
     step("fmt");
     run(cargo().args(["fmt", "--all", "--", "--check"]));
     step("clippy");
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]));
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]));
     step("rustdoc");
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
@@ -140,9 +165,15 @@ fn main() {
         Some("ci") => ci(),
         Some("loom") => loom(),
         Some("miri") => miri(),
+        Some("smoke") => {
+            if let Err(e) = e2e::smoke() {
+                eprintln!("xtask: {e}");
+                exit(1);
+            }
+        }
         Some("packages") => packages(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|loom|miri|packages>");
+            eprintln!("usage: cargo xtask <ci|loom|miri|packages|smoke>");
             exit(2);
         }
     }

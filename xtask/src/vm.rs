@@ -1,0 +1,236 @@
+//! Real guests for the end-to-end runs: a Debian cloud kernel fetched with
+//! `apt-get download`, a busybox initramfs carrying the static guest agent,
+//! and QEMU under TCG (nested KVM does not work here) with the serial
+//! console captured to a file.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{cargo, project_root, run};
+
+/// Where fetched and built artefacts are cached.
+pub fn cache_dir() -> PathBuf {
+    project_root().join("target/ivchan-vm")
+}
+
+fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Debian cloud kernel image, downloaded and unpacked once.
+pub fn kernel() -> Result<PathBuf, String> {
+    let dir = cache_dir().join("kernel");
+    if let Some(found) = find_vmlinuz(&dir) {
+        return Ok(found);
+    }
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
+    let package = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .ok_or("apt-cache names no linux-image package for linux-image-cloud-amd64 (run apt-get update)")?
+        .trim()
+        .to_owned();
+    eprintln!("xtask: fetching kernel {package}");
+    output(
+        Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(&dir),
+    )?;
+    let deb = fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or("apt-get download left no .deb")?;
+    output(
+        Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")),
+    )?;
+    let _ = fs::remove_file(&deb);
+    find_vmlinuz(&dir).ok_or_else(|| format!("no vmlinuz in {}", deb.display()))
+}
+
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    fs::read_dir(dir.join("root/boot"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+}
+
+/// Builds the guest agent as a static binary (it runs from a bare
+/// initramfs) and returns its path.
+pub fn static_guest_agent() -> PathBuf {
+    run(cargo()
+        .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .args(["-p", "ivchan-examples", "--bin", "ivchan-guest-agent"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"));
+    project_root().join("target/x86_64-unknown-linux-gnu/release/ivchan-guest-agent")
+}
+
+/// Packs an initramfs: busybox, the guest agent, and `/init` running
+/// `script` (shell lines) after mounting proc, sysfs and devtmpfs. The
+/// guest powers off when the script ends.
+pub fn initramfs(name: &str, agent: &Path, script: &str) -> Result<PathBuf, String> {
+    let root = cache_dir().join(format!("initramfs-{name}"));
+    let _ = fs::remove_dir_all(&root);
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .map_err(|e| format!("/bin/busybox (install busybox-static): {e}"))?;
+    fs::copy(agent, root.join("bin/ivchan-guest-agent"))
+        .map_err(|e| format!("{}: {e}", agent.display()))?;
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         echo 'ivchan-vm: guest up'\n\
+         {script}\n\
+         echo 'ivchan-vm: script done'\n\
+         poweroff -f\n"
+    );
+    let init_path = root.join("init");
+    fs::write(&init_path, init).map_err(|e| e.to_string())?;
+    output(Command::new("chmod").arg("755").arg(&init_path))?;
+    let image = cache_dir().join(format!("initramfs-{name}.cpio.gz"));
+    let pack = format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        image.display()
+    );
+    output(Command::new("sh").arg("-c").arg(pack))?;
+    Ok(image)
+}
+
+/// A QEMU guest under TCG whose serial console goes to a file.
+pub struct Guest {
+    child: Child,
+    console: PathBuf,
+    name: String,
+}
+
+impl Guest {
+    /// Boots `kernel` + `initrd` with extra QEMU arguments `extra`.
+    pub fn boot(
+        name: &str,
+        kernel: &Path,
+        initrd: &Path,
+        extra: &[String],
+    ) -> Result<Self, String> {
+        let console = cache_dir().join(format!("{name}.console"));
+        let log = fs::File::create(&console).map_err(|e| e.to_string())?;
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("qemu-system-x86_64: {e} (install qemu-system-x86)"))?;
+        Ok(Self {
+            child,
+            console,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the console, for failure reports.
+    pub fn console_tail(&self, n: usize) -> String {
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits for the guest to power off; kills it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("{}: QEMU exited with {status}", self.name))
+                };
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!(
+                    "{}: guest still running after {timeout:?}",
+                    self.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU arguments that give a guest the device the way ivchan's QEMU
+/// wrapper does: a shared `memory-backend-file` on the region and an
+/// `ivshmem-plain` at bus 0, `slot`.
+pub fn ivshmem_args(uuid: &str, region: &Path, size_mib: u64, slot: u8) -> Vec<String> {
+    vec![
+        "-uuid".into(),
+        uuid.into(),
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=ivchan{slot:x},mem-path={},size={size_mib}M,share=on",
+            region.display()
+        ),
+        "-device".into(),
+        format!("ivshmem-plain,memdev=ivchan{slot:x},bus=pci.0,addr=0x{slot:x}"),
+    ]
+}
+
+/// A file of `size` pseudo-random bytes for transfer checks.
+pub fn payload_file(path: &Path, size: usize) -> Result<(), String> {
+    let mut f = fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut buf = Vec::with_capacity(size);
+    while buf.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    buf.truncate(size);
+    f.write_all(&buf).map_err(|e| e.to_string())
+}
