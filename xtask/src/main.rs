@@ -156,6 +156,11 @@ fn ci() {
         .env("IVCHAN_REQUIRE_REAL", "1"));
     loom();
     miri();
+    step("smoke: agents through a real TCG guest");
+    if let Err(e) = e2e::smoke() {
+        eprintln!("xtask: {e}");
+        exit(1);
+    }
     eprintln!("\nxtask: ci passed");
 }
 
