@@ -80,3 +80,46 @@ fn list_and_inspect_a_live_region_without_disturbing_it() {
     assert!(!ok);
     assert!(err.contains("No such file"), "{err}");
 }
+
+#[test]
+fn init_creates_a_region_with_a_header_and_keeps_an_existing_one() {
+    let dir = tempfile::Builder::new()
+        .prefix("ivchan-cli-init-")
+        .tempdir_in("/dev/shm")
+        .expect("temp dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, out, err) = ivchan(&[
+        "init", VM, "--dir", d, "--name", "decoy", "--size", "2097152", "--mode", "640",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"decoy\""), "{out}");
+    let path = dir.path().join(format!("fg_{VM}"));
+    let meta = std::fs::metadata(&path).expect("created");
+    assert_eq!(meta.len(), 2 << 20);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+
+    // Again, with another name: the header (and its name) stays.
+    let (ok, out, err) = ivchan(&["init", VM, "--dir", d, "--name", "other"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"decoy\""), "{out}");
+
+    for (args, needle) in [
+        (vec!["init", "../etc/passwd", "--dir", d], "not a UUID"),
+        (vec!["init", VM, "--dir", d, "--mode", "9"], "octal mode"),
+        (
+            vec![
+                "init",
+                "00000000-0000-4000-8000-000000000001",
+                "--dir",
+                d,
+                "--size",
+                "3000000",
+            ],
+            "power of two",
+        ),
+    ] {
+        let (ok, _, err) = ivchan(&args);
+        assert!(!ok && err.contains(needle), "{args:?}: {err}");
+    }
+}

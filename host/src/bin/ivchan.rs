@@ -1,7 +1,9 @@
-//! `ivchan`: look at the region files of this host's VMs.
+//! `ivchan`: look at the region files of this host's VMs, or prepare one.
 //!
-//! Read-only: regions are opened `O_RDONLY` and mapped private, without the
-//! host agent's lock, so running it next to a live agent is safe.
+//! `list` and `inspect` are read-only: regions are opened `O_RDONLY` and
+//! mapped private, without the host agent's lock, so running them next to a
+//! live agent is safe. `init` creates a region (or adopts an all-zero one)
+//! and writes its header, so QEMU can be started on it before any agent.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ivchan_host::region_file::{DEFAULT_DIR, DEFAULT_PREFIX};
-use ivchan_host::{list_regions, InspectedRegion, RegionError, VmUuid};
+use ivchan_host::{list_regions, InspectedRegion, RegionError, RegionOptions, VmUuid};
 use ivchan_protocol::report::{describe, human_size, summary};
 use ivchan_protocol::{Header, LayoutError};
 
@@ -65,6 +67,60 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PREFIX)]
         prefix: String,
     },
+    /// Create a VM's region file (or adopt one QEMU made) and write its
+    /// header; an existing header is kept.
+    Init {
+        /// The VM's UUID.
+        uuid: VmUuid,
+        /// Channel name written into a new header.
+        #[arg(long, default_value = "ivchan")]
+        name: String,
+        /// Size in bytes (a power of two, at least 1 MiB).
+        #[arg(long, default_value_t = 8 << 20)]
+        size: u64,
+        /// Permission bits of a new file (octal).
+        #[arg(long, default_value = "600", value_parser = parse_mode)]
+        mode: u32,
+        /// Group of a new file (numeric gid), e.g. QEMU's.
+        #[arg(long)]
+        group: Option<u32>,
+        /// Directory holding region files.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// File-name prefix before the VM UUID.
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal mode like 600 or 660"))
+}
+
+fn init(
+    uuid: &VmUuid,
+    name: &str,
+    size: u64,
+    mode: u32,
+    group: Option<u32>,
+    dir: &Path,
+    prefix: &str,
+) -> Result<(), RegionError> {
+    let mut options = RegionOptions::new()
+        .dir(dir)
+        .prefix(prefix)
+        .size(size)
+        .mode(mode);
+    if let Some(gid) = group {
+        options = options.group(gid);
+    }
+    let file = options.open_or_create(uuid)?;
+    let header = file.attach_or_init(name)?;
+    say!("{}  {}", file.path().display(), summary(&header));
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -76,6 +132,15 @@ fn main() -> ExitCode {
             dir,
             prefix,
         } => resolve(&region, &dir, &prefix).and_then(|path| inspect(&path)),
+        Command::Init {
+            uuid,
+            name,
+            size,
+            mode,
+            group,
+            dir,
+            prefix,
+        } => init(&uuid, &name, size, mode, group, &dir, &prefix),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
