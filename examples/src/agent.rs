@@ -7,6 +7,11 @@
 //! | `echo N` | the host sends traffic 0..N, the guest returns each message as it came |
 //! | `file NAME SIZE SUM` | a byte stream of SIZE bytes follows; the guest stores it as NAME and checks its checksum |
 //! | `quit` | the guest answers and exits |
+//!
+//! Stream messages (`STRM` + sequence number + traffic) need no command:
+//! the guest acknowledges each one (`ACK!` + sequence number) before it
+//! consumes it, so a stream survives either side restarting
+//! ([`stream_host`]).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -159,27 +164,81 @@ pub fn send_file(ch: &mut Channel<'_>, path: &Path, timeout: Duration) -> Result
     Ok(size)
 }
 
-/// The guest agent: carries out commands until `quit`. Received files go
+/// Tag of a stream message: `STRM`, u64 LE sequence number, then traffic
+/// message `seq` (see [`stream_host`]).
+pub const STREAM_TAG: &[u8; 4] = b"STRM";
+/// Tag of the guest's acknowledgement: `ACK!`, u64 LE sequence number.
+pub const ACK_TAG: &[u8; 4] = b"ACK!";
+
+fn tagged(tag: &[u8; 4], msg: &[u8]) -> Option<u64> {
+    let rest = msg.strip_prefix(tag.as_slice())?;
+    let seq: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(seq))
+}
+
+/// Sends through a peer's absence (it may be restarting): retries on
+/// timeouts, closed and silent peers; fails only on a fatal error.
+fn send_patiently(ch: &mut Channel<'_>, msg: &[u8]) -> Result<(), AgentError> {
+    loop {
+        match ch.send(msg, Some(Duration::from_millis(200))) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_fatal() => return Err(chan(e)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The guest agent: carries out commands until `quit`, and acknowledges
+/// stream messages whenever they come (also right after a restart, when
+/// the ring still holds the stream that was in flight). Received files go
 /// to `dir`, written to a temporary name and renamed once checked.
 pub fn serve(ch: &mut Channel<'_>, dir: &Path, stall: Duration) -> Result<(), AgentError> {
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; traffic::MAX_LEN + 64];
+    // Next stream sequence number expected; unknown after a (re)start.
+    let mut stream_next: Option<u64> = None;
     loop {
-        let n = match ch.recv(&mut buf, None) {
-            Ok(n) => n,
-            // The host went away or restarted: keep waiting for it.
+        // Look at the next message; consume it only once it is handled, so
+        // a guest that dies meanwhile gets it again (at-least-once).
+        let n = match ch.peek(None) {
+            Ok(msg) if msg.len() <= buf.len() => {
+                let n = msg.len();
+                msg.read(0, &mut buf[..n]).map_err(|e| e.to_string())?;
+                n
+            }
+            Ok(msg) => {
+                let len = msg.len();
+                msg.release();
+                ch.send(
+                    format!("err unexpected {len}-byte message").as_bytes(),
+                    Some(stall),
+                )
+                .map_err(chan)?;
+                continue;
+            }
+            // The host went away or is restarting: keep waiting for it.
             Err(ChannelError::PeerClosed | ChannelError::PeerSilent { .. }) => {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            Err(ChannelError::Ring(ivchan_protocol::Error::BufferTooSmall { needed, .. })) => {
-                // Not a command (stray traffic): drop it and say so.
-                let mut big = vec![0u8; needed];
-                ch.recv(&mut big, None).map_err(chan)?;
-                ch.send(b"err expected a command", None).map_err(chan)?;
-                continue;
-            }
             Err(e) => return Err(chan(e)),
         };
+        if let Some(seq) = tagged(STREAM_TAG, &buf[..n]) {
+            traffic::check(seq, &buf[12..n])?;
+            match stream_next {
+                // A restarted host may resend what it sent last.
+                Some(next) if seq > next => {
+                    return Err(format!("stream gap: expected {next}, got {seq}"));
+                }
+                Some(next) if seq < next => {}
+                _ => stream_next = Some(seq + 1),
+            }
+            let mut ack = ACK_TAG.to_vec();
+            ack.extend_from_slice(&seq.to_le_bytes());
+            send_patiently(ch, &ack)?;
+            release_next(ch)?;
+            continue;
+        }
+        release_next(ch)?;
         let line = String::from_utf8_lossy(&buf[..n]).into_owned();
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
@@ -198,6 +257,153 @@ pub fn serve(ch: &mut Channel<'_>, dir: &Path, stall: Duration) -> Result<(), Ag
         let text = answer.unwrap_or_else(|e| format!("err {e}"));
         ch.send(text.as_bytes(), Some(stall)).map_err(chan)?;
     }
+}
+
+/// Consumes the message a `peek` just looked at.
+fn release_next(ch: &mut Channel<'_>) -> Result<(), AgentError> {
+    match ch.try_peek().map_err(chan)? {
+        Some(msg) => {
+            msg.release();
+            Ok(())
+        }
+        None => Err("message vanished between peek and release".into()),
+    }
+}
+
+/// Durable progress of a host's stream, so a restarted host agent resumes
+/// where the killed one stopped: the next sequence number to send and the
+/// next one whose acknowledgement is due. Saved (16 bytes, in place) after
+/// every commit and before every acknowledgement is released.
+#[derive(Debug)]
+pub struct StreamState {
+    file: fs::File,
+    /// Next sequence number to send.
+    pub sent: u64,
+    /// Next sequence number whose acknowledgement is expected.
+    pub acked: u64,
+}
+
+impl StreamState {
+    /// Opens (or creates, at zero) the state file.
+    pub fn open(path: &Path) -> Result<Self, AgentError> {
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw).map_err(io)?;
+        let word = |i: usize| {
+            raw.get(8 * i..8 * i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Ok(Self {
+            sent: word(0),
+            acked: word(1),
+            file,
+        })
+    }
+
+    fn save(&mut self) -> Result<(), AgentError> {
+        use std::os::unix::fs::FileExt;
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.sent.to_le_bytes());
+        raw[8..].copy_from_slice(&self.acked.to_le_bytes());
+        self.file.write_all_at(&raw, 0).map_err(|e| e.to_string())
+    }
+}
+
+/// What a stream run saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamStats {
+    /// Messages sent by this process.
+    pub sent: u64,
+    /// Acknowledgements that repeated an earlier one (redelivery after a
+    /// restart on either side).
+    pub duplicate_acks: u64,
+    /// Guest restarts seen (new epochs).
+    pub guest_restarts: u64,
+}
+
+/// Host side of a restart-tolerant stream: sends stream messages
+/// `state.sent..count` and checks that every one of `0..count` is
+/// acknowledged, in order (repeats allowed, gaps not). Waits through guest
+/// reboots; resumes from `state` after a host restart.
+pub fn stream_host(
+    ch: &mut Channel<'_>,
+    count: u64,
+    state: &mut StreamState,
+    deadline: Duration,
+) -> Result<StreamStats, AgentError> {
+    let start = std::time::Instant::now();
+    let mut stats = StreamStats::default();
+    let mut waiter = Waiter::new(ch.options().wait);
+    while state.acked < count {
+        let mut progress = false;
+        if state.sent < count {
+            let seq = state.sent;
+            let len = 12 + traffic::len(seq);
+            if let Some(mut g) = ch.try_reserve(len).map_err(chan)? {
+                g[..4].copy_from_slice(STREAM_TAG);
+                g[4..12].copy_from_slice(&seq.to_le_bytes());
+                traffic::build(seq, &mut g[12..]);
+                g.commit(len).map_err(|e| e.to_string())?;
+                state.sent += 1;
+                stats.sent += 1;
+                state.save()?;
+                progress = true;
+            }
+        }
+        if let Some(msg) = ch.try_peek().map_err(chan)? {
+            let mut head = [0u8; 12];
+            let ack = if msg.len() == 12 {
+                msg.read(0, &mut head).map_err(|e| e.to_string())?;
+                tagged(ACK_TAG, &head)
+            } else {
+                None
+            };
+            let Some(seq) = ack else {
+                return Err(format!(
+                    "expected an acknowledgement, got {} bytes",
+                    msg.len()
+                ));
+            };
+            if seq > state.acked {
+                return Err(format!(
+                    "acknowledgement for {seq} before {}: a message was lost",
+                    state.acked
+                ));
+            }
+            if seq < state.acked {
+                stats.duplicate_acks += 1;
+            } else {
+                state.acked += 1;
+                // Saved before the release: a kill in between re-reads it.
+                state.save()?;
+            }
+            msg.release();
+            progress = true;
+        }
+        if progress {
+            waiter.reset();
+            continue;
+        }
+        if start.elapsed() > deadline {
+            return Err(format!(
+                "stream incomplete after {deadline:?}: sent {}, acknowledged {} of {count}",
+                state.sent, state.acked
+            ));
+        }
+        if let Some(ivchan_protocol::PeerEvent::Restarted { .. }) = ch.poll_peer().map_err(chan)? {
+            stats.guest_restarts += 1;
+        }
+        waiter.wait(Some(Duration::from_millis(1)));
+    }
+    Ok(stats)
 }
 
 fn receive_file(

@@ -3,7 +3,12 @@
 //! optionally, a file transfer; prints rates and exits non-zero on any
 //! mismatch.
 //!
-//! `ivchan-host-agent --uuid 5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c --exchange 10000 --file big.iso`
+//! - `ivchan-host-agent --uuid U --exchange 10000 --file big.iso`: one VM.
+//! - `ivchan-host-agent --supervise 3`: every VM whose region appears in
+//!   `--dir`, each in its own thread, until 3 have finished.
+//! - `ivchan-host-agent --uuid U --stream 20000 --state FILE`: a stream that
+//!   survives either side restarting; rerun with the same state file after
+//!   a kill and it resumes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,14 +16,27 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ivchan_examples::{agent, traffic};
-use ivchan_host::{ChannelOptions, PeerEvent, RegionOptions, VmChannel, VmUuid};
+use ivchan_host::{
+    ChannelOptions, PeerEvent, RegionOptions, Supervisor, VmChannel, VmEvent, VmUuid,
+};
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "ivchan host agent: talk to one VM's guest agent")]
 struct Args {
     /// The VM's UUID (its region is <dir>/<prefix><uuid>).
+    #[arg(long, required_unless_present = "supervise")]
+    uuid: Option<VmUuid>,
+    /// Serve every VM whose region appears in --dir until this many have
+    /// completed the conversation.
+    #[arg(long, conflicts_with_all = ["uuid", "stream"])]
+    supervise: Option<usize>,
+    /// Instead of the conversation, stream this many acknowledged messages,
+    /// resuming from --state.
+    #[arg(long, requires = "state")]
+    stream: Option<u64>,
+    /// Progress file of --stream.
     #[arg(long)]
-    uuid: VmUuid,
+    state: Option<PathBuf>,
     /// Directory of region files.
     #[arg(long, default_value = "/dev/shm")]
     dir: PathBuf,
@@ -52,16 +70,16 @@ struct Args {
     keep_guest: bool,
 }
 
-fn rate(what: &str, count: u64, bytes: u64, secs: f64) {
+fn rate(uuid: &VmUuid, what: &str, count: u64, bytes: u64, secs: f64) {
     println!(
-        "{what:<36} {:>10.0} msg/s {:>9.1} MB/s  ({count} messages, {:.1} MB, {secs:.3} s)",
+        "{uuid}: {what:<30} {:>10.0} msg/s {:>9.1} MB/s  ({count} messages, {:.1} MB, {secs:.3} s)",
         count as f64 / secs,
         bytes as f64 / secs / 1e6,
         bytes as f64 / 1e6,
     );
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn regions(args: &Args) -> RegionOptions {
     let mut regions = RegionOptions::new()
         .dir(&args.dir)
         .prefix(args.prefix.clone())
@@ -69,12 +87,11 @@ fn run(args: &Args) -> Result<(), String> {
     for uid in &args.allow_owner {
         regions = regions.allow_owner(*uid);
     }
-    let options = ChannelOptions::default();
-    let mut vm =
-        VmChannel::open(&args.uuid, &regions, &args.name, options).map_err(|e| e.to_string())?;
-    println!("region {}", vm.path().display());
+    regions
+}
 
-    // Wait for the guest agent.
+/// Waits for the guest agent to attach.
+fn wait_for_guest(vm: &mut VmChannel, wait: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
         match vm.poll_peer().map_err(|e| e.to_string())? {
@@ -85,25 +102,32 @@ fn run(args: &Args) -> Result<(), String> {
                 },
             ) => {
                 println!(
-                    "guest attached (epoch {epoch}) after {:.2} s",
+                    "{}: guest attached (epoch {epoch}) after {:.2} s",
+                    vm.uuid(),
                     start.elapsed().as_secs_f64()
                 );
-                break;
+                return Ok(());
             }
-            _ if start.elapsed() > Duration::from_secs(args.wait) => {
-                return Err(format!("no guest agent within {} s", args.wait));
+            _ if start.elapsed() > wait => {
+                return Err(format!("{}: no guest agent within {wait:?}", vm.uuid()));
             }
             _ => std::thread::sleep(Duration::from_millis(10)),
         }
     }
+}
 
+/// The conversation with one guest: exchange, echo, file, quit.
+fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
+    wait_for_guest(vm, Duration::from_secs(args.wait))?;
     let stall = Duration::from_secs(30);
+    let uuid = *vm.uuid();
     vm.with(|ch| -> Result<(), String> {
         let bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
         let t = Instant::now();
         agent::run_exchange(ch, args.exchange, false, stall)?;
         let secs = t.elapsed().as_secs_f64();
         rate(
+            &uuid,
             "exchange (each way, checked)",
             2 * args.exchange,
             2 * bytes,
@@ -114,6 +138,7 @@ fn run(args: &Args) -> Result<(), String> {
         let t = Instant::now();
         agent::run_exchange(ch, args.echo, true, stall)?;
         rate(
+            &uuid,
             "echo (round trips, checked)",
             args.echo,
             2 * bytes,
@@ -124,6 +149,7 @@ fn run(args: &Args) -> Result<(), String> {
             let t = Instant::now();
             let size = agent::send_file(ch, path, stall)?;
             rate(
+                &uuid,
                 "file transfer (checksum ok)",
                 1,
                 size,
@@ -135,6 +161,94 @@ fn run(args: &Args) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+fn stream(
+    vm: &mut VmChannel,
+    count: u64,
+    state: &std::path::Path,
+    args: &Args,
+) -> Result<(), String> {
+    let mut state = agent::StreamState::open(state)?;
+    println!(
+        "{}: stream of {count}, resuming at {} sent, {} acknowledged",
+        vm.uuid(),
+        state.sent,
+        state.acked
+    );
+    let deadline = Duration::from_secs(args.wait);
+    let uuid = *vm.uuid();
+    let t = Instant::now();
+    let stats = vm.with(|ch| agent::stream_host(ch, count, &mut state, deadline))?;
+    println!(
+        "{uuid}: stream complete: {} sent by this process, {} duplicate acknowledgements, {} guest restarts seen, {:.2} s",
+        stats.sent,
+        stats.duplicate_acks,
+        stats.guest_restarts,
+        t.elapsed().as_secs_f64()
+    );
+    if !args.keep_guest {
+        vm.with(|ch| agent::command(ch, "quit", Duration::from_secs(30)))?;
+    }
+    Ok(())
+}
+
+fn supervise(args: &Args, count: usize) -> Result<(), String> {
+    let mut sup = Supervisor::new(regions(args), &args.name, ChannelOptions::default())
+        .map_err(|e| e.to_string())?;
+    println!("supervising {} for {count} VMs", args.dir.display());
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let mut workers = Vec::new();
+    while workers.len() < count {
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {count} VMs appeared", workers.len()));
+        }
+        for event in sup
+            .poll(Some(Duration::from_millis(200)))
+            .map_err(|e| e.to_string())?
+        {
+            match event {
+                VmEvent::Appeared(mut vm) => {
+                    println!("{}: region appeared", vm.uuid());
+                    let args = args.clone();
+                    workers.push(std::thread::spawn(move || {
+                        let uuid = *vm.uuid();
+                        converse(&mut vm, &args).map_err(|e| format!("{uuid}: {e}"))
+                    }));
+                }
+                VmEvent::Gone(uuid) => println!("{uuid}: region removed"),
+                VmEvent::Refused { uuid, error } => println!("{uuid}: refused: {error}"),
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("a worker thread panicked".into()),
+        }
+    }
+    if failures.is_empty() {
+        println!("all {count} VMs served");
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    if let Some(count) = args.supervise {
+        return supervise(args, count);
+    }
+    let uuid = args.uuid.ok_or("--uuid is required")?;
+    let mut vm = VmChannel::open(&uuid, &regions(args), &args.name, ChannelOptions::default())
+        .map_err(|e| e.to_string())?;
+    println!("region {}", vm.path().display());
+    match (args.stream, &args.state) {
+        (Some(count), Some(state)) => stream(&mut vm, count, state, args),
+        _ => converse(&mut vm, args),
+    }
 }
 
 fn main() -> ExitCode {
