@@ -1,0 +1,499 @@
+//! `ivchan-provision`: give libvirt/QEMU VMs the ivchan ivshmem device.
+//!
+//! See `provision/README.md` for the operator's guide.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ivchan_provision::hook::{self, HookConfig, OnRelease};
+use ivchan_provision::qmp::{self, Qmp, VirshMonitor};
+use ivchan_provision::region::Owner;
+use ivchan_provision::spec::{parse_bus, parse_size, parse_slot, DEFAULT_REGION};
+use ivchan_provision::virsh::{self, Virsh, DEFAULT_URI};
+use ivchan_provision::{fsutil, inject, ArgForm, Error, Model, Result, Route, Spec, Uuid};
+
+#[derive(Parser)]
+#[command(
+    name = "ivchan-provision",
+    version,
+    about = "Give libvirt/QEMU VMs the ivchan ivshmem device, by every route operators use"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Add the device to a domain XML file (in place, atomically). Idempotent.
+    Inject {
+        /// Domain XML file; `-` reads stdin and writes stdout.
+        file: PathBuf,
+        #[command(flatten)]
+        dev: DeviceOpts,
+        #[command(flatten)]
+        out: OutOpts,
+    },
+    /// Remove exactly what `inject` added; the original bytes come back.
+    Undo {
+        /// Domain XML file; `-` reads stdin and writes stdout.
+        file: PathBuf,
+        #[command(flatten)]
+        dev: DeviceOpts,
+        #[command(flatten)]
+        out: OutOpts,
+    },
+    /// XML filter for orchestrators: domain XML on stdin, changed XML on stdout.
+    Filter {
+        /// Remove the device instead of adding it.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        dev: DeviceOpts,
+    },
+    /// Report which routes are in place for a domain XML and whether it is tainted.
+    Status {
+        /// Domain XML file, or `-` for stdin.
+        file: PathBuf,
+        #[command(flatten)]
+        dev: DeviceOpts,
+    },
+    /// Change a defined domain through libvirt: dumpxml -> inject -> define (next start).
+    Apply {
+        /// Domain name, UUID or id.
+        domain: String,
+        /// Remove the device instead of adding it.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        conn: ConnOpts,
+        #[command(flatten)]
+        dev: DeviceOpts,
+    },
+    /// Hotplug the <shmem> device into a running domain (virsh attach-device --live).
+    Hotplug {
+        /// Domain name, UUID or id.
+        domain: String,
+        /// Also add it to the persistent definition (--config).
+        #[arg(long)]
+        config: bool,
+        #[command(flatten)]
+        conn: ConnOpts,
+        #[command(flatten)]
+        dev: DeviceOpts,
+    },
+    /// Hot-add through a QEMU QMP socket (object-add + device_add, confirmed by query-pci).
+    Qmp {
+        /// The QMP UNIX socket (QEMU's `-qmp unix:PATH,server=on,wait=off`).
+        socket: PathBuf,
+        /// The VM's UUID (names the region file).
+        #[arg(long)]
+        uuid: String,
+        #[command(flatten)]
+        dev: DeviceOpts,
+    },
+    /// Hot-add through `virsh qemu-monitor-command` (taints the domain: "custom-monitor").
+    Monitor {
+        /// Domain name, UUID or id.
+        domain: String,
+        #[command(flatten)]
+        conn: ConnOpts,
+        #[command(flatten)]
+        dev: DeviceOpts,
+    },
+    /// Run as the libvirt qemu hook (`NAME OP SUBOP EXTRA`, domain XML on stdin).
+    Hook {
+        #[command(flatten)]
+        hook: HookOpts,
+        /// Arguments from libvirt: NAME OP SUBOP [EXTRA].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install the hook as /etc/libvirt/hooks/qemu.d/ivchan (or .../qemu with --legacy).
+    InstallHook {
+        #[command(flatten)]
+        place: HookPlace,
+        /// Replace a hook that was not written by this tool (keeps a .bak).
+        #[arg(long)]
+        force: bool,
+        /// The ivchan-provision binary the hook runs (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        hook: HookOpts,
+    },
+    /// Remove the hook installed by install-hook.
+    UninstallHook {
+        #[command(flatten)]
+        place: HookPlace,
+    },
+}
+
+#[derive(Args, Clone)]
+struct DeviceOpts {
+    /// Route for XML edits.
+    #[arg(long, value_enum, default_value_t = RouteArg::Shmem)]
+    route: RouteArg,
+    /// Device model: ivshmem-plain or ivshmem-doorbell.
+    #[arg(long, default_value = "ivshmem-plain")]
+    model: String,
+    /// ivshmem server socket (ivshmem-doorbell only).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Interrupt vectors (ivshmem-doorbell only).
+    #[arg(long, default_value_t = 1)]
+    vectors: u32,
+    /// Region size, a power of two (e.g. 8M, 16M, 4096).
+    #[arg(long, default_value = "8M")]
+    size: String,
+    /// PCI bus.
+    #[arg(long, default_value = "0")]
+    bus: String,
+    /// PCI slot.
+    #[arg(long, default_value = "0x1f")]
+    slot: String,
+    /// If the slot is taken, pick a free one instead of refusing.
+    #[arg(long)]
+    pick_free_slot: bool,
+    /// Region path; {uuid} is replaced by the domain UUID.
+    #[arg(long, default_value = DEFAULT_REGION)]
+    region: String,
+    /// Write -object/-device in legacy key=value form instead of JSON.
+    #[arg(long)]
+    legacy_args: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RouteArg {
+    /// libvirt's <shmem> device (recommended).
+    Shmem,
+    /// <qemu:commandline> passthrough (taints the domain).
+    Cmdline,
+}
+
+impl DeviceOpts {
+    fn spec(&self) -> Result<Spec> {
+        let spec = Spec {
+            model: Model::parse(&self.model, self.server.clone(), self.vectors)?,
+            size: parse_size(&self.size)?,
+            bus: parse_bus(&self.bus)?,
+            slot: parse_slot(&self.slot)?,
+            pick_free_slot: self.pick_free_slot,
+            region: self.region.clone(),
+            arg_form: if self.legacy_args {
+                ArgForm::Legacy
+            } else {
+                ArgForm::Json
+            },
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn route(&self) -> Route {
+        match self.route {
+            RouteArg::Shmem => Route::Shmem,
+            RouteArg::Cmdline => Route::Cmdline,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct OutOpts {
+    /// Print the result on stdout instead of rewriting the file.
+    #[arg(long)]
+    stdout: bool,
+    /// Keep the previous content as FILE.bak.
+    #[arg(long)]
+    backup: bool,
+}
+
+#[derive(Args, Clone)]
+struct ConnOpts {
+    /// libvirt connection URI.
+    #[arg(short = 'c', long = "connect", default_value = DEFAULT_URI)]
+    uri: String,
+}
+
+#[derive(Args, Clone)]
+struct HookPlace {
+    /// libvirt's hook directory.
+    #[arg(long, default_value = "/etc/libvirt/hooks")]
+    hooks_dir: PathBuf,
+    /// Use the single /etc/libvirt/hooks/qemu file (libvirt < 6.5) instead of qemu.d/.
+    #[arg(long)]
+    legacy: bool,
+}
+
+#[derive(Args, Clone)]
+struct HookOpts {
+    /// Region path; {uuid} is replaced by the domain UUID.
+    #[arg(long, default_value = DEFAULT_REGION)]
+    region: String,
+    /// Region size, a power of two.
+    #[arg(long, default_value = "8M")]
+    size: String,
+    /// File mode (octal).
+    #[arg(long, default_value = "0660")]
+    mode: String,
+    /// Owner USER[:GROUP] (names or numbers); default: libvirt-qemu if that user exists.
+    #[arg(long)]
+    owner: Option<String>,
+    /// On `release end`: keep or remove the region file.
+    #[arg(long, value_enum, default_value_t = ReleaseArg::Keep)]
+    on_release: ReleaseArg,
+    /// Fail the VM start when the hook fails (default: log and let it start).
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReleaseArg {
+    Keep,
+    Remove,
+}
+
+impl HookOpts {
+    fn config(&self) -> Result<HookConfig> {
+        let mode = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                Error::Hook(format!(
+                    "invalid mode {:?} (expected octal, e.g. 0660)",
+                    self.mode
+                ))
+            })?;
+        let owner = match &self.owner {
+            Some(o) => Owner::parse(o)?,
+            None => Owner::parse("libvirt-qemu").unwrap_or_default(),
+        };
+        let spec = Spec {
+            size: parse_size(&self.size)?,
+            region: self.region.clone(),
+            ..Spec::default()
+        };
+        Ok(HookConfig {
+            spec,
+            mode,
+            owner,
+            on_release: match self.on_release {
+                ReleaseArg::Keep => OnRelease::Keep,
+                ReleaseArg::Remove => OnRelease::Remove,
+            },
+            strict: self.strict,
+        })
+    }
+
+    /// The same options as command-line words, for the installed script.
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--region".into(),
+            self.region.clone(),
+            "--size".into(),
+            self.size.clone(),
+            "--mode".into(),
+            self.mode.clone(),
+            "--on-release".into(),
+            match self.on_release {
+                ReleaseArg::Keep => "keep".into(),
+                ReleaseArg::Remove => "remove".into(),
+            },
+        ];
+        if let Some(o) = &self.owner {
+            a.push("--owner".into());
+            a.push(o.clone());
+        }
+        if self.strict {
+            a.push("--strict".into());
+        }
+        a
+    }
+}
+
+fn warn(w: &str) {
+    eprintln!("ivchan-provision: warning: {w}");
+}
+
+fn read_input(file: &Path) -> Result<String> {
+    let mut s = String::new();
+    if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(Error::io("reading stdin"))?;
+    } else {
+        s = std::fs::read_to_string(file)
+            .map_err(Error::io(format!("reading {}", file.display())))?;
+    }
+    Ok(s)
+}
+
+fn print_stdout(s: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes())
+        .and_then(|()| o.flush())
+        .map_err(Error::io("writing stdout"))
+}
+
+fn edit(file: &Path, dev: &DeviceOpts, out: &OutOpts, undo: bool) -> Result<()> {
+    let spec = dev.spec()?;
+    let text = read_input(file)?;
+    let route = dev.route();
+    let o = if undo {
+        inject::undo(&text, &spec, route)?
+    } else {
+        inject::inject(&text, &spec, route)?
+    };
+    o.warnings.iter().for_each(|w| warn(w));
+    if file == Path::new("-") || out.stdout {
+        return print_stdout(&o.xml);
+    }
+    if o.changed {
+        fsutil::write_atomic(file, o.xml.as_bytes(), out.backup)?;
+        eprintln!(
+            "ivchan-provision: {} {} {}",
+            if undo { "removed" } else { "added" },
+            route.name(),
+            file.display()
+        );
+    } else {
+        eprintln!("ivchan-provision: {}: nothing to change", file.display());
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Inject { file, dev, out } => edit(&file, &dev, &out, false)?,
+        Cmd::Undo { file, dev, out } => edit(&file, &dev, &out, true)?,
+        Cmd::Filter { undo, dev } => {
+            let out = OutOpts {
+                stdout: true,
+                backup: false,
+            };
+            edit(Path::new("-"), &dev, &out, undo)?;
+        }
+        Cmd::Status { file, dev } => {
+            let st = inject::status(&read_input(&file)?, &dev.spec()?)?;
+            print_stdout(&st.to_string())?;
+        }
+        Cmd::Apply {
+            domain,
+            undo,
+            conn,
+            dev,
+        } => {
+            let spec = dev.spec()?;
+            let o = virsh::apply(&Virsh::new(&conn.uri), &domain, &spec, dev.route(), undo)?;
+            o.warnings.iter().for_each(|w| warn(w));
+            if o.changed {
+                eprintln!(
+                    "ivchan-provision: {} {} domain {domain}; it takes effect at the next start (or use `hotplug`)",
+                    if undo { "removed from" } else { "defined with" },
+                    dev.route().name()
+                );
+            } else {
+                eprintln!("ivchan-provision: domain {domain}: nothing to change");
+            }
+        }
+        Cmd::Hotplug {
+            domain,
+            config,
+            conn,
+            dev,
+        } => match virsh::hotplug(&Virsh::new(&conn.uri), &domain, &dev.spec()?, config)? {
+            Some(x) => eprintln!("ivchan-provision: attached to {domain}:\n{x}"),
+            None => eprintln!("ivchan-provision: {domain} already has the device"),
+        },
+        Cmd::Qmp { socket, uuid, dev } => {
+            let spec = dev.spec()?;
+            let uuid = Uuid::parse(&uuid)?;
+            let mut q = Qmp::connect(&socket)?;
+            report_hot_add(qmp::hot_add(&mut q, &spec, &uuid)?);
+        }
+        Cmd::Monitor { domain, conn, dev } => {
+            let spec = dev.spec()?;
+            let v = Virsh::new(&conn.uri);
+            let uuid = Uuid::parse(&v.run(&["domuuid", "--domain", &domain])?)?;
+            warn(qmp::TAINT_MONITOR_WARNING);
+            let mut m = VirshMonitor { virsh: &v, domain };
+            report_hot_add(qmp::hot_add(&mut m, &spec, &uuid)?);
+        }
+        Cmd::Hook { hook, args } => return Ok(run_hook(&hook, &args)),
+        Cmd::InstallHook {
+            place,
+            force,
+            binary,
+            hook,
+        } => {
+            hook.config()?;
+            let bin = match binary {
+                Some(b) => b,
+                None => {
+                    std::env::current_exe().map_err(Error::io("finding this program's path"))?
+                }
+            };
+            let p = hook::install(
+                &place.hooks_dir,
+                place.legacy,
+                force,
+                &hook::script(&bin, &hook.to_args()),
+            )?;
+            eprintln!("ivchan-provision: installed {}; restart libvirtd (or virtqemud) so it sees new hooks", p.display());
+        }
+        Cmd::UninstallHook { place } => match hook::uninstall(&place.hooks_dir, place.legacy)? {
+            Some(p) => eprintln!("ivchan-provision: removed {}", p.display()),
+            None => eprintln!("ivchan-provision: no hook installed"),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_hot_add(r: qmp::HotAdd) {
+    let d = &r.device;
+    if r.already_present {
+        eprintln!("ivchan-provision: an ivshmem device is already present at bus {} slot 0x{:02x}; nothing added", d.bus, d.slot);
+    } else {
+        eprintln!("ivchan-provision: added ivshmem device {} at bus {} slot 0x{:02x} (confirmed by query-pci)", d.qdev_id, d.bus, d.slot);
+    }
+}
+
+/// The hook never fails a VM start because of its own error, unless `--strict`.
+fn run_hook(opts: &HookOpts, args: &[String]) -> ExitCode {
+    // Always drain stdin: libvirt writes the domain XML there.
+    let mut xml = String::new();
+    let read = std::io::stdin().read_to_string(&mut xml);
+    let strict = opts.strict;
+    let result = read
+        .map_err(Error::io("reading the domain XML from stdin"))
+        .and_then(|_| opts.config())
+        .and_then(|cfg| hook::run(args, &xml, &cfg));
+    match result {
+        Ok(Some(msg)) => {
+            eprintln!("ivchan-provision hook: {msg}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ivchan-provision hook: error: {e}");
+            if strict {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ivchan-provision: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! What device to give a VM: model, size, PCI address, region path, and the
+//! QEMU arguments that express it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Default region path; `{uuid}` is replaced by the domain's UUID.
+pub const DEFAULT_REGION: &str = "/dev/shm/fg_{uuid}";
+/// Default region size: 8 MiB.
+pub const DEFAULT_SIZE: u64 = 8 << 20;
+/// Default PCI slot on bus 0.
+pub const DEFAULT_SLOT: u8 = 0x1f;
+/// QEMU id of the memory backend the tool adds.
+pub const MEM_ID: &str = "ivchan-mem";
+/// QEMU id of the ivshmem device the tool adds.
+pub const DEV_ID: &str = "ivchan-shm";
+/// QEMU id of the chardev (doorbell model) the tool adds.
+pub const CHR_ID: &str = "ivchan-chr";
+/// Smallest region accepted.
+pub const MIN_SIZE: u64 = 4096;
+
+/// The ivshmem flavour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Model {
+    /// `ivshmem-plain`: shared memory only, backed by the region file.
+    Plain,
+    /// `ivshmem-doorbell`: memory and interrupts from an ivshmem server socket.
+    Doorbell { server: PathBuf, vectors: u32 },
+}
+
+impl Model {
+    /// Parse a model name; `server` is required for the doorbell model.
+    pub fn parse(name: &str, server: Option<PathBuf>, vectors: u32) -> Result<Model> {
+        match name {
+            "ivshmem-plain" | "plain" => Ok(Model::Plain),
+            "ivshmem-doorbell" | "doorbell" => Ok(Model::Doorbell {
+                server: server.ok_or(Error::DoorbellNeedsServer)?,
+                vectors,
+            }),
+            other => Err(Error::UnknownModel(other.to_string())),
+        }
+    }
+
+    /// The QEMU/libvirt model name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Model::Plain => "ivshmem-plain",
+            Model::Doorbell { .. } => "ivshmem-doorbell",
+        }
+    }
+}
+
+/// How `-object`/`-device` values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArgForm {
+    /// `{"qom-type":…}` JSON (QEMU >= 6.2; what libvirt >= 7.9 itself uses).
+    #[default]
+    Json,
+    /// `memory-backend-file,id=…` key=value form.
+    Legacy,
+}
+
+/// Everything configurable about the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub model: Model,
+    /// Region size in bytes (a power of two, at least 4 KiB).
+    pub size: u64,
+    /// PCI bus number (0 is the root bus).
+    pub bus: u8,
+    /// PCI slot on that bus.
+    pub slot: u8,
+    /// Pick another free slot when `slot` is taken, instead of refusing.
+    pub pick_free_slot: bool,
+    /// Region path template; `{uuid}` is replaced by the domain's UUID.
+    pub region: String,
+    /// Form of generated QEMU arguments.
+    pub arg_form: ArgForm,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            model: Model::Plain,
+            size: DEFAULT_SIZE,
+            bus: 0,
+            slot: DEFAULT_SLOT,
+            pick_free_slot: false,
+            region: DEFAULT_REGION.to_string(),
+            arg_form: ArgForm::Json,
+        }
+    }
+}
+
+impl Spec {
+    /// Check the values that cannot be checked by their types.
+    pub fn validate(&self) -> Result<()> {
+        check_size(self.size)?;
+        if self.slot > 0x1f {
+            return Err(Error::BadPciNumber {
+                what: "slot",
+                value: format!("0x{:x}", self.slot),
+            });
+        }
+        Ok(())
+    }
+
+    /// The region path for a domain.
+    pub fn region_path(&self, uuid: &Uuid) -> PathBuf {
+        PathBuf::from(self.region.replace("{uuid}", uuid.as_str()))
+    }
+
+    /// The `<shmem name=…>` for a domain: the region's file name. libvirt
+    /// always puts ivshmem-plain regions at `/dev/shm/NAME`.
+    pub fn shmem_name(&self, uuid: &Uuid) -> Result<String> {
+        let path = self.region_path(uuid);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Unsupported(format!("region path {path:?} has no file name")))?;
+        if self.model == Model::Plain && path.parent() != Some(std::path::Path::new("/dev/shm")) {
+            return Err(Error::Unsupported(format!(
+                "the <shmem> route always uses /dev/shm/NAME, but the region is {}; use the cmdline route for other paths",
+                path.display()
+            )));
+        }
+        Ok(name)
+    }
+
+    /// QEMU arguments (`-object …`, `-device …`) that add the device for `uuid`.
+    pub fn qemu_args(&self, uuid: &Uuid, slot: u8) -> Vec<String> {
+        let addr = format!("0x{slot:02x}");
+        let bus = (self.bus != 0).then(|| format!("pci.{}", self.bus));
+        match (&self.model, self.arg_form) {
+            (Model::Plain, ArgForm::Json) => {
+                let path = self.region_path(uuid);
+                let path = path.to_string_lossy();
+                vec![
+                    "-object".into(),
+                    format!(
+                        r#"{{"qom-type":"memory-backend-file","id":"{MEM_ID}","mem-path":{},"size":{},"share":true}}"#,
+                        json_str(&path),
+                        self.size
+                    ),
+                    "-device".into(),
+                    format!(
+                        r#"{{"driver":"ivshmem-plain","id":"{DEV_ID}","memdev":"{MEM_ID}",{}"addr":"{addr}"}}"#,
+                        bus.map(|b| format!(r#""bus":"{b}","#)).unwrap_or_default()
+                    ),
+                ]
+            }
+            (Model::Plain, ArgForm::Legacy) => {
+                let path = self.region_path(uuid);
+                vec![
+                    "-object".into(),
+                    format!(
+                        "memory-backend-file,id={MEM_ID},mem-path={},size={},share=on",
+                        path.to_string_lossy().replace(',', ",,"),
+                        self.size
+                    ),
+                    "-device".into(),
+                    format!(
+                        "ivshmem-plain,id={DEV_ID},memdev={MEM_ID},{}addr={addr}",
+                        bus.map(|b| format!("bus={b},")).unwrap_or_default()
+                    ),
+                ]
+            }
+            (Model::Doorbell { server, vectors }, form) => {
+                // -chardev has no JSON form on QEMU 7.2; libvirt writes it as key=value too.
+                let chardev = format!(
+                    "socket,id={CHR_ID},path={}",
+                    server.to_string_lossy().replace(',', ",,")
+                );
+                let device = match form {
+                    ArgForm::Json => format!(
+                        r#"{{"driver":"ivshmem-doorbell","id":"{DEV_ID}","chardev":"{CHR_ID}","vectors":{vectors},{}"addr":"{addr}"}}"#,
+                        bus.map(|b| format!(r#""bus":"{b}","#)).unwrap_or_default()
+                    ),
+                    ArgForm::Legacy => format!(
+                        "ivshmem-doorbell,id={DEV_ID},chardev={CHR_ID},vectors={vectors},{}addr={addr}",
+                        bus.map(|b| format!("bus={b},")).unwrap_or_default()
+                    ),
+                };
+                vec!["-chardev".into(), chardev, "-device".into(), device]
+            }
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Check a region size: a power of two, at least [`MIN_SIZE`].
+pub fn check_size(size: u64) -> Result<()> {
+    if !size.is_power_of_two() {
+        return Err(Error::SizeNotPowerOfTwo(size));
+    }
+    if size < MIN_SIZE {
+        return Err(Error::SizeTooSmall(size));
+    }
+    Ok(())
+}
+
+/// Parse `8M`, `8MiB`, `4096`, `1G`, `64K` into bytes (binary units) and check it.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| Error::BadSize(s.to_string()))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        _ => return Err(Error::BadSize(s.to_string())),
+    };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| Error::BadSize(s.to_string()))?;
+    check_size(bytes)?;
+    Ok(bytes)
+}
+
+/// Parse a number the way libvirt does for PCI addresses: `0x` hex, leading `0` octal, else decimal.
+pub fn parse_pci_number(s: &str) -> Option<u32> {
+    let t = s.trim();
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u32::from_str_radix(h, 16).ok()
+    } else if t.len() > 1 && t.starts_with('0') {
+        u32::from_str_radix(&t[1..], 8).ok()
+    } else {
+        t.parse().ok()
+    }
+}
+
+/// Parse a PCI slot (0..=0x1f) given by the operator.
+pub fn parse_slot(s: &str) -> Result<u8> {
+    parse_pci_number(s)
+        .filter(|&v| v <= 0x1f)
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or_else(|| Error::BadPciNumber {
+            what: "slot",
+            value: s.to_string(),
+        })
+}
+
+/// Parse a PCI bus number (0..=0xff) given by the operator.
+pub fn parse_bus(s: &str) -> Result<u8> {
+    parse_pci_number(s)
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or_else(|| Error::BadPciNumber {
+            what: "bus",
+            value: s.to_string(),
+        })
+}
+
+/// A domain UUID in canonical lowercase `8-4-4-4-12` form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uuid(String);
+
+impl Uuid {
+    /// Parse like libvirt: 32 hex digits, dashes allowed anywhere between them,
+    /// surrounding whitespace ignored.
+    pub fn parse(s: &str) -> Result<Uuid> {
+        let t = s.trim();
+        let mut hex = String::with_capacity(32);
+        for c in t.chars() {
+            if c.is_ascii_hexdigit() {
+                hex.push(c.to_ascii_lowercase());
+            } else if c != '-' {
+                return Err(Error::BadUuid(s.to_string()));
+            }
+        }
+        if hex.len() != 32 || t.starts_with('-') || t.ends_with('-') {
+            return Err(Error::BadUuid(s.to_string()));
+        }
+        Ok(Uuid(format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )))
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert!(matches!(parse_size("3M"), Err(Error::SizeNotPowerOfTwo(_))));
+        assert!(matches!(parse_size("1024"), Err(Error::SizeTooSmall(_))));
+        assert!(matches!(parse_size("8Q"), Err(Error::BadSize(_))));
+        assert!(matches!(
+            parse_size("99999999999999999999G"),
+            Err(Error::BadSize(_))
+        ));
+    }
+
+    #[test]
+    fn uuids() {
+        let u = Uuid::parse(" 6B9E1E0A5C1F4B7E9A511D2C3E4F5A6B ").unwrap();
+        assert_eq!(u.as_str(), "6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b");
+        assert!(Uuid::parse("nope").is_err());
+        assert!(Uuid::parse("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6").is_err());
+    }
+
+    #[test]
+    fn slots() {
+        assert_eq!(parse_slot("0x1f").unwrap(), 0x1f);
+        assert_eq!(parse_slot("31").unwrap(), 31);
+        assert_eq!(parse_slot("037").unwrap(), 31);
+        assert!(parse_slot("0x20").is_err());
+        assert!(parse_slot("x").is_err());
+    }
+
+    #[test]
+    fn args() {
+        let u = Uuid::parse("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
+        let s = Spec::default();
+        let a = s.qemu_args(&u, 0x1f);
+        assert_eq!(a[0], "-object");
+        let v: serde_json::Value = serde_json::from_str(&a[1]).unwrap();
+        assert_eq!(
+            v["mem-path"],
+            "/dev/shm/fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b"
+        );
+        assert_eq!(v["size"], 8388608);
+        let d: serde_json::Value = serde_json::from_str(&a[3]).unwrap();
+        assert_eq!(d["addr"], "0x1f");
+        let legacy = Spec {
+            arg_form: ArgForm::Legacy,
+            ..Spec::default()
+        };
+        let a = legacy.qemu_args(&u, 3);
+        assert_eq!(
+            a[3],
+            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,addr=0x03"
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Against a real `qemu-system-x86_64` (TCG, no kernel: it idles in firmware,
+//! which is enough for QMP): QMP hot-add, and the wrapper in the emulator's place.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ivchan_provision::qmp::{find_ivshmem, Monitor, Qmp};
+
+const QEMU: &str = "qemu-system-x86_64";
+const UUID: &str = "0e8c2f4a-3b5d-4c6e-8f70-91a2b3c4d5e6";
+
+/// Kills the QEMU it holds, whatever happens in the test.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn base_args(sock: &Path) -> Vec<String> {
+    [
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-nographic",
+        "-nodefaults",
+        "-m",
+        "64",
+        "-uuid",
+        UUID,
+        "-qmp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("unix:{},server=on,wait=off", sock.display())])
+    .collect()
+}
+
+fn start(program: &str, args: &[String], env: &[(&str, String)]) -> Vm {
+    let mut c = Command::new(program);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Vm(c.spawn().expect("start QEMU"))
+}
+
+fn connect(vm: &mut Vm, sock: &Path) -> Qmp {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(q) = Qmp::connect(sock) {
+            return q;
+        }
+        if let Ok(Some(st)) = vm.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = vm.0.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("QEMU exited early ({st}): {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QMP socket {sock:?} never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn region(dir: &Path) -> PathBuf {
+    dir.join(format!("fg_{UUID}"))
+}
+
+#[test]
+fn qmp_hot_add_against_real_qemu() {
+    if !common::require(QEMU) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qmp.sock");
+    let mut vm = start(QEMU, &base_args(&sock), &[]);
+    drop(connect(&mut vm, &sock));
+    let region_t = format!("{}/fg_{{uuid}}", dir.path().display());
+    let out = Command::new(env!("CARGO_BIN_EXE_ivchan-provision"))
+        .args([
+            "qmp",
+            sock.to_str().unwrap(),
+            "--uuid",
+            UUID,
+            "--region",
+            &region_t,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("slot 0x1f (confirmed by query-pci)"), "{err}");
+    let mut q = connect(&mut vm, &sock);
+    let pci = q.execute("query-pci", None).unwrap();
+    let found = find_ivshmem(&pci);
+    assert_eq!(found.len(), 1, "{pci}");
+    assert_eq!(
+        (found[0].bus, found[0].slot, found[0].qdev_id.as_str()),
+        (0, 0x1f, "ivchan-shm")
+    );
+    assert_eq!(
+        std::fs::metadata(region(dir.path())).unwrap().len(),
+        8 << 20
+    );
+    // QEMU serves one QMP client at a time.
+    drop(q);
+    // Idempotent: a second run adds nothing.
+    let again = Command::new(env!("CARGO_BIN_EXE_ivchan-provision"))
+        .args([
+            "qmp",
+            sock.to_str().unwrap(),
+            "--uuid",
+            UUID,
+            "--region",
+            &region_t,
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already present"));
+    println!("QMP hot-add: {found:?}");
+}
+
+#[test]
+fn wrapper_starts_real_qemu_with_the_device() {
+    if !common::require(QEMU) {
+        return;
+    }
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v qemu-system-x86_64"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qmp.sock");
+    let env = [
+        ("IVCHAN_REAL_QEMU", real.clone()),
+        (
+            "IVCHAN_REGION",
+            format!("{}/fg_{{uuid}}", dir.path().display()),
+        ),
+        ("IVCHAN_WRAPPER_CONFIG", "/nonexistent".to_string()),
+    ];
+    let wrapper = env!("CARGO_BIN_EXE_ivchan-qemu-wrapper");
+    // Pass-through: no -uuid, nothing added.
+    let v = Command::new(wrapper)
+        .arg("-version")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).contains("QEMU emulator version"));
+    // A VM start: the device is added.
+    let mut vm = start(wrapper, &base_args(&sock), &env);
+    let mut q = connect(&mut vm, &sock);
+    let pci = q.execute("query-pci", None).unwrap();
+    let found = find_ivshmem(&pci);
+    assert_eq!(found.len(), 1, "{pci}");
+    assert_eq!(
+        (found[0].slot, found[0].qdev_id.as_str()),
+        (0x1f, "ivchan-shm")
+    );
+    assert_eq!(
+        std::fs::metadata(region(dir.path())).unwrap().len(),
+        8 << 20
+    );
+    // The process is QEMU itself (exec, no shell in between), with the added arguments.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.0.id())).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        args.iter()
+            .any(|a| a.contains("\"driver\":\"ivshmem-plain\"")),
+        "{args:?}"
+    );
+    let exe = std::fs::read_link(format!("/proc/{}/exe", vm.0.id())).unwrap();
+    assert_eq!(std::fs::canonicalize(&real).unwrap(), exe);
+    println!("wrapper: {found:?}");
+}
