@@ -1,119 +1,556 @@
-//! End-to-end runs with real QEMU guests (see `vm`).
+//! `cargo xtask e2e`: ivchan's host and guest agents through real QEMU
+//! guests (TCG), with the device given by ivchan's own tooling.
 //!
-//! `cargo xtask smoke`: one TCG guest gets the device at 0000:00:1f.0 the
-//! way the QEMU wrapper gives it; the static guest agent in its initramfs
-//! finds the device by identity (DMI UUID = header UUID) and serves the host
-//! agent, which runs a checked exchange both ways, an echo and a file
-//! transfer.
+//! Every scenario boots guests whose initramfs runs the static
+//! `ivchan-guest-agent` (the example agent users get) and drives them with
+//! `ivchan-host-agent`, which checks every message it receives and exits
+//! non-zero on any mismatch. The run ends with a table: one row per
+//! scenario with the result, messages and bytes each way, and time. A
+//! failure prints the guest's console tail.
+//!
+//! `cargo xtask e2e [NAME…]` runs the scenarios whose names contain one of
+//! the words; `cargo xtask smoke` runs `raw-qemu` alone.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::libvirt::{self, Domain};
 use crate::vm::{self, Guest};
 use crate::{cargo, packages, project_root, run, step};
 
-/// Removes a region file when the run ends, however it ends.
-struct RegionGuard(PathBuf);
+/// What one scenario did.
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    to_guest_msgs: u64,
+    to_guest_bytes: u64,
+    from_guest_msgs: u64,
+    from_guest_bytes: u64,
+}
 
-impl Drop for RegionGuard {
+/// Everything the scenarios need, built once.
+struct Kit {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    host_agent: PathBuf,
+    ivchan: PathBuf,
+    wrapper: PathBuf,
+    provision: PathBuf,
+}
+
+/// Removes files and directories when a scenario ends, however it ends.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        for p in &self.0 {
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(p);
+            } else {
+                let _ = fs::remove_file(p);
+            }
+        }
     }
 }
 
-fn host_agent() -> PathBuf {
-    run(cargo().args([
-        "build",
-        "--release",
+/// A host agent process whose output goes to a file.
+struct HostAgent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl HostAgent {
+    fn spawn(kit: &Kit, name: &str, args: &[&str]) -> Result<Self, String> {
+        let log = vm::cache_dir().join(format!("{name}.host.log"));
+        let out = fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new(&kit.host_agent)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", kit.host_agent.display()))?;
+        Ok(Self { child, log })
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the agent to finish; `Err` with its output on failure.
+    fn finish(&mut self, timeout: Duration) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                let out = self.output();
+                return if status.success() {
+                    Ok(out)
+                } else {
+                    Err(format!("host agent failed ({status}):\n{out}"))
+                };
+            }
+            if start.elapsed() > timeout {
+                self.kill();
+                return Err(format!(
+                    "host agent still running after {timeout:?}:\n{}",
+                    self.output()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sums the host agent's `totals` lines.
+fn totals(output: &str) -> Outcome {
+    let mut o = Outcome::default();
+    for line in output.lines() {
+        let Some(rest) = line.split("totals ").nth(1) else {
+            continue;
+        };
+        let n: Vec<u64> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let [a, b, c, d] = n[..] {
+            o.to_guest_msgs += a;
+            o.to_guest_bytes += b;
+            o.from_guest_msgs += c;
+            o.from_guest_bytes += d;
+        }
+    }
+    o
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Waits for a guest to power off and checks its agent exited cleanly and
+/// used the expected device.
+fn check_guest(guest: &mut Guest, device: &str) -> Result<(), String> {
+    guest.wait(Duration::from_secs(120))?;
+    let console = guest.console();
+    if !console.contains("ivchan-vm: agent exit 0") {
+        return Err(format!(
+            "guest agent failed; console:\n{}",
+            guest.console_tail(25)
+        ));
+    }
+    let attached = format!("attached to {device}");
+    if !console.contains(&attached) {
+        return Err(format!(
+            "guest agent did not use {device}; console:\n{}",
+            guest.console_tail(25)
+        ));
+    }
+    Ok(())
+}
+
+fn region_for(uuid: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/fg_{uuid}"))
+}
+
+/// 1. The device comes from the QEMU wrapper's arguments; the guest agent
+///    finds 0000:00:1f.0 by identity and exchanges 10,000 messages each way.
+fn raw_qemu(kit: &Kit) -> Result<Outcome, String> {
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e201";
+    let region = region_for(uuid);
+    let payload = vm::cache_dir().join("raw-payload.bin");
+    let _cleanup = Cleanup(vec![region.clone(), payload.clone()]);
+    vm::payload_file(&payload, 4 << 20)?;
+    let payload_arg = payload.to_string_lossy().into_owned();
+    let mut host = HostAgent::spawn(
+        kit,
+        "raw-qemu",
+        &[
+            "--uuid",
+            uuid,
+            "--exchange",
+            "10000",
+            "--echo",
+            "500",
+            "--file",
+            &payload_arg,
+            "--wait",
+            "240",
+        ],
+    )?;
+    wait_for("the region", Duration::from_secs(10), || region.exists())?;
+    let mut guest = Guest::boot_with(
+        "raw-qemu",
+        &kit.wrapper,
+        &[("IVCHAN_REAL_QEMU", "/usr/bin/qemu-system-x86_64")],
+        &kit.kernel,
+        &kit.initrd,
+        &["-uuid".into(), uuid.into()],
+    )?;
+    let out = host
+        .finish(Duration::from_secs(300))
+        .map_err(|e| with_console(e, &guest))?;
+    check_guest(&mut guest, "0000:00:1f.0")?;
+    Ok(totals(&out))
+}
+
+fn with_console(e: String, guest: &Guest) -> String {
+    format!("{e}\nguest console:\n{}", guest.console_tail(25))
+}
+
+/// Waits for the region file QEMU creates, at its full size.
+fn wait_for_region(region: &Path) -> Result<(), String> {
+    wait_for(
+        "QEMU to create and size the region",
+        Duration::from_secs(60),
+        || fs::metadata(region).is_ok_and(|m| m.len() == 8 << 20),
+    )
+}
+
+/// Runs the host agent against a libvirt domain's region (QEMU, running as
+/// `libvirt-qemu`, owns the file) and checks the guest's side.
+fn serve_libvirt_guest(kit: &Kit, dom: &Domain, uuid: &str) -> Result<Outcome, String> {
+    let region = region_for(uuid);
+    wait_for_region(&region).map_err(|e| {
+        format!(
+            "{e}
+console:\n{}",
+            dom.console()
+        )
+    })?;
+    let uid = libvirt::qemu_uid()?.to_string();
+    let mut host = HostAgent::spawn(
+        kit,
+        &dom.name,
+        &[
+            "--uuid",
+            uuid,
+            "--allow-owner",
+            &uid,
+            "--exchange",
+            "10000",
+            "--echo",
+            "500",
+            "--wait",
+            "240",
+        ],
+    )?;
+    let out = host
+        .finish(Duration::from_secs(300))
+        .map_err(|e| format!("{e}\nconsole:\n{}", dom.console()))?;
+    dom.wait_shut_off(Duration::from_secs(120))?;
+    let console = dom.console();
+    if !console.contains("ivchan-vm: agent exit 0") || !console.contains("attached to 0000:00:1f.0")
+    {
+        return Err(format!("guest agent failed; console:\n{console}"));
+    }
+    Ok(totals(&out))
+}
+
+/// 2. ivchan injects `<shmem>` into a domain XML; a real libvirtd defines
+///    and starts it; its QEMU command line carries the device.
+fn libvirt_shmem(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e202";
+    let _cleanup = Cleanup(vec![region_for(uuid)]);
+    let dom = Domain::new(
+        "ivchan-e2e-libvirt",
+        uuid,
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    run(Command::new(&kit.provision).arg("inject").arg(&dom.xml));
+    dom.define_and_start()?;
+    let cmdline = dom.qemu_cmdline()?;
+    if !cmdline.contains("ivshmem-plain") || !cmdline.contains(&format!("fg_{uuid}")) {
+        return Err(format!("QEMU command line lacks the device: {cmdline}"));
+    }
+    serve_libvirt_guest(kit, &dom, uuid)
+}
+
+/// 3. A running libvirt guest without the device gets it through ivchan's
+///    live route (`attach-device --live`); the waiting guest agent finds it.
+fn hotplug(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e203";
+    let _cleanup = Cleanup(vec![region_for(uuid)]);
+    let dom = Domain::new(
+        "ivchan-e2e-hotplug",
+        uuid,
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    dom.define_and_start()?;
+    wait_for("the guest to boot", Duration::from_secs(60), || {
+        dom.console().contains("ivchan-vm: guest up")
+    })?;
+    if dom.qemu_cmdline()?.contains("ivshmem") {
+        return Err("the domain has a device before the hotplug".into());
+    }
+    run(Command::new(&kit.provision).args(["hotplug", &dom.name]));
+    serve_libvirt_guest(kit, &dom, uuid)
+}
+
+/// 4. Two devices in one guest: another VM's region at a lower slot, this
+///    VM's at 0x1f. The agent must pick by identity, not by order.
+fn two_devices(kit: &Kit) -> Result<Outcome, String> {
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e204";
+    let other = "0f1e2d3c-4b5a-6978-8796-00000000e204";
+    let (region, decoy) = (region_for(uuid), region_for(other));
+    let _cleanup = Cleanup(vec![region.clone(), decoy.clone()]);
+    run(Command::new(&kit.ivchan).args(["init", other, "--name", "other-vm"]));
+    let mut host = HostAgent::spawn(
+        kit,
+        "two-devices",
+        &["--uuid", uuid, "--exchange", "2000", "--echo", "100"],
+    )?;
+    wait_for("the region", Duration::from_secs(10), || region.exists())?;
+    let mut args = vm::ivshmem_args(uuid, &decoy, 8, 0x05);
+    args.extend(vm::ivshmem_args(uuid, &region, 8, 0x1f).into_iter().skip(2));
+    let mut guest = Guest::boot("two-devices", &kit.kernel, &kit.initrd, &args)?;
+    let out = host
+        .finish(Duration::from_secs(300))
+        .map_err(|e| with_console(e, &guest))?;
+    check_guest(&mut guest, "0000:00:1f.0")?;
+    Ok(totals(&out))
+}
+
+fn stream_acked(state: &Path) -> u64 {
+    fs::read(state)
+        .ok()
+        .and_then(|raw| raw.get(8..16).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// 5. Restarts: the guest is reset mid-stream and boots again; later the
+///    host agent is killed and restarted. Every message is acknowledged in
+///    order; nothing committed is lost.
+fn restarts(kit: &Kit) -> Result<Outcome, String> {
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e205";
+    let region = region_for(uuid);
+    let state = vm::cache_dir().join("restarts.state");
+    let _cleanup = Cleanup(vec![region.clone(), state.clone()]);
+    let _ = fs::remove_file(&state);
+    let state_arg = state.to_string_lossy().into_owned();
+    let host_args = [
+        "--uuid", uuid, "--stream", "20000", "--state", &state_arg, "--wait", "300",
+    ];
+    let mut host = HostAgent::spawn(kit, "restarts-1", &host_args)?;
+    wait_for("the region", Duration::from_secs(10), || region.exists())?;
+    let qemu_args = vm::ivshmem_args(uuid, &region, 8, 0x1f);
+    let first = Guest::boot("restarts-a", &kit.kernel, &kit.initrd, &qemu_args)?;
+    wait_for("3,000 acknowledgements", Duration::from_secs(180), || {
+        stream_acked(&state) >= 3000
+    })
+    .map_err(|e| with_console(e, &first))?;
+    eprintln!(
+        "xtask:   guest reset at {} acknowledged",
+        stream_acked(&state)
+    );
+    drop(first); // kills QEMU: a hard reset
+    let mut second = Guest::boot("restarts-b", &kit.kernel, &kit.initrd, &qemu_args)?;
+    wait_for("12,000 acknowledgements", Duration::from_secs(180), || {
+        stream_acked(&state) >= 12_000
+    })
+    .map_err(|e| with_console(e, &second))?;
+    eprintln!(
+        "xtask:   host agent killed at {} acknowledged",
+        stream_acked(&state)
+    );
+    host.kill();
+    let mut host = HostAgent::spawn(kit, "restarts-2", &host_args)?;
+    let out = host
+        .finish(Duration::from_secs(300))
+        .map_err(|e| with_console(e, &second))?;
+    if !out.contains("stream complete") || stream_acked(&state) != 20_000 {
+        return Err(format!("stream did not complete:\n{out}"));
+    }
+    check_guest(&mut second, "0000:00:1f.0")?;
+    // The last host agent reports the whole stream.
+    Ok(totals(&out))
+}
+
+/// 6. Three guests at once, served by one host agent through the
+///    supervisor. QEMU creates each region file; the supervisor sees it
+///    appear, waits for QEMU to size it, and initialises it.
+fn several_guests(kit: &Kit) -> Result<Outcome, String> {
+    let dir = PathBuf::from("/dev/shm/ivchan-e2e-fleet");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let _cleanup = Cleanup(vec![dir.clone()]);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let mut host = HostAgent::spawn(
+        kit,
+        "several-guests",
+        &[
+            "--supervise",
+            "3",
+            "--dir",
+            &dir_arg,
+            "--exchange",
+            "2000",
+            "--echo",
+            "100",
+            "--wait",
+            "300",
+        ],
+    )?;
+    let mut guests = Vec::new();
+    for i in 0..3 {
+        let uuid = format!("5b7e6a0c-1d2e-4f3a-9b8c-00000000e26{i}");
+        let region = dir.join(format!("fg_{uuid}"));
+        let name = format!("several-guests-{i}");
+        guests.push(Guest::boot(
+            &name,
+            &kit.kernel,
+            &kit.initrd,
+            &vm::ivshmem_args(&uuid, &region, 8, 0x1f),
+        )?);
+    }
+    let out = host.finish(Duration::from_secs(400)).map_err(|e| {
+        let consoles: Vec<String> = guests.iter().map(|g| g.console_tail(10)).collect();
+        format!("{e}\nguest consoles:\n{}", consoles.join("\n---\n"))
+    })?;
+    for g in &mut guests {
+        check_guest(g, "0000:00:1f.0")?;
+    }
+    if !out.contains("all 3 VMs served") {
+        return Err(format!("supervisor did not serve all guests:\n{out}"));
+    }
+    Ok(totals(&out))
+}
+
+type Scenario = fn(&Kit) -> Result<Outcome, String>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("raw-qemu", raw_qemu),
+    ("libvirt", libvirt_shmem),
+    ("hotplug", hotplug),
+    ("two-devices", two_devices),
+    ("restarts", restarts),
+    ("several-guests", several_guests),
+];
+
+fn build_kit() -> Result<Kit, String> {
+    packages();
+    step("e2e: kernel, static guest agent, initramfs, host binaries");
+    let kernel = vm::kernel()?;
+    let agent = vm::static_guest_agent();
+    let initrd = vm::initramfs(
+        "e2e",
+        &agent,
+        "/bin/ivchan-guest-agent --wait 300 --dir /tmp\necho \"ivchan-vm: agent exit $?\"",
+    )?;
+    run(cargo().args(["build", "--release"]).args([
         "-p",
         "ivchan-examples",
         "--bin",
         "ivchan-host-agent",
+        "-p",
+        "ivchan-host",
+        "--bin",
+        "ivchan",
+        "-p",
+        "ivchan-provision",
+        "--bin",
+        "ivchan-qemu-wrapper",
+        "--bin",
+        "ivchan-provision",
     ]));
-    project_root().join("target/release/ivchan-host-agent")
+    let bin = |name: &str| project_root().join("target/release").join(name);
+    Ok(Kit {
+        kernel,
+        initrd,
+        host_agent: bin("ivchan-host-agent"),
+        ivchan: bin("ivchan"),
+        wrapper: bin("ivchan-qemu-wrapper"),
+        provision: bin("ivchan-provision"),
+    })
 }
 
-pub fn smoke() -> Result<(), String> {
-    packages();
-    step("smoke: kernel, static guest agent, initramfs");
-    let kernel = vm::kernel()?;
-    let agent = vm::static_guest_agent();
-    let initrd = vm::initramfs(
-        "smoke",
-        &agent,
-        "/bin/ivchan-guest-agent --wait 120 --dir /tmp\necho \"ivchan-vm: agent exit $?\"",
-    )?;
-    let host = host_agent();
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
 
-    step("smoke: host agent + TCG guest");
-    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e2e1";
-    let region = PathBuf::from(format!("/dev/shm/fg_{uuid}"));
-    let _ = std::fs::remove_file(&region);
-    let _guard = RegionGuard(region.clone());
-    let payload = vm::cache_dir().join("smoke-payload.bin");
-    vm::payload_file(&payload, 3 << 20)?;
-    let start = Instant::now();
-    let mut host_agent = Command::new(&host)
-        .args([
-            "--uuid",
-            uuid,
-            "--exchange",
-            "2000",
-            "--echo",
-            "200",
-            "--wait",
-            "180",
-        ])
-        .arg("--file")
-        .arg(&payload)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", host.display()))?;
-    // QEMU maps the region the host agent created.
-    while !region.exists() {
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = host_agent.kill();
-            return Err("host agent did not create the region".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
+/// Runs the scenarios whose names contain one of `filters` (all when
+/// empty) and prints the table.
+pub fn e2e(filters: &[String]) -> Result<(), String> {
+    let kit = build_kit()?;
+    let chosen: Vec<&(&str, Scenario)> = SCENARIOS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        return Err(format!("no scenario matches {filters:?}"));
     }
-    let mut guest = Guest::boot(
-        "smoke",
-        &kernel,
-        &initrd,
-        &vm::ivshmem_args(uuid, &region, 8, 0x1f),
-    )?;
-    let status = loop {
-        if let Some(status) = host_agent.try_wait().map_err(|e| e.to_string())? {
-            break status;
+    let mut rows = Vec::new();
+    let total = Instant::now();
+    for (i, (name, scenario)) in chosen.iter().enumerate() {
+        step(&format!("e2e scenario {}/{}: {name}", i + 1, chosen.len()));
+        let start = Instant::now();
+        let result = scenario(&kit);
+        let secs = start.elapsed().as_secs_f64();
+        match &result {
+            Ok(_) => eprintln!("xtask: {name} passed in {secs:.1} s"),
+            Err(e) => eprintln!("xtask: {name} FAILED in {secs:.1} s:\n{e}"),
         }
-        if start.elapsed() > Duration::from_secs(300) {
-            let _ = host_agent.kill();
-            return Err(format!(
-                "host agent still running after 300 s; guest console:\n{}",
-                guest.console_tail(30)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let powered_off = guest.wait(Duration::from_secs(60));
-    let console = guest.console();
-    if !status.success() || powered_off.is_err() || !console.contains("ivchan-vm: agent exit 0") {
-        return Err(format!(
-            "smoke failed (host agent {status}, guest {powered_off:?}); guest console:\n{}",
-            guest.console_tail(30)
-        ));
+        rows.push((name.to_string(), result, secs));
     }
-    if !console.contains("attached to 0000:00:1f.0") {
-        return Err(format!(
-            "guest agent used another device:\n{}",
-            guest.console_tail(30)
-        ));
+    eprintln!();
+    eprintln!(
+        "{:<16} {:<6} {:>12} {:>11} {:>12} {:>11} {:>8}",
+        "scenario", "result", "to guest", "bytes", "from guest", "bytes", "time"
+    );
+    let mut failed = 0;
+    for (name, result, secs) in &rows {
+        match result {
+            Ok(o) => eprintln!(
+                "{name:<16} {:<6} {:>8} msgs {:>11} {:>8} msgs {:>11} {:>7.1}s",
+                "pass",
+                o.to_guest_msgs,
+                mb(o.to_guest_bytes),
+                o.from_guest_msgs,
+                mb(o.from_guest_bytes),
+                secs
+            ),
+            Err(_) => {
+                failed += 1;
+                eprintln!("{name:<16} {:<6} {:>60.1}s", "FAIL", secs);
+            }
+        }
     }
     eprintln!(
-        "xtask: smoke passed in {:.1} s",
-        start.elapsed().as_secs_f64()
+        "e2e: {} passed, {failed} failed ({:.0} s in all)",
+        rows.len() - failed,
+        total.elapsed().as_secs_f64()
     );
+    if failed > 0 {
+        return Err(format!("{failed} e2e scenario(s) failed"));
+    }
     Ok(())
+}
+
+/// `cargo xtask smoke`: the raw-QEMU scenario alone.
+pub fn smoke() -> Result<(), String> {
+    e2e(&["raw-qemu".to_owned()])
 }

@@ -3,9 +3,11 @@
 //! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, tests,
 //!   loom models and Miri. `.ci/run` calls this.
 //! - `loom`, `miri`: one of those steps alone.
-//! - `smoke`: host agent and guest agent through a real TCG guest.
+//! - `e2e [NAME…]`: host and guest agents through real TCG guests;
+//!   `smoke` is its raw-QEMU scenario alone.
 
 mod e2e;
+mod libvirt;
 mod vm;
 
 use std::env;
@@ -150,14 +152,20 @@ fn ci() {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"));
+    step("libvirt daemon for the real-component tests");
+    if let Err(e) = libvirt::ensure() {
+        eprintln!("xtask: {e}");
+        exit(1);
+    }
     step("tests (real components required)");
     run(cargo()
         .args(["test", "--workspace"])
-        .env("IVCHAN_REQUIRE_REAL", "1"));
+        .env("IVCHAN_REQUIRE_REAL", "1")
+        .env("IVCHAN_LIBVIRT_KVM_ACCESS", "1"));
     loom();
     miri();
-    step("smoke: agents through a real TCG guest");
-    if let Err(e) = e2e::smoke() {
+    step("e2e: agents through real TCG guests");
+    if let Err(e) = e2e::e2e(&[]) {
         eprintln!("xtask: {e}");
         exit(1);
     }
@@ -176,9 +184,16 @@ fn main() {
                 exit(1);
             }
         }
+        Some("e2e") => {
+            let filters: Vec<String> = env::args().skip(2).collect();
+            if let Err(e) = e2e::e2e(&filters) {
+                eprintln!("xtask: {e}");
+                exit(1);
+            }
+        }
         Some("packages") => packages(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|loom|miri|packages|smoke>");
+            eprintln!("usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]>");
             exit(2);
         }
     }

@@ -138,9 +138,30 @@ impl Guest {
         initrd: &Path,
         extra: &[String],
     ) -> Result<Self, String> {
+        Self::boot_with(
+            name,
+            Path::new("qemu-system-x86_64"),
+            &[],
+            kernel,
+            initrd,
+            extra,
+        )
+    }
+
+    /// As [`boot`](Self::boot), running `qemu` (the real QEMU or a wrapper
+    /// standing in for it) with `env` added to its environment.
+    pub fn boot_with(
+        name: &str,
+        qemu: &Path,
+        env: &[(&str, &str)],
+        kernel: &Path,
+        initrd: &Path,
+        extra: &[String],
+    ) -> Result<Self, String> {
         let console = cache_dir().join(format!("{name}.console"));
         let log = fs::File::create(&console).map_err(|e| e.to_string())?;
-        let child = Command::new("qemu-system-x86_64")
+        let child = Command::new(qemu)
+            .envs(env.iter().copied())
             .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
             .arg("-kernel")
             .arg(kernel)
@@ -152,7 +173,7 @@ impl Guest {
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("qemu-system-x86_64: {e} (install qemu-system-x86)"))?;
+            .map_err(|e| format!("{}: {e} (install qemu-system-x86)", qemu.display()))?;
         Ok(Self {
             child,
             console,

@@ -122,40 +122,34 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
     let stall = Duration::from_secs(30);
     let uuid = *vm.uuid();
     vm.with(|ch| -> Result<(), String> {
-        let bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
+        let exchange_bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
         let t = Instant::now();
         agent::run_exchange(ch, args.exchange, false, stall)?;
         let secs = t.elapsed().as_secs_f64();
-        rate(
-            &uuid,
-            "exchange (each way, checked)",
-            2 * args.exchange,
-            2 * bytes,
-            secs,
-        );
+        let what = "exchange (each way, checked)";
+        rate(&uuid, what, 2 * args.exchange, 2 * exchange_bytes, secs);
 
-        let bytes: u64 = (0..args.echo).map(|s| traffic::len(s) as u64).sum();
+        let echo_bytes: u64 = (0..args.echo).map(|s| traffic::len(s) as u64).sum();
         let t = Instant::now();
         agent::run_exchange(ch, args.echo, true, stall)?;
-        rate(
-            &uuid,
-            "echo (round trips, checked)",
-            args.echo,
-            2 * bytes,
-            t.elapsed().as_secs_f64(),
-        );
+        let secs = t.elapsed().as_secs_f64();
+        rate(&uuid, "echo (round trips, checked)", args.echo, 2 * echo_bytes, secs);
 
+        // Each direction carried the exchange and the echo; the file went
+        // to the guest only.
+        let checked = exchange_bytes + echo_bytes;
+        let mut to_guest = checked;
         if let Some(path) = &args.file {
             let t = Instant::now();
             let size = agent::send_file(ch, path, stall)?;
-            rate(
-                &uuid,
-                "file transfer (checksum ok)",
-                1,
-                size,
-                t.elapsed().as_secs_f64(),
-            );
+            to_guest += size;
+            let secs = t.elapsed().as_secs_f64();
+            rate(&uuid, "file transfer (checksum ok)", 1, size, secs);
         }
+        let messages = args.exchange + args.echo;
+        println!(
+            "{uuid}: totals to-guest {messages} msgs {to_guest} bytes, from-guest {messages} msgs {checked} bytes"
+        );
         if !args.keep_guest {
             agent::command(ch, "quit", stall)?;
         }
@@ -186,6 +180,12 @@ fn stream(
         stats.duplicate_acks,
         stats.guest_restarts,
         t.elapsed().as_secs_f64()
+    );
+    // Totals of the whole stream, across every incarnation of both sides.
+    let bytes: u64 = (0..count).map(|s| 12 + traffic::len(s) as u64).sum();
+    println!(
+        "{uuid}: totals to-guest {count} msgs {bytes} bytes, from-guest {count} msgs {} bytes",
+        12 * count
     );
     if !args.keep_guest {
         vm.with(|ch| agent::command(ch, "quit", Duration::from_secs(30)))?;
