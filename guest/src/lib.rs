@@ -29,5 +29,5 @@ pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
 pub use error::GuestError;
 pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
 pub use ivchan_protocol::{UuidError, VmUuid};
-pub use mapping::{MapOptions, MappedBar};
+pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{select, select_waiting, Selector};

@@ -221,3 +221,102 @@ impl MappedBar {
         }
     }
 }
+
+/// Offsets of the ivshmem BAR0 registers (QEMU's ivshmem spec).
+pub mod registers {
+    /// Interrupt mask (INTx only).
+    pub const INTR_MASK: usize = 0;
+    /// Interrupt status (INTx only).
+    pub const INTR_STATUS: usize = 4;
+    /// This guest's peer id (doorbell devices; read-only).
+    pub const IV_POSITION: usize = 8;
+    /// Write `peer << 16 | vector` to interrupt that peer's vector.
+    pub const DOORBELL: usize = 12;
+}
+
+/// BAR0 of an ivshmem device: its four 32-bit registers, mapped through
+/// sysfs `resource0`. Meaningful on doorbell devices: on a plain device
+/// the doorbell goes nowhere.
+#[derive(Debug)]
+pub struct Registers {
+    /// Taken once from `map`; 4-byte aligned (page-aligned mapping) and at
+    /// least 16 bytes long (checked in `map`).
+    base: NonNull<u8>,
+    _map: MmapMut,
+    address: String,
+}
+
+// SAFETY: `base` points into the mapping this value owns; registers are only
+// accessed with volatile 32-bit loads and stores, which are fine from any
+// thread (the device serialises them).
+unsafe impl Send for Registers {}
+// SAFETY: as above.
+unsafe impl Sync for Registers {}
+
+impl Registers {
+    /// Maps BAR0 of `device` (`resource0`, 256 bytes on QEMU).
+    pub fn map(device: &IvshmemDevice) -> Result<Self, GuestError> {
+        let path = device.sysfs_dir.join("resource0");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| GuestError::from_io(&path, "open", e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| GuestError::from_io(&path, "stat", e))?
+            .len();
+        if size < 16 {
+            return Err(GuestError::BadSysfsValue {
+                path,
+                value: format!("{size}-byte BAR0, expected at least 16"),
+            });
+        }
+        // SAFETY: a shared mapping of the device's register BAR (or, in
+        // tests, a plain file); only accessed with volatile loads/stores of
+        // aligned u32s below, inside the 16 bytes checked above.
+        let mapped = unsafe { MmapOptions::new().len(16).map_mut(&file) };
+        let mut map = mapped.map_err(|e| GuestError::from_io(&path, "map", e))?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| GuestError::BadSysfsValue {
+            path: path.clone(),
+            value: "null mapping".into(),
+        })?;
+        Ok(Self {
+            base,
+            _map: map,
+            address: device.address.clone(),
+        })
+    }
+
+    /// The device's PCI address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn reg(&self, offset: usize) -> *mut u32 {
+        assert!(
+            offset % 4 == 0 && offset + 4 <= 16,
+            "ivchan bug: register {offset}"
+        );
+        self.base.as_ptr().wrapping_add(offset).cast::<u32>()
+    }
+
+    /// Reads a register.
+    pub fn read(&self, offset: usize) -> u32 {
+        // SAFETY: `reg` keeps the access inside the mapped 16 bytes, 4-byte
+        // aligned; volatile because it is device memory.
+        u32::from_le(unsafe { self.reg(offset).read_volatile() })
+    }
+
+    /// This guest's peer id on the ivshmem server.
+    pub fn iv_position(&self) -> u32 {
+        self.read(registers::IV_POSITION)
+    }
+
+    /// Rings `vector` of peer `peer` (QEMU writes that peer's eventfd).
+    pub fn ring(&self, peer: u16, vector: u16) {
+        let value = (u32::from(peer) << 16) | u32::from(vector);
+        // SAFETY: as in `read`.
+        unsafe { self.reg(registers::DOORBELL).write_volatile(value.to_le()) }
+    }
+}

@@ -564,3 +564,31 @@ fn guest_channel_waits_for_a_hotplugged_device_and_talks_to_its_host() {
         assert_eq!(&buf[..n], b"welcome");
     });
 }
+
+#[test]
+fn doorbell_registers_read_the_peer_id_and_ring() {
+    let sys = FakeSysfs::new();
+    let mut dev = Dev::ivshmem("0000:00:1f.0");
+    dev.bar1 = 4096;
+    let dir = sys.add(&dev);
+    // A fake BAR0: IVPosition = 3.
+    let mut bar0 = vec![0u8; 256];
+    bar0[8..12].copy_from_slice(&3u32.to_le_bytes());
+    fs::write(dir.join("resource0"), &bar0).unwrap();
+    let found = discover(sys.root()).unwrap();
+    assert_eq!(found[0].kind, DeviceKind::Doorbell);
+    let regs = ivchan_guest::Registers::map(&found[0]).unwrap();
+    assert_eq!(regs.iv_position(), 3);
+    regs.ring(0, 1);
+    let raw = fs::read(dir.join("resource0")).unwrap();
+    assert_eq!(&raw[12..16], &0x0000_0001u32.to_le_bytes());
+    regs.ring(7, 2);
+    let raw = fs::read(dir.join("resource0")).unwrap();
+    assert_eq!(&raw[12..16], &0x0007_0002u32.to_le_bytes());
+    // A truncated BAR0 is a typed error, not a fault.
+    fs::write(dir.join("resource0"), [0u8; 8]).unwrap();
+    assert!(matches!(
+        ivchan_guest::Registers::map(&found[0]),
+        Err(GuestError::BadSysfsValue { .. })
+    ));
+}
