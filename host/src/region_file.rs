@@ -175,6 +175,7 @@ pub struct RegionOptions {
     size: u64,
     mode: u32,
     group: Option<Gid>,
+    owner: Option<Uid>,
     owners: Vec<Uid>,
     allow_group_write: bool,
     allow_other_write: bool,
@@ -195,6 +196,7 @@ impl RegionOptions {
             size: DEFAULT_SIZE,
             mode: 0o600,
             group: None,
+            owner: None,
             owners: vec![nix::unistd::geteuid()],
             allow_group_write: false,
             allow_other_write: false,
@@ -239,6 +241,17 @@ impl RegionOptions {
         self
     }
 
+    /// Owner given to newly created files (e.g. libvirt-qemu, when root
+    /// prepares a region for QEMU): `fchown` on the new file's descriptor
+    /// right after it is created, before it is sized. Changing the owner to
+    /// another uid needs `CAP_CHOWN` (root). `uid` is also accepted as an
+    /// owner when opening an existing file, whatever [`owners`](Self::owners)
+    /// says, so the file this creates can be opened again.
+    pub fn owner(mut self, uid: u32) -> Self {
+        self.owner = Some(Uid::from_raw(uid));
+        self
+    }
+
     /// Owners accepted when opening an existing file, replacing the default
     /// (the current euid). E.g. root and libvirt-qemu, since QEMU may
     /// create the file.
@@ -273,6 +286,19 @@ impl RegionOptions {
     /// The file-name prefix.
     pub fn name_prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The uids accepted as the owner of an existing file: the
+    /// [`owners`](Self::owners) list plus the [`owner`](Self::owner) of
+    /// created files, if set.
+    pub fn allowed_owners(&self) -> Vec<u32> {
+        let mut uids: Vec<u32> = self.owners.iter().map(|u| u.as_raw()).collect();
+        if let Some(owner) = self.owner {
+            if !uids.contains(&owner.as_raw()) {
+                uids.push(owner.as_raw());
+            }
+        }
+        uids
     }
 
     /// `<dir>/<prefix><uuid>`.
@@ -455,11 +481,12 @@ fn check_inode(file: &File, path: &Path, opts: &RegionOptions) -> Result<u64, Re
             path: path.to_path_buf(),
         });
     }
-    if !opts.owners.iter().any(|u| u.as_raw() == meta.uid()) {
+    let allowed = opts.allowed_owners();
+    if !allowed.contains(&meta.uid()) {
         return Err(RegionError::UnexpectedOwner {
             path: path.to_path_buf(),
             uid: meta.uid(),
-            allowed: opts.owners.iter().map(|u| u.as_raw()).collect(),
+            allowed,
         });
     }
     let mode = meta.mode() & 0o7777;
@@ -518,13 +545,17 @@ impl RegionFile {
         opts: &RegionOptions,
     ) -> Result<Self, RegionError> {
         let file = lock(file, path)?;
+        if opts.owner.is_some() || opts.group.is_some() {
+            std::os::unix::fs::fchown(
+                &*file,
+                opts.owner.map(Uid::as_raw),
+                opts.group.map(Gid::as_raw),
+            )
+            .map_err(io_err(path, "chown"))?;
+        }
         // The umask may have cleared bits of the requested mode.
         file.set_permissions(Permissions::from_mode(opts.mode))
             .map_err(io_err(path, "chmod"))?;
-        if let Some(gid) = opts.group {
-            std::os::unix::fs::fchown(&*file, None, Some(gid.as_raw()))
-                .map_err(io_err(path, "chown"))?;
-        }
         check_size(path, opts.size, huge_page_size(&file, path)?)?;
         // ftruncate works on tmpfs and hugetlbfs alike (no writes needed).
         file.set_len(opts.size).map_err(io_err(path, "size"))?;

@@ -206,6 +206,40 @@ fn created_mode_and_group_are_exact_despite_umask() {
 }
 
 #[test]
+fn created_owner_is_set_before_sizing_and_accepted_when_reopening() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    // Only the owner option makes uid 65534 acceptable: the default
+    // accepted owner is the current euid (root here).
+    let with_owner = || opts(dir.path()).mode(0o640).owner(65534).group(65534);
+    {
+        let file = with_owner()
+            .create(&vm)
+            .expect("create (tests run as root)");
+        let meta = fs::metadata(file.path()).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        assert_eq!(meta.len(), MIB);
+        file.attach_or_init("owned").expect("init");
+    }
+    let err = opts(dir.path()).open(&vm).unwrap_err();
+    assert!(
+        matches!(err, RegionError::UnexpectedOwner { uid: 65534, .. }),
+        "{err}"
+    );
+    // Accepted even when the owners list is replaced after `owner`.
+    let file = with_owner().owners([0]).open(&vm).expect("reopen");
+    assert_eq!(
+        file.attach_or_init("ignored")
+            .expect("attach")
+            .layout()
+            .name_str(),
+        Some("owned")
+    );
+    assert_eq!(with_owner().owners([0]).allowed_owners(), vec![0, 65534]);
+}
+
+#[test]
 fn bad_sizes_are_refused_and_leave_nothing_behind() {
     let dir = shm_dir();
     let vm = uuid(VM);

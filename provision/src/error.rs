@@ -53,6 +53,8 @@ pub enum Error {
     Qmp(String),
     #[error("region file {path}: {msg}")]
     Region { path: PathBuf, msg: String },
+    #[error("region file: {0}")]
+    RegionFile(#[from] ivchan_host::RegionError),
     #[error("hook: {0}")]
     Hook(String),
     #[error("{context}: {source}")]

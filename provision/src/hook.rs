@@ -4,20 +4,30 @@
 //! executable in `/etc/libvirt/hooks/qemu.d/`, as `HOOK NAME OP SUBOP EXTRA`
 //! with the domain XML on stdin. A hook cannot change the XML, but it can
 //! prepare resources: on `prepare begin` this one creates the region file
-//! with the right owner and mode; on `release end` it removes the file or
-//! keeps it. It never fails a VM start because of its own error unless
-//! configured to (`strict`).
+//! with the right owner and mode and writes the ivchan header into it, so
+//! the guest sees a header even before a host agent runs; on `release end`
+//! it removes the file or keeps it. The region file itself is the host
+//! crate's [`RegionFile`](ivchan_host::RegionFile) (`O_NOFOLLOW`, `fstat` checks, `flock`), released
+//! as soon as the hook is done. The hook never fails a VM start because of
+//! its own error unless configured to (`strict`).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ivchan_host::{InspectedRegion, RegionError, RegionOptions};
+use ivchan_protocol::layout::{MIN_REGION_SIZE, NAME_LEN};
+use ivchan_protocol::VmUuid;
+
 use crate::error::{Error, Result};
-use crate::region::{self, Created, Owner};
 use crate::spec::Spec;
 
 /// Marker line that identifies a hook script written by this tool.
 pub const SCRIPT_MARKER: &str = "# ivchan-provision hook";
+
+/// Channel name the hook writes into a new region's header by default.
+pub const DEFAULT_CHANNEL_NAME: &str = "ivchan";
 
 /// What to do with the region file when the VM is released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,15 +39,124 @@ pub enum OnRelease {
     Remove,
 }
 
+/// Who should own the region file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Owner {
+    /// Parse `USER`, `USER:GROUP`, `:GROUP`, names or numbers.
+    pub fn parse(s: &str) -> Result<Owner> {
+        let (u, g) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let bad = |m: String| Error::Hook(format!("owner {s:?}: {m}"));
+        let uid = if u.is_empty() {
+            None
+        } else if let Ok(n) = u.parse() {
+            Some(n)
+        } else {
+            let user = nix::unistd::User::from_name(u)
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| bad(format!("no user {u}")))?;
+            Some(user.uid.as_raw())
+        };
+        let gid = match g {
+            None | Some("") => None,
+            Some(g) => Some(match g.parse() {
+                Ok(n) => n,
+                Err(_) => nix::unistd::Group::from_name(g)
+                    .map_err(|e| bad(e.to_string()))?
+                    .ok_or_else(|| bad(format!("no group {g}")))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
+        Ok(Owner { uid, gid })
+    }
+}
+
 /// Hook behaviour.
 #[derive(Debug, Clone)]
 pub struct HookConfig {
+    /// Region path template ([`Spec::region`]) and size ([`Spec::size`]).
     pub spec: Spec,
+    /// Permission bits of a created region file.
     pub mode: u32,
+    /// Owner and group of a created region file; also accepted as the
+    /// owner of an existing one.
     pub owner: Owner,
+    /// Channel name written into a new region's header.
+    pub name: String,
     pub on_release: OnRelease,
     /// Fail the libvirt operation (non-zero exit) when the hook fails.
     pub strict: bool,
+}
+
+impl HookConfig {
+    /// The host crate's options for this configuration's region files:
+    /// directory and file-name prefix from the region template, size, mode,
+    /// owner and group. Errors if the template's file name does not end in
+    /// `{uuid}`, the size is below ivchan's minimum region or the channel
+    /// name is too long.
+    pub fn region_options(&self) -> Result<RegionOptions> {
+        let (dir, prefix) = split_region_template(&self.spec.region)?;
+        let min = MIN_REGION_SIZE as u64;
+        if self.spec.size < min {
+            return Err(Error::Hook(format!(
+                "region size {} bytes is too small for an ivchan region (the minimum is {min}, e.g. 1M)",
+                self.spec.size
+            )));
+        }
+        if self.name.len() > NAME_LEN {
+            return Err(Error::Hook(format!(
+                "channel name {:?} is {} bytes long (the maximum is {NAME_LEN})",
+                self.name,
+                self.name.len()
+            )));
+        }
+        let mut opts = RegionOptions::new()
+            .dir(dir)
+            .prefix(prefix)
+            .size(self.spec.size)
+            .mode(self.mode);
+        if let Some(uid) = self.owner.uid {
+            opts = opts.owner(uid);
+        }
+        if let Some(gid) = self.owner.gid {
+            opts = opts.group(gid);
+        }
+        Ok(opts)
+    }
+}
+
+/// Split a region path template (`/dev/shm/fg_{uuid}`) into the directory
+/// and file-name prefix the host crate's [`RegionOptions`] take
+/// (`/dev/shm`, `fg_`). The template's file name must end in `{uuid}`, and
+/// `{uuid}` must appear nowhere else.
+pub fn split_region_template(template: &str) -> Result<(PathBuf, String)> {
+    let bad = |why: &str| Error::Hook(format!("region path {template:?}: {why}"));
+    let path = Path::new(template);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| bad("has no file name"))?;
+    let prefix = name.strip_suffix("{uuid}").ok_or_else(|| {
+        bad("the hook needs a file name ending in {uuid} (e.g. /dev/shm/fg_{uuid})")
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if prefix.contains("{uuid}") || dir.to_string_lossy().contains("{uuid}") {
+        return Err(bad(
+            "{uuid} may appear only once, at the end of the file name",
+        ));
+    }
+    Ok((dir.to_path_buf(), prefix.to_string()))
 }
 
 /// Run the hook for `libvirt`'s arguments (`NAME OP SUBOP [EXTRA]`) and the
@@ -45,26 +164,103 @@ pub struct HookConfig {
 pub fn run(args: &[String], xml: &str, cfg: &HookConfig) -> Result<Option<String>> {
     let op = args.get(1).map(String::as_str);
     let sub = args.get(2).map(String::as_str);
-    let path = |xml: &str| -> Result<PathBuf> {
-        let uuid = crate::inject::domain_uuid(xml)?;
-        Ok(cfg.spec.region_path(&uuid))
-    };
     match (op, sub) {
         (Some("prepare"), Some("begin")) => {
-            let p = path(xml)?;
-            Ok(Some(
-                match region::create(&p, cfg.spec.size, cfg.mode, cfg.owner)? {
-                    Created::New => format!("created {}", p.display()),
-                    Created::Existing => format!("kept existing {}", p.display()),
-                },
-            ))
+            let uuid = crate::inject::domain_uuid(xml)?;
+            prepare(&cfg.region_options()?, &uuid, cfg).map(Some)
         }
         (Some("release"), Some("end")) if cfg.on_release == OnRelease::Remove => {
-            let p = path(xml)?;
-            Ok(region::remove(&p)?.then(|| format!("removed {}", p.display())))
+            let uuid = crate::inject::domain_uuid(xml)?;
+            release(&cfg.region_options()?, &uuid)
         }
         _ => Ok(None),
     }
+}
+
+/// `prepare begin`: create the region file and write its header, or keep an
+/// existing one of the right size (writing the header if it has none).
+/// The [`RegionFile`](ivchan_host::RegionFile) is dropped on return, which
+/// releases its lock.
+fn prepare(opts: &RegionOptions, uuid: &VmUuid, cfg: &HookConfig) -> Result<String> {
+    let path = opts.path_for(uuid);
+    let file = match opts.create(uuid) {
+        Ok(file) => {
+            file.attach_or_init(&cfg.name)?;
+            return Ok(format!("created {} with an ivchan header", path.display()));
+        }
+        Err(RegionError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
+            opts.open(uuid)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match file {
+        Ok(file) => {
+            check_existing_size(&path, file.len(), cfg.spec.size)?;
+            file.attach_or_init(&cfg.name)?;
+            Ok(format!("kept existing {}", path.display()))
+        }
+        // A host agent holds it (and has attached to its header); check
+        // only what needs no lock.
+        Err(RegionError::Busy { .. }) => {
+            let seen = InspectedRegion::open(&path)?;
+            check_existing_size(&path, seen.len(), cfg.spec.size)?;
+            Ok(format!(
+                "kept existing {} (in use by a host agent)",
+                path.display()
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check_existing_size(path: &Path, len: usize, size: u64) -> Result<()> {
+    if len as u64 != size {
+        return Err(Error::Region {
+            path: path.to_path_buf(),
+            msg: format!("exists with size {len} instead of {size}"),
+        });
+    }
+    Ok(())
+}
+
+/// `release end` with [`OnRelease::Remove`]: remove the region file if it
+/// is one (a regular file passing the host crate's checks; never through a
+/// symlink). `None` when there was no file.
+fn release(opts: &RegionOptions, uuid: &VmUuid) -> Result<Option<String>> {
+    let path = opts.path_for(uuid);
+    match opts.open(uuid) {
+        Ok(file) => {
+            file.remove()?;
+            Ok(Some(format!("removed {}", path.display())))
+        }
+        Err(RegionError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+        // A host agent still holds it: removing the file is what tells a
+        // supervising agent the VM is gone, so remove it without the lock.
+        Err(RegionError::Busy { .. }) => {
+            remove_unlocked(&path)?;
+            Ok(Some(format!(
+                "removed {} (a host agent still had it open)",
+                path.display()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unlink `path` if it is a regular region file (opened `O_NOFOLLOW`,
+/// checked through its descriptor) and the path still names that file.
+fn remove_unlocked(path: &Path) -> Result<()> {
+    let seen = InspectedRegion::open(path)?;
+    let ours = seen.metadata();
+    let there =
+        fs::symlink_metadata(path).map_err(Error::io(format!("stat {}", path.display())))?;
+    if (there.dev(), there.ino()) != (ours.dev(), ours.ino()) {
+        return Err(RegionError::Replaced {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    fs::remove_file(path).map_err(Error::io(format!("removing {}", path.display())))
 }
 
 /// Quote one word for `/bin/sh` (single quotes, `'` as `'\''`).
@@ -136,6 +332,203 @@ pub fn uninstall(hooks_dir: &Path, legacy: bool) -> Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ivchan_protocol::Header;
+
+    const UUID: &str = "6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b";
+
+    fn domain() -> String {
+        format!(
+            "<domain type='qemu'><uuid>{}</uuid><devices/></domain>",
+            UUID.to_uppercase()
+        )
+    }
+
+    fn args(op: &str, sub: &str) -> Vec<String> {
+        ["dom", op, sub, "-"].map(String::from).to_vec()
+    }
+
+    fn config(dir: &Path) -> HookConfig {
+        HookConfig {
+            spec: Spec {
+                size: 1 << 20,
+                region: format!("{}/fg_{{uuid}}", dir.display()),
+                ..Spec::default()
+            },
+            mode: 0o640,
+            owner: Owner::default(),
+            name: "hooked".into(),
+            on_release: OnRelease::Remove,
+            strict: false,
+        }
+    }
+
+    fn header_name(path: &Path) -> Option<String> {
+        let seen = InspectedRegion::open(path).unwrap();
+        let header = Header::open(seen.region()).ok()?;
+        header.layout().name_str().map(str::to_string)
+    }
+
+    #[test]
+    fn templates_split_into_dir_and_prefix() {
+        let (dir, prefix) = split_region_template("/dev/shm/fg_{uuid}").unwrap();
+        assert_eq!(
+            (dir.as_path(), prefix.as_str()),
+            (Path::new("/dev/shm"), "fg_")
+        );
+        let (dir, prefix) = split_region_template("{uuid}").unwrap();
+        assert_eq!((dir.as_path(), prefix.as_str()), (Path::new("."), ""));
+        for bad in [
+            "/dev/shm/fg_{uuid}.mem",
+            "/dev/shm/fixed",
+            "/run/{uuid}/fg_{uuid}",
+            "/dev/shm/{uuid}{uuid}",
+            "/",
+        ] {
+            let e = split_region_template(bad).unwrap_err();
+            assert!(
+                matches!(e, Error::Hook(ref m) if m.contains(bad)),
+                "{bad}: {e}"
+            );
+        }
+        // The host crate's path is the template's.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let uuid = crate::spec::parse_uuid(UUID).unwrap();
+        assert_eq!(
+            cfg.region_options().unwrap().path_for(&uuid),
+            cfg.spec.region_path(&uuid)
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut small = config(dir.path());
+        small.spec.size = 64 << 10;
+        assert!(small.region_options().is_err());
+        let mut long = config(dir.path());
+        long.name = "x".repeat(NAME_LEN + 1);
+        assert!(long.region_options().is_err());
+    }
+
+    #[test]
+    fn prepare_creates_with_header_keeps_and_release_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let path = dir.path().join(format!("fg_{UUID}"));
+        let msg = run(&args("prepare", "begin"), &domain(), &cfg).unwrap();
+        assert!(msg.unwrap().starts_with("created"));
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), 1 << 20);
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
+        assert_eq!(header_name(&path).as_deref(), Some("hooked"));
+        // Not locked any more: a host agent can take it.
+        RegionOptions::new()
+            .dir(dir.path())
+            .open(&crate::spec::parse_uuid(UUID).unwrap())
+            .unwrap();
+
+        // Again: the existing file (and its header) is kept.
+        let msg = run(&args("prepare", "begin"), &domain(), &cfg).unwrap();
+        assert!(msg.unwrap().starts_with("kept existing"));
+        assert_eq!(header_name(&path).as_deref(), Some("hooked"));
+        let mut bigger = config(dir.path());
+        bigger.spec.size = 2 << 20;
+        let e = run(&args("prepare", "begin"), &domain(), &bigger).unwrap_err();
+        assert!(e.to_string().contains("instead of"), "{e}");
+
+        // Other operations do nothing; release with keep does nothing.
+        assert_eq!(
+            run(&args("started", "begin"), &domain(), &cfg).unwrap(),
+            None
+        );
+        let keep = HookConfig {
+            on_release: OnRelease::Keep,
+            ..config(dir.path())
+        };
+        assert_eq!(
+            run(&args("release", "end"), &domain(), &keep).unwrap(),
+            None
+        );
+        assert!(path.exists());
+
+        let msg = run(&args("release", "end"), &domain(), &cfg).unwrap();
+        assert!(msg.unwrap().starts_with("removed"));
+        assert!(!path.exists());
+        assert_eq!(run(&args("release", "end"), &domain(), &cfg).unwrap(), None);
+    }
+
+    #[test]
+    fn prepare_writes_a_header_into_an_existing_zero_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("fg_{UUID}"));
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(1 << 20).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        drop(f);
+        let msg = run(&args("prepare", "begin"), &domain(), &config(dir.path())).unwrap();
+        assert!(msg.unwrap().starts_with("kept existing"));
+        assert_eq!(header_name(&path).as_deref(), Some("hooked"));
+    }
+
+    #[test]
+    fn a_region_held_by_a_host_agent_is_kept_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let uuid = crate::spec::parse_uuid(UUID).unwrap();
+        let agent = cfg.region_options().unwrap().create(&uuid).unwrap();
+        agent.attach_or_init("agent").unwrap();
+        let msg = run(&args("prepare", "begin"), &domain(), &cfg).unwrap();
+        assert!(msg.unwrap().contains("in use by a host agent"));
+        assert_eq!(header_name(agent.path()).as_deref(), Some("agent"));
+        let msg = run(&args("release", "end"), &domain(), &cfg).unwrap();
+        assert!(msg.unwrap().contains("still had it open"));
+        assert!(!agent.path().exists());
+    }
+
+    #[test]
+    fn symlinks_and_other_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let path = dir.path().join(format!("fg_{UUID}"));
+        let target = dir.path().join("target");
+        fs::write(&target, vec![0u8; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        for op in [("prepare", "begin"), ("release", "end")] {
+            let e = run(&args(op.0, op.1), &domain(), &cfg).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+        }
+        assert!(fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(run(&args("prepare", "begin"), &domain(), &cfg).is_err());
+        assert!(run(&args("release", "end"), &domain(), &cfg).is_err());
+        assert!(path.is_dir());
+    }
+
+    #[test]
+    fn owners_parse() {
+        assert_eq!(
+            Owner::parse("0:0").unwrap(),
+            Owner {
+                uid: Some(0),
+                gid: Some(0)
+            }
+        );
+        assert_eq!(
+            Owner::parse(":0").unwrap(),
+            Owner {
+                uid: None,
+                gid: Some(0)
+            }
+        );
+        assert_eq!(Owner::parse("root").unwrap().uid, Some(0));
+        assert!(Owner::parse("no-such-user-ivchan").is_err());
+        assert!(Owner::parse("0:no-such-group-ivchan").is_err());
+    }
 
     #[test]
     fn quoting() {

@@ -12,8 +12,10 @@
 use std::fmt;
 use std::ops::Range;
 
+use ivchan_protocol::VmUuid;
+
 use crate::error::{Error, Result};
-use crate::spec::{parse_pci_number, Model, Spec, Uuid, CHR_ID, DEV_ID, MEM_ID};
+use crate::spec::{parse_pci_number, parse_uuid, Model, Spec, CHR_ID, DEV_ID, MEM_ID};
 use crate::xml::{escape_attr, qname, Doc, Node, QEMU_NS};
 
 /// Which XML route to use.
@@ -68,7 +70,7 @@ fn is_ws(c: char) -> bool {
 /// A parsed domain with the facts every route needs.
 struct Domain<'a> {
     doc: Doc<'a>,
-    uuid: Uuid,
+    uuid: VmUuid,
     devices: Option<usize>,
     q35: bool,
 }
@@ -81,7 +83,7 @@ impl<'a> Domain<'a> {
             return Err(Error::NotDomain(qname(root.prefix, root.local)));
         }
         let uuid_el = doc.child(0, "uuid").ok_or(Error::NoUuid)?;
-        let uuid = Uuid::parse(&doc.text_of(uuid_el)?)?;
+        let uuid = parse_uuid(&doc.text_of(uuid_el)?)?;
         let devices = doc.child(0, "devices");
         let q35 = doc
             .child(0, "os")
@@ -783,7 +785,7 @@ pub fn status(text: &str, spec: &Spec) -> Result<Status> {
 }
 
 /// The domain UUID of a domain XML (used by the hook).
-pub fn domain_uuid(text: &str) -> Result<Uuid> {
+pub fn domain_uuid(text: &str) -> Result<VmUuid> {
     Ok(Domain::parse(text)?.uuid)
 }
 

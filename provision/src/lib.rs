@@ -23,7 +23,8 @@
 //! 3. XML filter (stdin → stdout) — the same functions, driven by the CLI.
 //! 4. A defined or running domain through `virsh` — [`virsh`].
 //! 5. The QEMU monitor, over QMP or `virsh qemu-monitor-command` — [`qmp`].
-//! 6. A libvirt hook that prepares the region file — [`hook`], [`region`].
+//! 6. A libvirt hook that prepares the region file — [`hook`], with the host
+//!    crate's [`RegionFile`](ivchan_host::RegionFile).
 //! 7. A QEMU wrapper binary — [`wrapper`].
 //! 8. An `LD_PRELOAD` `execve` shim — the separate `ivchan-preload` crate.
 
@@ -32,7 +33,6 @@ pub mod fsutil;
 pub mod hook;
 pub mod inject;
 pub mod qmp;
-pub mod region;
 pub mod spec;
 pub mod virsh;
 pub mod wrapper;
@@ -40,4 +40,5 @@ pub mod xml;
 
 pub use error::{Error, Result};
 pub use inject::{inject, status, undo, Outcome, Route, Status};
-pub use spec::{ArgForm, Model, Spec, Uuid};
+pub use ivchan_protocol::VmUuid;
+pub use spec::{ArgForm, Model, Spec};

@@ -11,10 +11,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use ivchan_protocol::VmUuid;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::spec::{Model, Spec, Uuid, CHR_ID, DEV_ID, MEM_ID};
+use crate::spec::{Model, Spec, CHR_ID, DEV_ID, MEM_ID};
 use crate::virsh::Virsh;
 
 /// Red Hat's PCI vendor id, used by ivshmem.
@@ -188,7 +189,7 @@ pub struct HotAdd {
 
 /// Hot-add the device for `uuid` and confirm it with `query-pci`. Idempotent:
 /// if an ivshmem device is already present nothing is added.
-pub fn hot_add(m: &mut dyn Monitor, spec: &Spec, uuid: &Uuid) -> Result<HotAdd> {
+pub fn hot_add(m: &mut dyn Monitor, spec: &Spec, uuid: &VmUuid) -> Result<HotAdd> {
     spec.validate()?;
     let pci = m.execute("query-pci", None)?;
     if let Some(d) = find_ivshmem(&pci).into_iter().next() {
@@ -293,7 +294,7 @@ mod tests {
 
     #[test]
     fn hot_add_sequence() {
-        let u = Uuid::parse("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
+        let u = crate::spec::parse_uuid("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
         let mut f = Fake(Vec::new(), json!([{"bus":0,"devices":[]}]));
         let r = hot_add(&mut f, &Spec::default(), &u).unwrap();
         assert_eq!(r.device.slot, 31);

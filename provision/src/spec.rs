@@ -1,8 +1,9 @@
 //! What device to give a VM: model, size, PCI address, region path, and the
 //! QEMU arguments that express it.
 
-use std::fmt;
 use std::path::PathBuf;
+
+use ivchan_protocol::VmUuid;
 
 use crate::error::{Error, Result};
 
@@ -108,13 +109,13 @@ impl Spec {
     }
 
     /// The region path for a domain.
-    pub fn region_path(&self, uuid: &Uuid) -> PathBuf {
-        PathBuf::from(self.region.replace("{uuid}", uuid.as_str()))
+    pub fn region_path(&self, uuid: &VmUuid) -> PathBuf {
+        PathBuf::from(self.region.replace("{uuid}", &uuid.to_string()))
     }
 
     /// The `<shmem name=…>` for a domain: the region's file name. libvirt
     /// always puts ivshmem-plain regions at `/dev/shm/NAME`.
-    pub fn shmem_name(&self, uuid: &Uuid) -> Result<String> {
+    pub fn shmem_name(&self, uuid: &VmUuid) -> Result<String> {
         let path = self.region_path(uuid);
         let name = path
             .file_name()
@@ -131,7 +132,7 @@ impl Spec {
     }
 
     /// QEMU arguments (`-object …`, `-device …`) that add the device for `uuid`.
-    pub fn qemu_args(&self, uuid: &Uuid, slot: u8) -> Vec<String> {
+    pub fn qemu_args(&self, uuid: &VmUuid, slot: u8) -> Vec<String> {
         let addr = format!("0x{slot:02x}");
         let bus = (self.bus != 0).then(|| format!("pci.{}", self.bus));
         match (&self.model, self.arg_form) {
@@ -258,46 +259,12 @@ pub fn parse_bus(s: &str) -> Result<u8> {
         })
 }
 
-/// A domain UUID in canonical lowercase `8-4-4-4-12` form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Uuid(String);
-
-impl Uuid {
-    /// Parse like libvirt: 32 hex digits, dashes allowed anywhere between them,
-    /// surrounding whitespace ignored.
-    pub fn parse(s: &str) -> Result<Uuid> {
-        let t = s.trim();
-        let mut hex = String::with_capacity(32);
-        for c in t.chars() {
-            if c.is_ascii_hexdigit() {
-                hex.push(c.to_ascii_lowercase());
-            } else if c != '-' {
-                return Err(Error::BadUuid(s.to_string()));
-            }
-        }
-        if hex.len() != 32 || t.starts_with('-') || t.ends_with('-') {
-            return Err(Error::BadUuid(s.to_string()));
-        }
-        Ok(Uuid(format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )))
-    }
-
-    /// The canonical text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Uuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Parse a domain UUID the way libvirt writes it (surrounding whitespace,
+/// either case, canonical dashes or none; see [`VmUuid::parse_lenient`]).
+/// Its [`Display`](std::fmt::Display) is the canonical lowercase form used
+/// in region names.
+pub fn parse_uuid(s: &str) -> Result<VmUuid> {
+    VmUuid::parse_lenient(s).map_err(|_| Error::BadUuid(s.to_string()))
 }
 
 #[cfg(test)]
@@ -321,10 +288,10 @@ mod tests {
 
     #[test]
     fn uuids() {
-        let u = Uuid::parse(" 6B9E1E0A5C1F4B7E9A511D2C3E4F5A6B ").unwrap();
-        assert_eq!(u.as_str(), "6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b");
-        assert!(Uuid::parse("nope").is_err());
-        assert!(Uuid::parse("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6").is_err());
+        let u = parse_uuid(" 6B9E1E0A5C1F4B7E9A511D2C3E4F5A6B ").unwrap();
+        assert_eq!(u.to_string(), "6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b");
+        assert!(matches!(parse_uuid("nope"), Err(Error::BadUuid(s)) if s == "nope"));
+        assert!(parse_uuid("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6").is_err());
     }
 
     #[test]
@@ -338,7 +305,7 @@ mod tests {
 
     #[test]
     fn args() {
-        let u = Uuid::parse("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
+        let u = parse_uuid("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
         let s = Spec::default();
         let a = s.qemu_args(&u, 0x1f);
         assert_eq!(a[0], "-object");

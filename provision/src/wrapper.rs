@@ -26,7 +26,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::spec::{parse_bus, parse_size, parse_slot, ArgForm, Model, Spec, Uuid};
+use crate::spec::{parse_bus, parse_size, parse_slot, parse_uuid, ArgForm, Model, Spec};
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/ivchan/qemu-wrapper.conf";
@@ -138,7 +138,7 @@ pub fn augment(args: &[OsString], spec: &Spec) -> Option<Vec<OsString>> {
             return None;
         }
     }
-    let uuid = Uuid::parse(&uuid?).ok()?;
+    let uuid = parse_uuid(&uuid?).ok()?;
     let mut out = args.to_vec();
     out.extend(
         spec.qemu_args(&uuid, spec.slot)

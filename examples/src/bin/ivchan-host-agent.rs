@@ -23,7 +23,7 @@ use ivchan_host::{
 #[derive(Parser, Clone)]
 #[command(about = "ivchan host agent: talk to one VM's guest agent")]
 struct Args {
-    /// The VM's UUID (its region is <dir>/<prefix><uuid>).
+    /// The VM's UUID (its region is DIR/PREFIXUUID, by default /dev/shm/fg_UUID).
     #[arg(long, required_unless_present = "supervise")]
     uuid: Option<VmUuid>,
     /// Serve every VM whose region appears in --dir until this many have

@@ -2,17 +2,20 @@
 //!
 //! See `provision/README.md` for the operator's guide.
 
+// The doc comments below are the CLI's --help text, where element names
+// such as <shmem> must read literally, not as HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ivchan_provision::hook::{self, HookConfig, OnRelease};
+use ivchan_provision::hook::{self, HookConfig, OnRelease, Owner, DEFAULT_CHANNEL_NAME};
 use ivchan_provision::qmp::{self, Qmp, VirshMonitor};
-use ivchan_provision::region::Owner;
-use ivchan_provision::spec::{parse_bus, parse_size, parse_slot, DEFAULT_REGION};
+use ivchan_provision::spec::{parse_bus, parse_size, parse_slot, parse_uuid, DEFAULT_REGION};
 use ivchan_provision::virsh::{self, Virsh, DEFAULT_URI};
-use ivchan_provision::{fsutil, inject, ArgForm, Error, Model, Result, Route, Spec, Uuid};
+use ivchan_provision::{fsutil, inject, ArgForm, Error, Model, Result, Route, Spec};
 
 #[derive(Parser)]
 #[command(
@@ -229,10 +232,10 @@ struct HookPlace {
 
 #[derive(Args, Clone)]
 struct HookOpts {
-    /// Region path; {uuid} is replaced by the domain UUID.
+    /// Region path; its file name must end in {uuid}, replaced by the domain UUID.
     #[arg(long, default_value = DEFAULT_REGION)]
     region: String,
-    /// Region size, a power of two.
+    /// Region size, a power of two, at least 1M.
     #[arg(long, default_value = "8M")]
     size: String,
     /// File mode (octal).
@@ -241,6 +244,9 @@ struct HookOpts {
     /// Owner USER[:GROUP] (names or numbers); default: libvirt-qemu if that user exists.
     #[arg(long)]
     owner: Option<String>,
+    /// Channel name written into a new region's header (at most 32 bytes).
+    #[arg(long, default_value = DEFAULT_CHANNEL_NAME)]
+    name: String,
     /// On `release end`: keep or remove the region file.
     #[arg(long, value_enum, default_value_t = ReleaseArg::Keep)]
     on_release: ReleaseArg,
@@ -275,16 +281,19 @@ impl HookOpts {
             region: self.region.clone(),
             ..Spec::default()
         };
-        Ok(HookConfig {
+        let cfg = HookConfig {
             spec,
             mode,
             owner,
+            name: self.name.clone(),
             on_release: match self.on_release {
                 ReleaseArg::Keep => OnRelease::Keep,
                 ReleaseArg::Remove => OnRelease::Remove,
             },
             strict: self.strict,
-        })
+        };
+        cfg.region_options()?;
+        Ok(cfg)
     }
 
     /// The same options as command-line words, for the installed script.
@@ -296,6 +305,8 @@ impl HookOpts {
             self.size.clone(),
             "--mode".into(),
             self.mode.clone(),
+            "--name".into(),
+            self.name.clone(),
             "--on-release".into(),
             match self.on_release {
                 ReleaseArg::Keep => "keep".into(),
@@ -409,14 +420,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
         Cmd::Qmp { socket, uuid, dev } => {
             let spec = dev.spec()?;
-            let uuid = Uuid::parse(&uuid)?;
+            let uuid = parse_uuid(&uuid)?;
             let mut q = Qmp::connect(&socket)?;
             report_hot_add(qmp::hot_add(&mut q, &spec, &uuid)?);
         }
         Cmd::Monitor { domain, conn, dev } => {
             let spec = dev.spec()?;
             let v = Virsh::new(&conn.uri);
-            let uuid = Uuid::parse(&v.run(&["domuuid", "--domain", &domain])?)?;
+            let uuid = parse_uuid(&v.run(&["domuuid", "--domain", &domain])?)?;
             warn(qmp::TAINT_MONITOR_WARNING);
             let mut m = VirshMonitor { virsh: &v, domain };
             report_hot_add(qmp::hot_add(&mut m, &spec, &uuid)?);
