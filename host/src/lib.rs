@@ -13,13 +13,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! All `unsafe` code (the mappings) is in [`region_file`].
+//! All `unsafe` code (the mappings) is in [`region_file`]. [`doorbell`] is
+//! an ivshmem server for QEMU's `ivshmem-doorbell` device and eventfd
+//! waiting over many VMs.
 
 pub mod channel;
+pub mod doorbell;
 pub mod region_file;
 pub mod supervisor;
 
 pub use channel::{HostError, VmChannel};
+pub use doorbell::{
+    Doorbell, DoorbellError, DoorbellServer, DoorbellSet, ServerEvent, VmOptions, HOST_PEER_ID,
+};
 pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
 pub use region_file::{
     list_regions, InspectedRegion, PeerMapping, RegionError, RegionFile, RegionOptions, UuidError,

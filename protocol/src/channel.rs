@@ -331,7 +331,13 @@ pub struct Channel<'a> {
     epoch: u64,
     beat_at: Instant,
     peer: PeerWatch,
+    /// Peer events seen inside blocking calls, kept for `poll_peer`.
+    events: std::collections::VecDeque<PeerEvent>,
 }
+
+/// Peer events kept while the application is blocked elsewhere; older ones
+/// are dropped beyond this (the latest state is what matters).
+const KEPT_EVENTS: usize = 32;
 
 impl<'a> Channel<'a> {
     /// Attaches `side` to a checked header: starts a new session (new epoch,
@@ -359,6 +365,7 @@ impl<'a> Channel<'a> {
                 moved_at: now,
                 silent: false,
             },
+            events: std::collections::VecDeque::new(),
         })
     }
 
@@ -405,8 +412,17 @@ impl<'a> Channel<'a> {
         }
     }
 
-    /// Reads the peer's block and reports what changed since the last call.
+    /// Reports the next change in the peer's life: one seen earlier inside
+    /// a blocking call, or else what a fresh read of its block shows.
     pub fn poll_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
+        if let Some(event) = self.events.pop_front() {
+            return Ok(Some(event));
+        }
+        self.observe_peer()
+    }
+
+    /// Reads the peer's block once and returns what changed.
+    fn observe_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
         self.tick();
         let status = self.header.status(self.side.peer())?;
         Ok(self
@@ -517,7 +533,14 @@ impl<'a> Channel<'a> {
             // polls, so a busy-polling wait stays cheap.
             polls = polls.wrapping_add(1);
             if polls % 64 == 0 {
-                self.poll_peer()?;
+                // Keep what changed for `poll_peer`: a blocking call must
+                // not swallow a restart the application wants to see.
+                if let Some(event) = self.observe_peer()? {
+                    if self.events.len() == KEPT_EVENTS {
+                        self.events.pop_front();
+                    }
+                    self.events.push_back(event);
+                }
                 if let Some(status) = self.peer.last {
                     if status.state == PeerState::Closed {
                         return Err(ChannelError::PeerClosed);

@@ -79,6 +79,9 @@ fn silent_peer_fires_the_timeout_and_resumes() {
         "{err:?}"
     );
     assert!(!err.is_fatal());
+    // The event the blocked call saw is kept for poll_peer, once.
+    assert!(matches!(host.poll_peer().unwrap(), Some(PeerEvent::Silent { .. })));
+    assert_eq!(host.poll_peer().unwrap(), None);
     std::thread::sleep(Duration::from_millis(2));
     guest.tick();
     assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Resumed));
@@ -195,4 +198,43 @@ fn zero_copy_through_a_channel() {
         guest.peek(Some(Duration::from_millis(1))),
         Err(ChannelError::Timeout { .. })
     ));
+}
+
+#[test]
+fn a_restart_seen_inside_a_blocking_call_is_still_reported() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    let mut host = Channel::attach(header, Side::Host, options).unwrap();
+    let guest = Channel::attach(header, Side::Guest, options).unwrap();
+    assert_eq!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Attached { epoch: 1 })
+    );
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // Crash, restart, and only then say something.
+            std::mem::forget(guest);
+            let mut again = Channel::attach(header, Side::Guest, options).unwrap();
+            std::thread::sleep(Duration::from_millis(if cfg!(miri) { 50 } else { 100 }));
+            again.send(b"back", None).unwrap();
+            std::mem::forget(again);
+        });
+        let mut buf = [0u8; 8];
+        // The restart happens while this call waits (it polls the peer).
+        assert_eq!(
+            host.recv(&mut buf, Some(Duration::from_secs(30))).unwrap(),
+            4
+        );
+    });
+    assert_eq!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Restarted {
+            old_epoch: 1,
+            new_epoch: 2
+        })
+    );
 }
