@@ -100,7 +100,7 @@ fn newer_version_and_foreign_headers_are_left_alone() {
         matches!(err, RegionError::IncompatibleVersion { .. }),
         "{text}"
     );
-    assert!(text.contains("2.0") && text.contains("1.0"), "{text}");
+    assert!(text.contains("2.1") && text.contains("1.1"), "{text}");
     // Not wiped: the bumped version and the magic are still there.
     assert_eq!(region.load(offsets::VERSION, Ordering::Relaxed) & 0xffff, 2);
     assert_ne!(region.load(offsets::MAGIC, Ordering::Relaxed), 0);

@@ -16,7 +16,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"IVCHANRG");
 /// Major version: a reader refuses any other.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version: later minors only add compatible fields.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Bytes reserved for the header at offset 0.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes of one ring control block: producer line, consumer line.
@@ -29,6 +29,9 @@ pub const MIN_RING_SIZE: usize = 4096;
 pub const NAME_LEN: usize = 32;
 /// Incompatible feature bits this build understands (none yet).
 pub const KNOWN_INCOMPAT_FEATURES: u32 = 0;
+/// Compatible feature bit: the consumer-flags word and the side blocks'
+/// doorbell addresses are in use (protocol 1.1).
+pub const FEATURE_NOTIFY: u32 = 1;
 
 /// Byte offsets of header fields (all little-endian, 8-byte words).
 pub mod offsets {
@@ -58,10 +61,15 @@ pub mod offsets {
     pub const SIDE_HEARTBEAT: usize = 0x08;
     /// In a side block: u64 state.
     pub const SIDE_STATE: usize = 0x10;
+    /// In a side block: u64 doorbell address (1.1): bit 63 set when present,
+    /// bits 16..32 the vector count, bits 0..16 the ivshmem peer id to ring.
+    pub const SIDE_DOORBELL: usize = 0x18;
     /// In a ring control block: u64 producer position (tail).
     pub const RING_TAIL: usize = 0x00;
     /// In a ring control block: u64 consumer position (head).
     pub const RING_HEAD: usize = 0x80;
+    /// In a ring control block: u64 consumer flags (`WAKE_ME`).
+    pub const RING_CONSUMER_FLAGS: usize = 0x88;
 }
 
 /// Index of each part in the table.
@@ -153,6 +161,18 @@ pub struct SideStatus {
     /// Lifecycle state.
     pub state: PeerState,
 }
+
+/// How to ring a side: its ivshmem peer id and vector count, published in
+/// its side block when it runs on an `ivshmem-doorbell` device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoorbellAddress {
+    /// Peer id on the ivshmem server (the host agent is 0).
+    pub peer: u16,
+    /// Number of interrupt vectors it listens on.
+    pub vectors: u16,
+}
+
+const DOORBELL_PRESENT: u64 = 1 << 63;
 
 /// Where one ring lives in the region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,7 +358,11 @@ impl<'a> Header<'a> {
         let version =
             u64::from(VERSION_MAJOR) | u64::from(VERSION_MINOR) << 16 | (HEADER_SIZE as u64) << 32;
         region.store(offsets::VERSION, version, Ordering::Relaxed);
-        region.store(offsets::FEATURES, 0, Ordering::Relaxed);
+        region.store(
+            offsets::FEATURES,
+            u64::from(FEATURE_NOTIFY) << 32,
+            Ordering::Relaxed,
+        );
         region.store(offsets::REGION_SIZE, region.len() as u64, Ordering::Relaxed);
         write_bytes(&region, offsets::UUID, &params.uuid);
         let mut name_field = [0u8; NAME_LEN];
@@ -497,6 +521,32 @@ impl<'a> Header<'a> {
         self.region.store(at, beat, Ordering::Release);
     }
 
+    /// Publishes how to ring `side` (or that it has no doorbell).
+    pub fn set_doorbell(&self, side: Side, address: Option<DoorbellAddress>) {
+        let word = address.map_or(0, |a| {
+            DOORBELL_PRESENT | u64::from(a.vectors) << 16 | u64::from(a.peer)
+        });
+        self.region.store(
+            side.block() + offsets::SIDE_DOORBELL,
+            word,
+            Ordering::Release,
+        );
+    }
+
+    /// How to ring `side`, if it published a doorbell. Any value the peer
+    /// wrote decodes to some peer id and vector count: the worst a lie can
+    /// do is make us ring the wrong peer, which the device tolerates.
+    pub fn doorbell(&self, side: Side) -> Option<DoorbellAddress> {
+        let word = self
+            .region
+            .load(side.block() + offsets::SIDE_DOORBELL, Ordering::Acquire);
+        #[allow(clippy::cast_possible_truncation)]
+        (word & DOORBELL_PRESENT != 0).then_some(DoorbellAddress {
+            peer: word as u16,
+            vectors: (word >> 16) as u16,
+        })
+    }
+
     /// Reads `side`'s block once.
     pub fn status(&self, side: Side) -> Result<SideStatus, LayoutError> {
         let block = side.block();
@@ -540,6 +590,7 @@ impl RegionRing<'_> {
             + match word {
                 Word::Tail => offsets::RING_TAIL,
                 Word::Head => offsets::RING_HEAD,
+                Word::ConsumerFlags => offsets::RING_CONSUMER_FLAGS,
             }
     }
 }

@@ -65,7 +65,8 @@ pub use channel::{
 };
 pub use error::{Error, LayoutError, Violation};
 pub use layout::{
-    Direction, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side, SideStatus,
+    Direction, DoorbellAddress, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side,
+    SideStatus,
 };
 #[cfg(feature = "alloc")]
 pub use model::HeapRing;

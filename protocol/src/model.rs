@@ -21,6 +21,7 @@ struct Padded(AtomicU64);
 pub struct HeapRing {
     tail: Padded,
     head: Padded,
+    consumer_flags: Padded,
     words: Box<[UnsafeCell<u64>]>,
 }
 
@@ -35,6 +36,7 @@ impl HeapRing {
         Some(Self {
             tail: Padded(AtomicU64::new(0)),
             head: Padded(AtomicU64::new(0)),
+            consumer_flags: Padded(AtomicU64::new(0)),
             words: words.into_boxed_slice(),
         })
     }
@@ -43,6 +45,7 @@ impl HeapRing {
         match word {
             Word::Head => &self.head.0,
             Word::Tail => &self.tail.0,
+            Word::ConsumerFlags => &self.consumer_flags.0,
         }
     }
 

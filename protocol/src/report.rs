@@ -93,9 +93,12 @@ pub fn describe(header: &Header<'_>) -> String {
     for (label, side) in [("host", Side::Host), ("guest", Side::Guest)] {
         match header.status(side) {
             Ok(status) => {
+                let doorbell = header.doorbell(side).map_or(String::new(), |d| {
+                    format!("  doorbell peer {} ({} vectors)", d.peer, d.vectors)
+                });
                 let _ = writeln!(
                     out,
-                    "  {label:<5}  state {:<6}  epoch {}  heartbeat {}",
+                    "  {label:<5}  state {:<6}  epoch {}  heartbeat {}{doorbell}",
                     state_name(status.state),
                     status.epoch,
                     status.heartbeat
@@ -109,7 +112,7 @@ pub fn describe(header: &Header<'_>) -> String {
     out
 }
 
-/// A one-line summary: `"name" uuid, 8 MiB, protocol 1.0`.
+/// A one-line summary: `"name" uuid, 8 MiB, protocol 1.1`.
 pub fn summary(header: &Header<'_>) -> String {
     let layout = header.layout();
     format!(

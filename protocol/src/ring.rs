@@ -41,7 +41,14 @@ pub enum Word {
     Head,
     /// Producer position, written by the producer only.
     Tail,
+    /// Consumer's requests to the producer ([`WAKE_ME`]), written by the
+    /// consumer only, on the consumer's cache line.
+    ConsumerFlags,
 }
+
+/// [`Word::ConsumerFlags`] bit: "I am about to sleep; ring my doorbell
+/// after you publish".
+pub const WAKE_ME: u64 = 1;
 
 /// Where a ring's positions and data live: a mapped region
 /// ([`RegionRing`](crate::RegionRing)) or, for tests and loom models, the
@@ -360,6 +367,23 @@ impl<M: RingMemory> Producer<M> {
         }
     }
 
+    /// Whether the consumer asked to be woken (see
+    /// [`Consumer::prepare_to_sleep`]). Call after publishing, and ring the
+    /// consumer's doorbell when it says so; costs a full fence, so call it
+    /// only when notifications are in use. A poisoned end never asks.
+    pub fn wants_wake(&self) -> bool {
+        if self.poison.is_some() {
+            return false;
+        }
+        // SYNC POINT: orders our Release store of tail before the load of
+        // the flag; pairs with the fence in `Consumer::prepare_to_sleep`
+        // (store flag, fence, load tail). At least one side sees the
+        // other's store, so a message is never left with its reader asleep.
+        fence(Ordering::SeqCst);
+        // The peer's word: any value with the bit set only costs a ring.
+        self.mem.load(Word::ConsumerFlags, Ordering::Relaxed) & WAKE_ME != 0
+    }
+
     /// Bytes free as of the last consumer position seen (a lower bound).
     pub fn free_bytes(&self) -> usize {
         let used = self.tail.wrapping_sub(self.head);
@@ -645,6 +669,35 @@ impl<M: RingMemory> Consumer<M> {
             self.mem.store(Word::Head, self.head, Ordering::Release);
             self.published = self.head;
         }
+    }
+
+    /// Before sleeping on a doorbell: asks the producer to ring after its
+    /// next publish, then looks at the ring once more. `Ok(true)`: still
+    /// empty, sleep until rung (then call [`finish_sleep`](Self::finish_sleep)).
+    /// `Ok(false)`: a message arrived meanwhile; the request is withdrawn.
+    pub fn prepare_to_sleep(&mut self) -> Result<bool, Error> {
+        if let Some(v) = self.poison {
+            return Err(Error::Corrupt(v));
+        }
+        if self.tail != self.head {
+            return Ok(false);
+        }
+        self.mem
+            .store(Word::ConsumerFlags, WAKE_ME, Ordering::Relaxed);
+        // SYNC POINT: orders the flag store before the tail load; pairs with
+        // the fence in `Producer::wants_wake` (store tail, fence, load flag).
+        fence(Ordering::SeqCst);
+        self.refresh_tail()?;
+        if self.tail != self.head {
+            self.finish_sleep();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// After a sleep (rung or timed out): withdraws the wake-up request.
+    pub fn finish_sleep(&mut self) {
+        self.mem.store(Word::ConsumerFlags, 0, Ordering::Relaxed);
     }
 
     /// Bytes published and not yet consumed, as of the last producer

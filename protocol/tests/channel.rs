@@ -80,7 +80,10 @@ fn silent_peer_fires_the_timeout_and_resumes() {
     );
     assert!(!err.is_fatal());
     // The event the blocked call saw is kept for poll_peer, once.
-    assert!(matches!(host.poll_peer().unwrap(), Some(PeerEvent::Silent { .. })));
+    assert!(matches!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Silent { .. })
+    ));
     assert_eq!(host.poll_peer().unwrap(), None);
     std::thread::sleep(Duration::from_millis(2));
     guest.tick();

@@ -116,18 +116,19 @@ fn each_header_check_names_its_problem() {
             found_major: 2,
             found_minor: 7,
             supported_major: 1,
-            supported_minor: 0
+            supported_minor: 1
         }
     );
-    assert!(err.to_string().contains("2.7") && err.to_string().contains("1.0"));
+    assert!(err.to_string().contains("2.7") && err.to_string().contains("1.1"));
     region.store(8, version_word, Ordering::Relaxed);
 
-    region.store(0x10, 1 << 3, Ordering::Relaxed);
+    let features = region.load(0x10, Ordering::Relaxed);
+    region.store(0x10, features | 1 << 3, Ordering::Relaxed);
     assert_eq!(
         Header::open(region).unwrap_err(),
         LayoutError::UnsupportedFeatures { bits: 8 }
     );
-    region.store(0x10, 0, Ordering::Relaxed);
+    region.store(0x10, features, Ordering::Relaxed);
 
     region.store(0x18, 2 * REGION as u64, Ordering::Relaxed);
     assert!(matches!(

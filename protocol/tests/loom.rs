@@ -3,7 +3,7 @@
 //! `HeapRing`, whose data words are loom cells, so a record read that is not
 //! ordered after its write fails as a causality violation.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p ivchan-protocol --test loom --release`
+//! Run: `cargo xtask loom`.
 
 #![cfg(loom)]
 
@@ -116,4 +116,70 @@ fn batched_commit_publishes_both_at_once() {
         assert_eq!(buf, [9; 8]);
         t.join().unwrap();
     });
+}
+
+/// A doorbell for the models: a flag under a mutex, with a condvar. A lost
+/// wakeup leaves the consumer waiting forever, which loom reports as a
+/// deadlock.
+type Bell = Arc<(loom::sync::Mutex<bool>, loom::sync::Condvar)>;
+
+fn ring_bell(bell: &Bell) {
+    let (rung, cv) = &**bell;
+    *rung.lock().unwrap() = true;
+    cv.notify_one();
+}
+
+fn sleep_on(bell: &Bell) {
+    let (rung, cv) = &**bell;
+    let mut r = rung.lock().unwrap();
+    while !*r {
+        r = cv.wait(r).unwrap();
+    }
+    *r = false;
+}
+
+/// The consumer receives `count` messages, sleeping on the bell whenever
+/// the ring is empty; the producer rings only when asked.
+fn sleepy_consumer(count: usize) {
+    loom::model(move || {
+        let ring = Arc::new(HeapRing::new(64).unwrap());
+        let bell: Bell = Arc::new((loom::sync::Mutex::new(false), loom::sync::Condvar::new()));
+        let mut rx = Consumer::attach(ring.clone()).unwrap();
+        let producer_bell = bell.clone();
+        let t = thread::spawn(move || {
+            let mut tx = Producer::attach(ring).unwrap();
+            for i in 0..count {
+                while !tx.send(&[i as u8; 8]).unwrap() {
+                    thread::yield_now();
+                }
+                if tx.wants_wake() {
+                    ring_bell(&producer_bell);
+                }
+            }
+        });
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < count {
+            if let Some(n) = rx.recv_into(&mut buf).unwrap() {
+                assert_eq!((n, buf[0]), (8, got as u8));
+                got += 1;
+                continue;
+            }
+            if rx.prepare_to_sleep().unwrap() {
+                sleep_on(&bell);
+                rx.finish_sleep();
+            }
+        }
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn no_lost_wakeup_one_message() {
+    sleepy_consumer(1);
+}
+
+#[test]
+fn no_lost_wakeup_two_messages() {
+    sleepy_consumer(2);
 }

@@ -404,3 +404,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn wake_requests_are_raised_checked_and_withdrawn() {
+    let ring = HeapRing::new(128).unwrap();
+    let mut tx = Producer::attach(&ring).unwrap();
+    let mut rx = Consumer::attach(&ring).unwrap();
+    assert!(!tx.wants_wake(), "nobody asked yet");
+    // Empty: the consumer may sleep, and the producer will be asked.
+    assert!(rx.prepare_to_sleep().unwrap());
+    assert!(tx.send(b"hi").unwrap());
+    assert!(tx.wants_wake());
+    rx.finish_sleep();
+    assert!(!tx.wants_wake());
+    // Not empty: no sleep, no request left behind.
+    assert!(!rx.prepare_to_sleep().unwrap());
+    assert!(!tx.wants_wake());
+    let mut buf = [0u8; 8];
+    assert_eq!(rx.recv_into(&mut buf).unwrap(), Some(2));
+    // A poisoned producer never asks for a ring; a poisoned consumer never
+    // sleeps.
+    assert!(rx.prepare_to_sleep().unwrap());
+    ring.store(Word::Head, 4096, Ordering::Release);
+    // The producer rereads head once the ring looks full: within 3 sends.
+    assert!((0..3).any(|_| tx.send(&[0; 40]).is_err()));
+    assert!(tx.poisoned().is_some());
+    assert!(!tx.wants_wake());
+    ring.store(Word::Tail, 3, Ordering::Release);
+    rx.finish_sleep();
+    assert!(rx.prepare_to_sleep().is_err());
+}
