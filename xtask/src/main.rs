@@ -32,8 +32,15 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// When this xtask started, for the elapsed time in step headings.
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn step(name: &str) {
-    eprintln!("\n==> xtask: {name}");
+    let t = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    eprintln!("\n==> xtask [{}m{:02}s]: {name}", t / 60, t % 60);
 }
 
 /// Runs a command in the project root; exits with its status on failure.
@@ -130,8 +137,20 @@ fn miri() {
         eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
         return;
     }
-    run(cargo()
-        .args(["+nightly", "miri", "test", "-p", "ivchan-protocol"])
+    // Through rustup, which understands toolchains; the CARGO and RUSTC
+    // that `cargo run` hands us name the stable ones.
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "miri",
+            "test",
+            "-p",
+            "ivchan-protocol",
+        ])
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
         .env("MIRIFLAGS", "-Zmiri-strict-provenance"));
 }
 
@@ -173,6 +192,7 @@ fn ci() {
 }
 
 fn main() {
+    START.get_or_init(std::time::Instant::now);
     let task = env::args().nth(1);
     match task.as_deref() {
         Some("ci") => ci(),
