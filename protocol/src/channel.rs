@@ -110,6 +110,13 @@ impl Waiter {
         }
     }
 
+    /// Whether the next [`wait`](Self::wait) would sleep (rather than spin
+    /// or yield): the moment to sleep on a doorbell instead.
+    pub fn will_sleep(&self) -> bool {
+        let s = &self.strategy;
+        self.step + 1 > u64::from(s.spins) + u64::from(s.yields)
+    }
+
     /// Progress was made: the next wait spins again.
     pub fn reset(&mut self) {
         self.step = 0;
@@ -305,6 +312,24 @@ impl PeerWatch {
     }
 }
 
+/// A doorbell between the two sides: how a channel wakes its peer, and how
+/// it sleeps until the peer wakes it. The host implements it with eventfds
+/// (`ivchan_host::doorbell`), the guest with the device's Doorbell register.
+///
+/// With a notifier, a channel rings its peer after publishing only when the
+/// peer asked to be woken (PROTOCOL.md, section 8), and blocking receives
+/// sleep on the doorbell once the wait strategy stops spinning.
+pub trait Notifier: Send + fmt::Debug {
+    /// Wakes the peer.
+    fn ring(&self);
+    /// Whether [`wait`](Self::wait) can sleep until rung. A side that
+    /// cannot receive interrupts (a guest without MSI-X in user space)
+    /// still rings its peer, and polls.
+    fn can_wait(&self) -> bool;
+    /// Sleeps until rung or until `timeout` passes.
+    fn wait(&self, timeout: Duration);
+}
+
 /// Advances one side's heartbeat from another thread (for agents that stay
 /// away from their channel for long stretches). `Copy` and `Send`.
 #[derive(Debug, Clone, Copy)]
@@ -333,6 +358,7 @@ pub struct Channel<'a> {
     peer: PeerWatch,
     /// Peer events seen inside blocking calls, kept for `poll_peer`.
     events: std::collections::VecDeque<PeerEvent>,
+    notifier: Option<Box<dyn Notifier + 'a>>,
 }
 
 /// Peer events kept while the application is blocked elsewhere; older ones
@@ -366,6 +392,7 @@ impl<'a> Channel<'a> {
                 silent: false,
             },
             events: std::collections::VecDeque::new(),
+            notifier: None,
         })
     }
 
@@ -395,6 +422,38 @@ impl<'a> Channel<'a> {
             header: self.header,
             side: self.side,
         }
+    }
+
+    /// Attaches (or detaches) the doorbell this channel rings and sleeps on.
+    pub fn set_notifier(&mut self, notifier: Option<Box<dyn Notifier + 'a>>) {
+        self.notifier = notifier;
+    }
+
+    /// Whether a doorbell is attached.
+    pub fn has_notifier(&self) -> bool {
+        self.notifier.is_some()
+    }
+
+    /// Rings the peer if it asked to be woken (after a publish).
+    fn after_publish(&self) {
+        if let Some(notifier) = &self.notifier {
+            if self.tx.wants_wake() {
+                notifier.ring();
+            }
+        }
+    }
+
+    /// For agents that wait on many channels at once (one epoll over their
+    /// doorbells): asks the peer to ring after its next publish and checks
+    /// the ring once more. `Ok(true)`: nothing to read, safe to sleep on the
+    /// doorbell (call [`finish_sleep`](Self::finish_sleep) after).
+    pub fn prepare_to_sleep(&mut self) -> Result<bool, ChannelError> {
+        Ok(self.rx.prepare_to_sleep()?)
+    }
+
+    /// Withdraws the wake-up request made by `prepare_to_sleep`.
+    pub fn finish_sleep(&mut self) {
+        self.rx.finish_sleep();
     }
 
     /// The peer's side block, as last read.
@@ -433,7 +492,11 @@ impl<'a> Channel<'a> {
     /// Sends without waiting; `Ok(false)` when the ring is full.
     pub fn try_send(&mut self, msg: &[u8]) -> Result<bool, ChannelError> {
         self.tick();
-        Ok(self.tx.send(msg)?)
+        let sent = self.tx.send(msg)?;
+        if sent {
+            self.after_publish();
+        }
+        Ok(sent)
     }
 
     /// Receives without waiting; `Ok(None)` when nothing is queued.
@@ -461,7 +524,11 @@ impl<'a> Channel<'a> {
 
     /// Sends, waiting for room up to `timeout` (`None`: no limit).
     pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), ChannelError> {
-        self.block(timeout, |ch| ch.tx.send(msg).map(|sent| sent.then_some(())))
+        self.block(timeout, false, |ch| {
+            ch.tx.send(msg).map(|sent| sent.then_some(()))
+        })?;
+        self.after_publish();
+        Ok(())
     }
 
     /// Receives into `buf`, waiting up to `timeout` (`None`: no limit).
@@ -471,7 +538,7 @@ impl<'a> Channel<'a> {
         buf: &mut [u8],
         timeout: Option<Duration>,
     ) -> Result<usize, ChannelError> {
-        self.block(timeout, |ch| ch.rx.recv_into(buf))
+        self.block(timeout, true, |ch| ch.rx.recv_into(buf))
     }
 
     /// Reserves room for a `len`-byte message in place, waiting up to
@@ -483,7 +550,7 @@ impl<'a> Channel<'a> {
     ) -> Result<WriteGrant<'_, RegionRing<'a>>, ChannelError> {
         // Wait for room first, then reserve once for real: returning a grant
         // from inside the retry loop would hold the borrow across iterations.
-        self.block(timeout, |ch| ch.tx.reserve(len).map(|g| g.map(drop)))?;
+        self.block(timeout, false, |ch| ch.tx.reserve(len).map(|g| g.map(drop)))?;
         self.tx.reserve(len)?.ok_or(ChannelError::Timeout {
             waited: Duration::ZERO,
         })
@@ -494,16 +561,19 @@ impl<'a> Channel<'a> {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<ReadGrant<'_, RegionRing<'a>>, ChannelError> {
-        self.block(timeout, |ch| ch.rx.peek().map(|g| g.map(drop)))?;
+        self.block(timeout, true, |ch| ch.rx.peek().map(|g| g.map(drop)))?;
         self.rx.peek()?.ok_or(ChannelError::Timeout {
             waited: Duration::ZERO,
         })
     }
 
-    /// Publishes staged sends and releases.
+    /// Publishes staged sends and releases, and rings the peer if it is
+    /// waiting to be woken. Call it after committing zero-copy grants when
+    /// the peer may be asleep.
     pub fn publish(&mut self) {
         self.tx.publish();
         self.rx.publish();
+        self.after_publish();
     }
 
     /// Detaches cleanly: publishes what is staged and marks this side
@@ -513,14 +583,18 @@ impl<'a> Channel<'a> {
 
     /// Retries `attempt` under the wait strategy until it yields a value,
     /// fails, the timeout passes, or the peer is found closed or silent.
+    /// `on_receive`: the wait is for incoming data, so with a doorbell it
+    /// sleeps on it once the strategy stops spinning.
     fn block<T>(
         &mut self,
         timeout: Option<Duration>,
+        on_receive: bool,
         mut attempt: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
     ) -> Result<T, ChannelError> {
         let start = Instant::now();
         let mut waiter = Waiter::new(self.options.wait);
         let mut polls = 0u32;
+        let mut checked = start;
         loop {
             if let Some(value) = attempt(self)? {
                 return Ok(value);
@@ -530,9 +604,11 @@ impl<'a> Channel<'a> {
                 return Err(ChannelError::Timeout { waited });
             }
             // Reading the peer's block costs a few loads: do it every 64
-            // polls, so a busy-polling wait stays cheap.
+            // polls (cheap while busy-polling) and at least once per
+            // heartbeat interval (while sleeping).
             polls = polls.wrapping_add(1);
-            if polls % 64 == 0 {
+            if polls % 64 == 0 || checked.elapsed() >= self.options.heartbeat_interval {
+                checked = Instant::now();
                 // Keep what changed for `poll_peer`: a blocking call must
                 // not swallow a restart the application wants to see.
                 if let Some(event) = self.observe_peer()? {
@@ -551,7 +627,23 @@ impl<'a> Channel<'a> {
                     return Err(ChannelError::PeerSilent { since });
                 }
             }
-            waiter.wait(timeout.map(|t| t.saturating_sub(waited)));
+            let remaining = timeout.map(|t| t.saturating_sub(waited));
+            let can_sleep_on_bell = self.notifier.as_ref().is_some_and(|n| n.can_wait());
+            if on_receive && can_sleep_on_bell && waiter.will_sleep() {
+                // Sleep no longer than a heartbeat interval, so this side
+                // keeps beating and keeps watching the peer.
+                let nap = remaining.map_or(self.options.heartbeat_interval, |r| {
+                    r.min(self.options.heartbeat_interval)
+                });
+                if self.rx.prepare_to_sleep()? {
+                    if let Some(notifier) = &self.notifier {
+                        notifier.wait(nap);
+                    }
+                    self.rx.finish_sleep();
+                }
+                continue;
+            }
+            waiter.wait(remaining);
         }
     }
 

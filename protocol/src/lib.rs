@@ -60,7 +60,7 @@ mod uuid;
 
 #[cfg(feature = "std")]
 pub use channel::{
-    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle,
+    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle, Notifier,
     PeerEvent, WaitStrategy, Waiter,
 };
 pub use error::{Error, LayoutError, Violation};

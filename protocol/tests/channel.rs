@@ -241,3 +241,135 @@ fn a_restart_seen_inside_a_blocking_call_is_still_reported() {
         })
     );
 }
+
+/// An in-process doorbell: a flag and a condvar per side, counting rings
+/// and sleeps.
+#[derive(Debug, Default)]
+struct Bell {
+    rung: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    rings: std::sync::atomic::AtomicUsize,
+    sleeps: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug)]
+struct BellPair {
+    mine: std::sync::Arc<Bell>,
+    peer: std::sync::Arc<Bell>,
+}
+
+impl ivchan_protocol::channel::Notifier for BellPair {
+    fn ring(&self) {
+        self.peer
+            .rings
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.peer.rung.lock().unwrap() = true;
+        self.peer.cv.notify_all();
+    }
+    fn can_wait(&self) -> bool {
+        true
+    }
+    fn wait(&self, timeout: Duration) {
+        self.mine
+            .sleeps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let rung = self.mine.rung.lock().unwrap();
+        let (mut rung, _) = self
+            .mine
+            .cv
+            .wait_timeout_while(rung, timeout, |r| !*r)
+            .unwrap();
+        *rung = false;
+    }
+}
+
+fn bells() -> (
+    BellPair,
+    BellPair,
+    std::sync::Arc<Bell>,
+    std::sync::Arc<Bell>,
+) {
+    let (h, g) = (
+        std::sync::Arc::new(Bell::default()),
+        std::sync::Arc::new(Bell::default()),
+    );
+    (
+        BellPair {
+            mine: h.clone(),
+            peer: g.clone(),
+        },
+        BellPair {
+            mine: g.clone(),
+            peer: h.clone(),
+        },
+        h,
+        g,
+    )
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // real sleeps
+fn a_sleeping_receiver_is_woken_by_the_senders_ring() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    // Naps as long as the whole receive timeout: only a ring can wake it in
+    // time, so a lost wakeup fails the receive.
+    let options = ChannelOptions {
+        wait: WaitStrategy::sleep_only(Duration::from_millis(1)),
+        heartbeat_interval: Duration::from_secs(60),
+        peer_timeout: None,
+        ..ChannelOptions::default()
+    };
+    let (host_bell, guest_bell, host_side, _) = bells();
+    let mut host = Channel::attach(header, Side::Host, options).unwrap();
+    host.set_notifier(Some(Box::new(host_bell)));
+    let host_side_for_guest = host_side.clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+            guest.set_notifier(Some(Box::new(guest_bell)));
+            // Let the host fall asleep first.
+            while host_side_for_guest
+                .sleeps
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                std::thread::yield_now();
+            }
+            guest.send(b"wake up", None).unwrap();
+        });
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            host.recv(&mut buf, Some(Duration::from_secs(30))).unwrap(),
+            7
+        );
+    });
+}
+
+#[test]
+fn a_busy_receiver_gets_no_rings() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let options = ChannelOptions {
+        wait: WaitStrategy::busy_poll(),
+        peer_timeout: None,
+        ..ChannelOptions::default()
+    };
+    let (host_bell, guest_bell, host_side, _) = bells();
+    let mut host = Channel::attach(header, Side::Host, options).unwrap();
+    let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+    host.set_notifier(Some(Box::new(host_bell)));
+    guest.set_notifier(Some(Box::new(guest_bell)));
+    let count = if cfg!(miri) { 50 } else { 10_000 };
+    let mut buf = [0u8; 64];
+    for i in 0..count {
+        guest.send(&[i as u8; 40], None).unwrap();
+        assert_eq!(host.recv(&mut buf, None).unwrap(), 40);
+    }
+    // The host never slept, so it never asked, so nobody rang.
+    assert_eq!(host_side.rings.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        host_side.sleeps.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
