@@ -6,6 +6,7 @@
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
 
+mod bench_report;
 mod e2e;
 mod libvirt;
 mod vm;
@@ -212,8 +213,9 @@ fn main() {
             }
         }
         Some("packages") => packages(),
+        Some("bench-report") => bench_report::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]>");
+            eprintln!("usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]|bench-report [--quick] [--no-iceoryx2] [--no-wait] [--only SUBSTRING]>");
             exit(2);
         }
     }

@@ -1,0 +1,178 @@
+//! Measures everything `cargo xtask bench-report` reports and prints it as
+//! tab-separated lines on stdout (progress goes to stderr):
+//!
+//! ```text
+//! info   KEY     VALUE
+//! tput   SCOPE   NAME  SIZE  MSGS_PER_S  BYTES_PER_S      (SCOPE: xthread, xproc, limit)
+//! lat    NAME    WAIT  SIZE  COUNT  MEAN_NS  P50  P99  P99_9  MAX
+//! curve  NAME    WAIT  SIZE  PERCENTILE  NS
+//! ```
+//!
+//! Usage: `bench-report-runner [--quick] [--only SUBSTRING] [--size BYTES]`. The same
+//! measurement code runs under criterion in `cargo bench`.
+
+use std::time::Duration;
+
+use ivchan_benches::measure::{rate, LatencyStats};
+use ivchan_benches::process::{child_main, Session, Transport};
+use ivchan_benches::thread::{Queue, ThreadBench};
+use ivchan_benches::wait::WaitStrategy;
+use ivchan_benches::{limits, LATENCY_SIZES, SIZES};
+
+struct Opts {
+    per_run: Duration,
+    reps: usize,
+    latency_time: Duration,
+    only: Option<String>,
+    sizes: Vec<usize>,
+}
+
+impl Opts {
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| name.contains(o))
+    }
+}
+
+fn tput(scope: &str, name: &str, size: usize, msgs: f64) {
+    println!(
+        "tput\t{scope}\t{name}\t{size}\t{msgs:.1}\t{:.1}",
+        msgs * size as f64
+    );
+    eprintln!(
+        "{scope:8} {name:22} {size:>8} B {:>12.3} M msg/s {:>9.3} GB/s",
+        msgs / 1e6,
+        msgs * size as f64 / 1e9
+    );
+}
+
+fn latency(name: &str, wait: &str, size: usize, s: &LatencyStats) {
+    println!(
+        "lat\t{name}\t{wait}\t{size}\t{}\t{:.1}\t{}\t{}\t{}\t{}",
+        s.count, s.mean, s.p50, s.p99, s.p999, s.max
+    );
+    for (p, v) in &s.curve {
+        println!("curve\t{name}\t{wait}\t{size}\t{p}\t{v}");
+    }
+    eprintln!("latency  {name:22} {wait:9} {size:>6} B {s}");
+}
+
+/// Runs `batch(count)` for about `time` in total (after a sizing probe) and
+/// summarises the round trips it recorded.
+fn timed_latency(
+    time: Duration,
+    mut batch: impl FnMut(u64) -> (Duration, hdrhistogram::Histogram<u64>),
+) -> LatencyStats {
+    let (d, _) = batch(1000);
+    let per = d.as_secs_f64() / 1000.0;
+    // A round-trip count from a time budget.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let count = (time.as_secs_f64() / per).clamp(1000.0, 5e6) as u64;
+    let (_, hist) = batch(count);
+    LatencyStats::of(&hist)
+}
+
+fn waits(t: Transport) -> &'static [WaitStrategy] {
+    match t {
+        Transport::IvchanCopy | Transport::IvchanZeroCopy => {
+            &[WaitStrategy::BusyPoll, WaitStrategy::Backoff]
+        }
+        #[cfg(feature = "iceoryx2")]
+        Transport::Iceoryx2 => &[WaitStrategy::BusyPoll, WaitStrategy::Backoff],
+        _ => &[],
+    }
+}
+
+fn main() {
+    child_main();
+    let mut args = std::env::args().skip(1);
+    let mut opts = Opts {
+        per_run: Duration::from_millis(150),
+        reps: 5,
+        latency_time: Duration::from_millis(1500),
+        only: None,
+        sizes: SIZES.to_vec(),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => {
+                opts.per_run = Duration::from_millis(30);
+                opts.reps = 3;
+                opts.latency_time = Duration::from_millis(200);
+            }
+            "--only" => opts.only = args.next(),
+            "--size" => {
+                opts.sizes = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .map_or_else(|| SIZES.to_vec(), |s| vec![s]);
+            }
+            other => {
+                eprintln!(
+                    "usage: bench-report-runner [--quick] [--only SUBSTRING] [--size BYTES] (got {other:?})"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    println!("info\tsizes\t{SIZES:?}");
+    println!("info\tper_run_ms\t{}", opts.per_run.as_millis());
+    println!("info\treps\t{}", opts.reps);
+    println!("info\ticeoryx2\t{}", cfg!(feature = "iceoryx2"));
+
+    if opts.wants("limit") {
+        for &size in &opts.sizes {
+            let msgs = rate(|n| limits::memcpy(size, n), opts.per_run, opts.reps);
+            tput("limit", "memcpy", size, msgs);
+        }
+        let s = timed_latency(opts.latency_time, limits::cache_line_round_trips);
+        latency("cache-line", "busy-poll", 8, &s);
+    }
+    for &queue in Queue::ALL {
+        if !opts.wants(&format!("xthread/{}", queue.name())) {
+            continue;
+        }
+        for &size in &opts.sizes {
+            let mut bench = ThreadBench::new(queue, size);
+            let msgs = rate(|n| bench.run(n), opts.per_run, opts.reps);
+            tput("xthread", queue.name(), size, msgs);
+        }
+    }
+    for &transport in Transport::ALL {
+        let name = transport.name();
+        let want_tput = opts.wants(&format!("xproc/{name}"));
+        let want_lat = opts.wants(&format!("rtt/{name}"));
+        if !want_tput && !want_lat {
+            continue;
+        }
+        let mut session = match Session::new(transport) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{name}: could not start: {e}");
+                println!("info\tfailed:{name}\t{e}");
+                continue;
+            }
+        };
+        if want_tput {
+            for &size in &opts.sizes {
+                let msgs = rate(|n| session.stream(size, n), opts.per_run, opts.reps);
+                tput("xproc", name, size, msgs);
+            }
+        }
+        if want_lat {
+            for &size in LATENCY_SIZES {
+                let ws = waits(transport);
+                if ws.is_empty() {
+                    // Blocking in the kernel: the wait strategy is moot.
+                    let s = timed_latency(opts.latency_time, |n| {
+                        session.ping_pong(size, n, WaitStrategy::BusyPoll)
+                    });
+                    latency(name, "blocking", size, &s);
+                }
+                for &wait in ws {
+                    let s = timed_latency(opts.latency_time, |n| session.ping_pong(size, n, wait));
+                    latency(name, wait.name(), size, &s);
+                }
+            }
+        }
+    }
+}

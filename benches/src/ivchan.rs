@@ -1,0 +1,167 @@
+//! The ivchan side of every measurement: one message in or out through the
+//! copy API or the zero-copy API, with a wait strategy. The same functions
+//! run over a heap region (threads) and a mapped `/dev/shm` file
+//! (processes).
+
+use ivchan_protocol::{Consumer, DirectMemory, Header, InitParams, Producer, Region};
+
+use crate::wait::{WaitStrategy, Waiter};
+use crate::{REGION_SIZE, RING_SIZE};
+
+/// Which ivchan API moves the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `send` / `recv_into`: the payload is copied into the ring and out of
+    /// it (each byte moves twice).
+    Copy,
+    /// `reserve` + write in place + `commit` / `peek` + read in place +
+    /// `release`: the producer writes the payload once, the consumer reads
+    /// it where it lies.
+    ZeroCopy,
+}
+
+/// Sends one message, waiting while the ring is full. One commit (one
+/// Release store of `tail`) per message.
+#[inline]
+pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter: &mut Waiter) {
+    waiter.reset();
+    loop {
+        let sent = match api {
+            Api::Copy => tx.send(msg).expect("bench ring stays healthy"),
+            Api::ZeroCopy => match tx.reserve(msg.len()).expect("bench ring stays healthy") {
+                Some(mut grant) => {
+                    grant.copy_from_slice(msg);
+                    grant.commit(msg.len()).expect("length fits the grant");
+                    true
+                }
+                None => false,
+            },
+        };
+        if sent {
+            return;
+        }
+        waiter.wait();
+    }
+}
+
+/// Reads every cache line of a message in place, as a consumer that uses
+/// the bytes must: the lines have to cross from the producer's core.
+#[inline]
+pub fn touch(bytes: &[u8]) -> u8 {
+    let mut x = 0u8;
+    for line in bytes.chunks(64) {
+        x ^= line[0];
+    }
+    x
+}
+
+/// Receives one message, waiting while the ring is empty; returns its
+/// length. The copy API copies it into `buf`; the zero-copy API touches
+/// every cache line in place.
+#[inline]
+pub fn recv<M: DirectMemory>(
+    rx: &mut Consumer<M>,
+    api: Api,
+    buf: &mut [u8],
+    waiter: &mut Waiter,
+) -> usize {
+    waiter.reset();
+    loop {
+        match api {
+            Api::Copy => {
+                if let Some(n) = rx.recv_into(buf).expect("bench ring stays healthy") {
+                    return n;
+                }
+            }
+            Api::ZeroCopy => {
+                if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
+                    std::hint::black_box(touch(&msg));
+                    let n = msg.len();
+                    msg.release();
+                    return n;
+                }
+            }
+        }
+        waiter.wait();
+    }
+}
+
+/// Receives one message and sends it back on `tx` (the echo side of a
+/// round trip). The zero-copy API copies the peeked bytes straight into the
+/// reply's grant.
+#[inline]
+pub fn echo<M: DirectMemory>(
+    rx: &mut Consumer<M>,
+    tx: &mut Producer<M>,
+    api: Api,
+    buf: &mut [u8],
+    waiter: &mut Waiter,
+) {
+    match api {
+        Api::Copy => {
+            let n = recv(rx, api, buf, waiter);
+            send(tx, api, &buf[..n], waiter);
+        }
+        Api::ZeroCopy => {
+            waiter.reset();
+            let msg = loop {
+                if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
+                    break msg;
+                }
+                waiter.wait();
+            };
+            waiter.reset();
+            loop {
+                if let Some(mut grant) = tx.reserve(msg.len()).expect("bench ring stays healthy") {
+                    grant.copy_from_slice(&msg);
+                    grant.commit(msg.len()).expect("length fits the grant");
+                    break;
+                }
+                waiter.wait();
+            }
+            msg.release();
+        }
+    }
+}
+
+/// Busy-poll or backoff, as a waiter.
+pub fn waiter(strategy: WaitStrategy) -> Waiter {
+    Waiter::new(strategy)
+}
+
+/// A heap buffer laid out as an ivchan region: the same code path as a
+/// mapped `/dev/shm` file, inside one process.
+pub struct HeapRegion {
+    words: Vec<u64>,
+}
+
+impl Default for HeapRegion {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeapRegion {
+    /// A zeroed region of [`REGION_SIZE`] bytes.
+    pub fn new() -> Self {
+        Self {
+            words: vec![0u64; REGION_SIZE / 8],
+        }
+    }
+
+    /// Writes a fresh header (empty rings of [`RING_SIZE`] bytes) and
+    /// returns it.
+    pub fn header(&mut self) -> Header<'_> {
+        Header::create(Region::from_words(&mut self.words), &params())
+            .expect("bench region has a valid size")
+    }
+}
+
+/// Header parameters of every bench region.
+pub fn params() -> InitParams<'static> {
+    InitParams {
+        uuid: [0; 16],
+        name: "bench",
+        ring_size: Some(RING_SIZE),
+    }
+}

@@ -1,0 +1,276 @@
+//! Cross-thread streaming: a producer thread pinned to core 0 sends `count`
+//! messages of one size to a consumer thread pinned to core 1, through
+//! ivchan (over an in-process region) or an in-process SPSC queue.
+//!
+//! Every queue gets message semantics the same way: the producer waits
+//! until a whole message fits and copies it in with one publish; the
+//! consumer waits until a whole message is there and copies it out into its
+//! own buffer (ivchan's zero-copy API reads it in place instead).
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use ivchan_protocol::Side;
+use ringbuf::traits::{Consumer as _, Observer as _, Producer as _, Split as _};
+
+use crate::ivchan::{self, Api, HeapRegion};
+use crate::pin::{pin_current, CONSUMER_CORE, PRODUCER_CORE};
+use crate::wait::{WaitStrategy, Waiter};
+use crate::RING_SIZE;
+
+/// An in-process transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// ivchan's copy API over a heap region.
+    IvchanCopy,
+    /// ivchan's zero-copy API over a heap region.
+    IvchanZeroCopy,
+    /// `rtrb::RingBuffer<u8>`: `push_entire_slice` / `pop_entire_slice`.
+    Rtrb,
+    /// `ringbuf::HeapRb<u8>`: `push_slice` / `pop_slice` once a whole
+    /// message fits.
+    Ringbuf,
+    /// Two `crossbeam_queue::ArrayQueue<Box<[u8]>>`: filled buffers one way,
+    /// empty ones back (the producer copies into a recycled buffer, the
+    /// consumer copies out of it).
+    Crossbeam,
+}
+
+impl Queue {
+    /// Every in-process transport, ivchan first.
+    pub const ALL: &'static [Queue] = &[
+        Queue::IvchanCopy,
+        Queue::IvchanZeroCopy,
+        Queue::Rtrb,
+        Queue::Ringbuf,
+        Queue::Crossbeam,
+    ];
+
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IvchanCopy => "ivchan-copy",
+            Self::IvchanZeroCopy => "ivchan-zero-copy",
+            Self::Rtrb => "rtrb",
+            Self::Ringbuf => "ringbuf",
+            Self::Crossbeam => "crossbeam-arrayqueue",
+        }
+    }
+}
+
+type RtrbPair = (rtrb::Producer<u8>, rtrb::Consumer<u8>);
+type RingbufPair = (
+    ringbuf::CachingProd<std::sync::Arc<ringbuf::HeapRb<u8>>>,
+    ringbuf::CachingCons<std::sync::Arc<ringbuf::HeapRb<u8>>>,
+);
+
+enum State {
+    Ivchan(HeapRegion),
+    Rtrb(Option<RtrbPair>),
+    Ringbuf(Option<RingbufPair>),
+    Crossbeam {
+        full: Box<ArrayQueue<Box<[u8]>>>,
+        free: Box<ArrayQueue<Box<[u8]>>>,
+    },
+}
+
+/// One queue, one message size; [`run`](Self::run) streams a batch.
+pub struct ThreadBench {
+    queue: Queue,
+    size: usize,
+    msg: Vec<u8>,
+    state: State,
+}
+
+impl ThreadBench {
+    /// Allocates the queue (capacity [`RING_SIZE`] bytes, or that many
+    /// bytes of buffers for crossbeam).
+    pub fn new(queue: Queue, size: usize) -> Self {
+        let state = match queue {
+            Queue::IvchanCopy | Queue::IvchanZeroCopy => State::Ivchan(HeapRegion::new()),
+            Queue::Rtrb => State::Rtrb(Some(rtrb::RingBuffer::new(RING_SIZE))),
+            Queue::Ringbuf => State::Ringbuf(Some(ringbuf::HeapRb::<u8>::new(RING_SIZE).split())),
+            Queue::Crossbeam => {
+                let slots = (RING_SIZE / size.max(1)).clamp(2, 4096);
+                let free = ArrayQueue::new(slots);
+                for _ in 0..slots {
+                    free.push(vec![0u8; size].into_boxed_slice())
+                        .expect("queue sized for these buffers");
+                }
+                State::Crossbeam {
+                    full: Box::new(ArrayQueue::new(slots)),
+                    free: Box::new(free),
+                }
+            }
+        };
+        Self {
+            queue,
+            size,
+            msg: vec![0xa5; size],
+            state,
+        }
+    }
+
+    /// The queue measured.
+    pub fn queue(&self) -> Queue {
+        self.queue
+    }
+
+    /// Streams `count` messages; returns the time from the producer's first
+    /// send to the consumer's last receive.
+    pub fn run(&mut self, count: u64) -> Duration {
+        let size = self.size;
+        let msg = &self.msg[..];
+        let busy = || Waiter::new(WaitStrategy::Backoff);
+        match &mut self.state {
+            State::Ivchan(region) => {
+                let api = if self.queue == Queue::IvchanCopy {
+                    Api::Copy
+                } else {
+                    Api::ZeroCopy
+                };
+                let header = region.header();
+                let (mut tx, _) = header.split(Side::Host).expect("fresh ring");
+                let (_, mut rx) = header.split(Side::Guest).expect("fresh ring");
+                let (elapsed, (), ()) = two_threads(
+                    move || {
+                        let mut w = busy();
+                        for _ in 0..count {
+                            ivchan::send(&mut tx, api, msg, &mut w);
+                        }
+                    },
+                    move || {
+                        let mut w = busy();
+                        let mut buf = vec![0u8; size];
+                        for _ in 0..count {
+                            ivchan::recv(&mut rx, api, &mut buf, &mut w);
+                        }
+                    },
+                );
+                elapsed
+            }
+            State::Rtrb(pair) => {
+                let (mut tx, mut rx) = pair.take().expect("queue returned after each run");
+                let (elapsed, tx, rx) = two_threads(
+                    move || {
+                        let mut w = busy();
+                        for _ in 0..count {
+                            w.reset();
+                            while tx.push_entire_slice(msg).is_err() {
+                                w.wait();
+                            }
+                        }
+                        tx
+                    },
+                    move || {
+                        let mut w = busy();
+                        let mut buf = vec![0u8; size];
+                        for _ in 0..count {
+                            w.reset();
+                            while rx.pop_entire_slice(&mut buf).is_err() {
+                                w.wait();
+                            }
+                        }
+                        rx
+                    },
+                );
+                *pair = Some((tx, rx));
+                elapsed
+            }
+            State::Ringbuf(pair) => {
+                let (mut tx, mut rx) = pair.take().expect("queue returned after each run");
+                let (elapsed, tx, rx) = two_threads(
+                    move || {
+                        let mut w = busy();
+                        for _ in 0..count {
+                            w.reset();
+                            while tx.vacant_len() < size {
+                                w.wait();
+                            }
+                            tx.push_slice(msg);
+                        }
+                        tx
+                    },
+                    move || {
+                        let mut w = busy();
+                        let mut buf = vec![0u8; size];
+                        for _ in 0..count {
+                            w.reset();
+                            while rx.occupied_len() < size {
+                                w.wait();
+                            }
+                            rx.pop_slice(&mut buf);
+                        }
+                        rx
+                    },
+                );
+                *pair = Some((tx, rx));
+                elapsed
+            }
+            State::Crossbeam { full, free } => {
+                let (full, free) = (&**full, &**free);
+                let (elapsed, (), ()) = two_threads(
+                    move || {
+                        let mut w = busy();
+                        for _ in 0..count {
+                            w.reset();
+                            let mut b = loop {
+                                match free.pop() {
+                                    Some(b) => break b,
+                                    None => w.wait(),
+                                }
+                            };
+                            b.copy_from_slice(msg);
+                            full.push(b).expect("as many slots as buffers");
+                        }
+                    },
+                    move || {
+                        let mut w = busy();
+                        let mut buf = vec![0u8; size];
+                        for _ in 0..count {
+                            w.reset();
+                            let b = loop {
+                                match full.pop() {
+                                    Some(b) => break b,
+                                    None => w.wait(),
+                                }
+                            };
+                            buf.copy_from_slice(&b);
+                            free.push(b).expect("as many slots as buffers");
+                        }
+                        std::hint::black_box(&buf);
+                    },
+                );
+                elapsed
+            }
+        }
+    }
+}
+
+/// Runs `producer` on core 0 and `consumer` on core 1, started together;
+/// returns the time from the producer's start to the consumer's end, and
+/// what each returned.
+pub fn two_threads<A: Send, B: Send>(
+    producer: impl FnOnce() -> A + Send,
+    consumer: impl FnOnce() -> B + Send,
+) -> (Duration, A, B) {
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        let c = s.spawn(|| {
+            pin_current(CONSUMER_CORE);
+            barrier.wait();
+            let b = consumer();
+            (Instant::now(), b)
+        });
+        let p = s.spawn(|| {
+            pin_current(PRODUCER_CORE);
+            barrier.wait();
+            let start = Instant::now();
+            (start, producer())
+        });
+        let (start, a) = p.join().expect("producer thread");
+        let (end, b) = c.join().expect("consumer thread");
+        (end.saturating_duration_since(start), a, b)
+    })
+}
