@@ -4,10 +4,13 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, Side};
+use ivchan_protocol::{
+    Channel, ChannelError, ChannelOptions, DoorbellAddress, Header, Notifier, PeerEvent, Side,
+};
 
+use crate::discovery::DeviceKind;
 use crate::error::GuestError;
-use crate::mapping::{MapOptions, MappedBar};
+use crate::mapping::{MapOptions, MappedBar, Registers};
 use crate::select::{select_waiting, Selector};
 
 self_cell::self_cell!(
@@ -55,7 +58,11 @@ impl GuestChannel {
     }
 
     /// Attaches as the guest over a mapped BAR, waiting up to `wait` for the
-    /// host's header. A write-combining mapping turns on the store fence.
+    /// host's header. A write-combining mapping turns on the store fence. On
+    /// an `ivshmem-doorbell` device the guest publishes its peer id
+    /// (IVPosition) in its side block and rings the host through BAR0 when
+    /// the host asks to be woken; it cannot receive interrupts in user space
+    /// here, so it keeps polling for incoming messages.
     pub fn from_bar(
         bar: MappedBar,
         mut options: ChannelOptions,
@@ -65,10 +72,21 @@ impl GuestChannel {
         options.write_combining |= bar.write_combining();
         let cell = Cell::try_new(bar, |bar| -> Result<_, GuestError> {
             let header = bar.wait_for_header(wait)?;
-            Channel::attach(header, Side::Guest, options).map_err(|source| GuestError::Channel {
-                address: bar.device().address.clone(),
-                source,
-            })
+            let mut channel = Channel::attach(header, Side::Guest, options).map_err(|source| {
+                GuestError::Channel {
+                    address: bar.device().address.clone(),
+                    source,
+                }
+            })?;
+            if bar.device().kind == DeviceKind::Doorbell {
+                let regs = Registers::map(bar.device())?;
+                // IVPosition is a 16-bit peer id in a 32-bit register.
+                #[allow(clippy::cast_possible_truncation)]
+                let peer = regs.iv_position() as u16;
+                header.set_doorbell(Side::Guest, Some(DoorbellAddress { peer, vectors: 1 }));
+                channel.set_notifier(Some(Box::new(GuestBell { regs, header })));
+            }
+            Ok(channel)
         })?;
         Ok(Self { cell, address })
     }
@@ -128,5 +146,32 @@ impl GuestChannel {
     /// The largest message either direction carries.
     pub fn max_message(&mut self) -> usize {
         self.with(|c| c.max_message())
+    }
+}
+
+/// The guest's doorbell: rings the host's published peer id through BAR0.
+/// Interrupts from the host would need MSI-X in user space (VFIO with an
+/// IOMMU in the guest), so it does not sleep on them: the channel polls.
+#[derive(Debug)]
+struct GuestBell<'a> {
+    regs: Registers,
+    header: Header<'a>,
+}
+
+impl Notifier for GuestBell<'_> {
+    fn ring(&self) {
+        // Read each time: the host publishes it when its server starts, and
+        // again after a restart.
+        if let Some(host) = self.header.doorbell(Side::Host) {
+            self.regs.ring(host.peer, 0);
+        }
+    }
+
+    fn can_wait(&self) -> bool {
+        false
+    }
+
+    fn wait(&self, timeout: Duration) {
+        thread::sleep(timeout);
     }
 }

@@ -592,3 +592,66 @@ fn doorbell_registers_read_the_peer_id_and_ring() {
         Err(GuestError::BadSysfsValue { .. })
     ));
 }
+
+#[test]
+fn guest_channel_on_a_doorbell_device_publishes_its_peer_id_and_rings_when_asked() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    let mut dev = Dev::ivshmem("0000:00:1f.0");
+    dev.bar1 = 4096;
+    let dir = sys.add(&dev);
+    let mut bar0 = vec![0u8; 256];
+    bar0[8..12].copy_from_slice(&5u32.to_le_bytes()); // IVPosition
+    bar0[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // no ring yet
+    fs::write(dir.join("resource0"), &bar0).unwrap();
+    sys.write_header("0000:00:1f.0", VM_A, "bell");
+    let doorbell = || {
+        u32::from_le_bytes(
+            fs::read(dir.join("resource0")).unwrap()[12..16]
+                .try_into()
+                .unwrap(),
+        )
+    };
+
+    let host_bar = select(
+        sys.root(),
+        &Selector::Address("0000:00:1f.0".into()),
+        &MapOptions::default(),
+    )
+    .unwrap();
+    let header = Header::open(host_bar.region()).unwrap();
+    header.set_doorbell(
+        Side::Host,
+        Some(ivchan_protocol::DoorbellAddress {
+            peer: 0,
+            vectors: 1,
+        }),
+    );
+    let mut host =
+        ivchan_protocol::Channel::attach(header, Side::Host, Default::default()).unwrap();
+
+    let mut guest = ivchan_guest::GuestChannel::open(
+        sys.root(),
+        &Selector::Identity,
+        &MapOptions::default(),
+        Default::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        header.doorbell(Side::Guest),
+        Some(ivchan_protocol::DoorbellAddress {
+            peer: 5,
+            vectors: 1
+        })
+    );
+    // The host is busy: no ring.
+    guest.send(b"one", None).unwrap();
+    assert_eq!(doorbell(), u32::MAX);
+    let mut buf = [0u8; 8];
+    assert_eq!(host.recv(&mut buf, None).unwrap(), 3);
+    // The host is about to sleep: the next send rings peer 0, vector 0.
+    assert!(host.prepare_to_sleep().unwrap());
+    guest.send(b"two", None).unwrap();
+    assert_eq!(doorbell(), 0);
+}

@@ -24,7 +24,8 @@ pub mod supervisor;
 
 pub use channel::{HostError, VmChannel};
 pub use doorbell::{
-    Doorbell, DoorbellError, DoorbellServer, DoorbellSet, ServerEvent, VmOptions, HOST_PEER_ID,
+    ChannelBell, Doorbell, DoorbellError, DoorbellServer, DoorbellSet, ServerEvent, VmOptions,
+    HOST_PEER_ID,
 };
 pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
 pub use region_file::{

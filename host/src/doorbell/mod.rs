@@ -48,7 +48,7 @@ mod server;
 use std::io;
 use std::path::PathBuf;
 
-pub use notify::{Doorbell, DoorbellSet};
+pub use notify::{ChannelBell, Doorbell, DoorbellSet};
 pub use server::{DoorbellServer, LeaveReason, RefuseReason, ServerEvent, VmOptions};
 
 /// The host agent's peer id on every VM's ivshmem server. Guests ring the

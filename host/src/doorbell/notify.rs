@@ -292,3 +292,48 @@ impl<K> AsFd for DoorbellSet<K> {
         self.epoll.0.as_fd()
     }
 }
+
+/// A channel's doorbell on the host: rings the guest through the guest
+/// peer's eventfd (QEMU turns it into an MSI-X interrupt), and sleeps on the
+/// host's own eventfd (written by QEMU when the guest rings peer 0).
+/// Attach it with [`Channel::set_notifier`](ivchan_protocol::Channel::set_notifier).
+#[derive(Debug)]
+pub struct ChannelBell {
+    guest: Doorbell,
+    host: Doorbell,
+}
+
+impl ChannelBell {
+    /// From the guest peer's eventfd and the host's own (see
+    /// [`DoorbellServer::peer_eventfd`](super::DoorbellServer::peer_eventfd)
+    /// and [`host_eventfd`](super::DoorbellServer::host_eventfd)); both are
+    /// duplicated, so the server keeps its own.
+    pub fn new(guest: BorrowedFd<'_>, host: BorrowedFd<'_>) -> Result<Self, DoorbellError> {
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned().map_err(|e| DoorbellError::Sys {
+                op: "dup",
+                source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })
+        };
+        Ok(Self {
+            guest: Doorbell::from_fd(dup(guest)?)?,
+            host: Doorbell::from_fd(dup(host)?)?,
+        })
+    }
+}
+
+impl ivchan_protocol::Notifier for ChannelBell {
+    fn ring(&self) {
+        // A full counter or a vanished guest only loses this ring; the
+        // guest's own timeout-bounded sleep recovers.
+        let _ = self.guest.ring();
+    }
+
+    fn can_wait(&self) -> bool {
+        true
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let _ = self.host.wait(Some(timeout));
+    }
+}

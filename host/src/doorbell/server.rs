@@ -771,6 +771,34 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
         Ok(fd.as_fd())
     }
 
+    /// Guest `peer`'s eventfd for `vector` of `vm`: writing it interrupts
+    /// that guest (what [`ring_peer`](Self::ring_peer) does). Duplicate it
+    /// (e.g. into a [`ChannelBell`](super::ChannelBell)) to ring from
+    /// another thread.
+    pub fn peer_eventfd(
+        &self,
+        vm: &K,
+        peer: u16,
+        vector: u16,
+    ) -> Result<BorrowedFd<'_>, DoorbellError> {
+        let state = self.vm(vm)?;
+        let client = state
+            .clients
+            .get(&peer)
+            .ok_or_else(|| DoorbellError::UnknownPeer {
+                vm: vm.to_string(),
+                peer,
+            })?;
+        let fd = client
+            .eventfds
+            .get(usize::from(vector))
+            .ok_or(DoorbellError::BadVector {
+                vector,
+                vectors: state.vectors,
+            })?;
+        Ok(fd.as_fd())
+    }
+
     /// Rings `peer` of `vm` on `vector`: writes 1 to that peer's eventfd,
     /// which QEMU turns into an MSI-X interrupt in the guest.
     /// [`HOST_PEER_ID`] rings the host's own eventfd.
