@@ -6,6 +6,7 @@
 //! | `exchange N` | both sides send traffic messages 0..N (see [`crate::traffic`]) and check every one they receive |
 //! | `echo N` | the host sends traffic 0..N, the guest returns each message as it came |
 //! | `file NAME SIZE SUM` | a byte stream of SIZE bytes follows; the guest stores it as NAME and checks its checksum |
+//! | `ping N` | N round trips of one 64-byte message (latency) |
 //! | `quit` | the guest answers and exits |
 //!
 //! Stream messages (`STRM` + sequence number + traffic) need no command:
@@ -248,6 +249,10 @@ pub fn serve(ch: &mut Channel<'_>, dir: &Path, stall: Duration) -> Result<(), Ag
                 Err(_) => Err(format!("bad count {count:?}")),
             },
             ["file", name, size, sum] => receive_file(ch, dir, name, size, sum, stall),
+            ["ping", count] => match count.parse::<u64>() {
+                Ok(count) => pong(ch, count, stall).map(|()| format!("ok ping {count}")),
+                Err(_) => Err(format!("bad count {count:?}")),
+            },
             ["quit"] => {
                 ch.send(b"ok quit", Some(stall)).map_err(chan)?;
                 return Ok(());
@@ -257,6 +262,41 @@ pub fn serve(ch: &mut Channel<'_>, dir: &Path, stall: Duration) -> Result<(), Ag
         let text = answer.unwrap_or_else(|e| format!("err {e}"));
         ch.send(text.as_bytes(), Some(stall)).map_err(chan)?;
     }
+}
+
+/// Guest side of `ping`: returns each message as it comes.
+fn pong(ch: &mut Channel<'_>, count: u64, stall: Duration) -> Result<(), AgentError> {
+    let mut buf = [0u8; 64];
+    for _ in 0..count {
+        let n = ch.recv(&mut buf, Some(stall)).map_err(chan)?;
+        ch.send(&buf[..n], Some(stall)).map_err(chan)?;
+    }
+    Ok(())
+}
+
+/// Host side of `ping`: `count` round trips of a 64-byte message, one at a
+/// time; returns each round trip's time.
+pub fn ping(
+    ch: &mut Channel<'_>,
+    count: u64,
+    stall: Duration,
+) -> Result<Vec<Duration>, AgentError> {
+    ch.send(format!("ping {count}").as_bytes(), Some(stall))
+        .map_err(chan)?;
+    let mut times = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        let mut msg = [0u8; 64];
+        msg[..8].copy_from_slice(&seq.to_le_bytes());
+        let start = std::time::Instant::now();
+        ch.send(&msg, Some(stall)).map_err(chan)?;
+        let n = ch.recv(&mut buf, Some(stall)).map_err(chan)?;
+        times.push(start.elapsed());
+        if buf[..n] != msg {
+            return Err(format!("ping {seq}: the reply differs"));
+        }
+    }
+    reply(ch, stall).map(|_| times)
 }
 
 /// Consumes the message a `peek` just looked at.

@@ -103,6 +103,12 @@ impl VmChannel {
         self.cell.borrow_owner().path()
     }
 
+    /// The region file (e.g. to hand its fd to a
+    /// [`DoorbellServer`](crate::DoorbellServer)).
+    pub fn file(&self) -> &RegionFile {
+        self.cell.borrow_owner()
+    }
+
     /// Runs `f` on the channel (for the zero-copy API and everything else
     /// not forwarded below).
     pub fn with<R>(&mut self, f: impl FnOnce(&mut Channel<'_>) -> R) -> R {

@@ -448,6 +448,17 @@ impl<'a> Channel<'a> {
         self.notifier = notifier;
     }
 
+    /// Publishes how the peer can ring this side (its ivshmem peer id), or
+    /// that it cannot.
+    pub fn publish_doorbell(&self, address: Option<crate::layout::DoorbellAddress>) {
+        self.header.set_doorbell(self.side, address);
+    }
+
+    /// Changes how blocking calls wait from now on.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.options.wait = wait;
+    }
+
     /// Whether a doorbell is attached.
     pub fn has_notifier(&self) -> bool {
         self.notifier.is_some()

@@ -414,9 +414,14 @@ fn shmem_lines(spec: &Spec, name: &str, slot: u8, q: char) -> Vec<(usize, String
     let mut lines = vec![
         (0, format!("<shmem name={q}{}{q}>", a(name))),
         (1, format!("<model type={q}{}{q}/>", spec.model.name())),
-        (1, format!("<size unit={q}{unit}{q}>{n}</size>")),
     ];
+    if matches!(spec.model, Model::Plain) {
+        lines.push((1, format!("<size unit={q}{unit}{q}>{n}</size>")));
+    }
     if let Model::Doorbell { server, vectors } = &spec.model {
+        // No <size>: the region comes from the ivshmem server's fd, and
+        // libvirt refuses a size for ivshmem-doorbell ("does not support
+        // size setting").
         lines.push((
             1,
             format!("<server path={q}{}{q}/>", a(&server.to_string_lossy())),
@@ -811,6 +816,22 @@ mod tests {
         assert!(o.xml.contains("\n    <shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b'>\n      <model type='ivshmem-plain'/>\n      <size unit='M'>8</size>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x1f' function='0x0'/>\n    </shmem>\n  </devices>"), "{}", o.xml);
         let again = inject(&o.xml, &s, Route::Shmem).unwrap();
         assert!(!again.changed);
+        assert_eq!(undo(&o.xml, &s, Route::Shmem).unwrap().xml, DOM);
+    }
+
+    #[test]
+    fn doorbell_shmem_names_its_server_and_has_no_size() {
+        let s = Spec {
+            model: Model::Doorbell {
+                server: "/run/ivchan/vm.sock".into(),
+                vectors: 2,
+            },
+            ..Spec::default()
+        };
+        let o = inject(DOM, &s, Route::Shmem).unwrap();
+        assert!(o.xml.contains("\n      <model type='ivshmem-doorbell'/>\n      <server path='/run/ivchan/vm.sock'/>\n      <msi vectors='2' ioeventfd='on'/>\n"), "{}", o.xml);
+        // libvirt refuses <size> for ivshmem-doorbell.
+        assert!(!o.xml.contains("<size"), "{}", o.xml);
         assert_eq!(undo(&o.xml, &s, Route::Shmem).unwrap().xml, DOM);
     }
 

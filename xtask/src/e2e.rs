@@ -311,6 +311,141 @@ fn hotplug(kit: &Kit) -> Result<Outcome, String> {
     serve_libvirt_guest(kit, &dom, uuid)
 }
 
+/// Lines of the host agent's output worth showing in the run's log.
+fn echo_lines(out: &str, needles: &[&str]) {
+    for line in out
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+    {
+        eprintln!("xtask:   {line}");
+    }
+}
+
+/// 7. Doorbells: QEMU's `ivshmem-doorbell` device connects to the host
+///    agent's ivshmem server; the guest rings the host through BAR0, the
+///    host sleeps on its eventfd when idle. Measures the 64 B round trip
+///    and the host's CPU time over 10 s idle, against busy-polling.
+fn doorbell(kit: &Kit) -> Result<Outcome, String> {
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e207";
+    let region = region_for(uuid);
+    let socket = vm::cache_dir().join("doorbell.sock");
+    let _cleanup = Cleanup(vec![region.clone(), socket.clone()]);
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let mut host = HostAgent::spawn(
+        kit,
+        "doorbell",
+        &[
+            "--uuid",
+            uuid,
+            "--doorbell",
+            &socket_arg,
+            "--exchange",
+            "2000",
+            "--echo",
+            "100",
+            "--ping",
+            "10000",
+            "--idle",
+            "10",
+            "--busy-idle",
+            "10",
+            "--wait",
+            "240",
+        ],
+    )?;
+    wait_for("the doorbell socket", Duration::from_secs(10), || {
+        socket.exists()
+    })?;
+    let args = [
+        "-uuid".to_owned(),
+        uuid.to_owned(),
+        "-chardev".to_owned(),
+        format!("socket,path={},id=ivshmem", socket.display()),
+        "-device".to_owned(),
+        "ivshmem-doorbell,chardev=ivshmem,vectors=1,bus=pci.0,addr=0x1f".to_owned(),
+    ];
+    let mut guest = Guest::boot("doorbell", &kit.kernel, &kit.initrd, &args)?;
+    let out = host
+        .finish(Duration::from_secs(400))
+        .map_err(|e| with_console(e, &guest))?;
+    check_guest(&mut guest, "0000:00:1f.0")?;
+    for needle in ["sleeping on the doorbell", "guest peer"] {
+        if !out.contains(needle) {
+            return Err(format!("host agent output lacks {needle:?}:\n{out}"));
+        }
+    }
+    echo_lines(&out, &["ping", "idle"]);
+    Ok(totals(&out))
+}
+
+/// 8. Doorbells through libvirt: ivchan injects `<shmem>` with model
+///    `ivshmem-doorbell` and `<server path>`; libvirt's QEMU connects to the
+///    host agent's server.
+fn doorbell_libvirt(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e208";
+    let region = region_for(uuid);
+    let dir = PathBuf::from("/var/lib/libvirt/ivchan-e2e");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let socket = dir.join("doorbell.sock");
+    let _cleanup = Cleanup(vec![region.clone(), socket.clone()]);
+    let dom = Domain::new(
+        "ivchan-e2e-doorbell",
+        uuid,
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    let socket_arg = socket.to_string_lossy().into_owned();
+    run(Command::new(&kit.provision)
+        .args([
+            "inject",
+            "--model",
+            "ivshmem-doorbell",
+            "--server",
+            &socket_arg,
+        ])
+        .arg(&dom.xml));
+    // The server must be listening before QEMU starts.
+    let mut host = HostAgent::spawn(
+        kit,
+        &dom.name,
+        &[
+            "--uuid",
+            uuid,
+            "--doorbell",
+            &socket_arg,
+            "--socket-group",
+            "libvirt-qemu",
+            "--exchange",
+            "2000",
+            "--echo",
+            "100",
+            "--wait",
+            "240",
+        ],
+    )?;
+    wait_for("the doorbell socket", Duration::from_secs(10), || {
+        socket.exists()
+    })?;
+    dom.define_and_start()?;
+    let cmdline = dom.qemu_cmdline()?;
+    if !cmdline.contains("ivshmem-doorbell") {
+        return Err(format!(
+            "QEMU command line lacks ivshmem-doorbell: {cmdline}"
+        ));
+    }
+    let out = host
+        .finish(Duration::from_secs(300))
+        .map_err(|e| format!("{e}\nconsole:\n{}", dom.console()))?;
+    dom.wait_shut_off(Duration::from_secs(120))?;
+    let console = dom.console();
+    if !console.contains("ivchan-vm: agent exit 0") || !out.contains("sleeping on the doorbell") {
+        return Err(format!("doorbell run failed:\n{out}\nconsole:\n{console}"));
+    }
+    Ok(totals(&out))
+}
+
 /// 4. Two devices in one guest: another VM's region at a lower slot, this
 ///    VM's at 0x1f. The agent must pick by identity, not by order.
 fn two_devices(kit: &Kit) -> Result<Outcome, String> {
@@ -449,6 +584,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("two-devices", two_devices),
     ("restarts", restarts),
     ("several-guests", several_guests),
+    ("doorbell", doorbell),
+    ("doorbell-libvirt", doorbell_libvirt),
 ];
 
 fn build_kit() -> Result<Kit, String> {

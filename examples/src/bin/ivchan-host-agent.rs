@@ -10,15 +10,18 @@
 //!   survives either side restarting; rerun with the same state file after
 //!   a kill and it resumes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ivchan_examples::{agent, traffic};
 use ivchan_host::{
-    ChannelOptions, PeerEvent, RegionOptions, Supervisor, VmChannel, VmEvent, VmUuid,
+    ChannelBell, ChannelOptions, DoorbellServer, PeerEvent, RegionOptions, ServerEvent, Supervisor,
+    VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy, HOST_PEER_ID,
 };
+use ivchan_protocol::DoorbellAddress;
 
 #[derive(Parser, Clone)]
 #[command(about = "ivchan host agent: talk to one VM's guest agent")]
@@ -68,6 +71,24 @@ struct Args {
     /// Leave the guest agent running instead of sending `quit`.
     #[arg(long)]
     keep_guest: bool,
+    /// Serve QEMU's ivshmem-doorbell device on this UNIX socket (the host
+    /// agent is its peer 0) and sleep on the doorbell when idle.
+    #[arg(long, conflicts_with = "supervise")]
+    doorbell: Option<PathBuf>,
+    /// Group (name) allowed to connect to the doorbell socket, e.g.
+    /// libvirt-qemu.
+    #[arg(long, requires = "doorbell")]
+    socket_group: Option<String>,
+    /// Round trips of one 64-byte message to time (p50/p99/p99.9/max).
+    #[arg(long, default_value_t = 0)]
+    ping: u64,
+    /// Then stay idle this many seconds, waiting to receive, and report the
+    /// CPU time this process used meanwhile.
+    #[arg(long, default_value_t = 0)]
+    idle: u64,
+    /// Then the same idle wait busy-polling, for comparison.
+    #[arg(long, default_value_t = 0)]
+    busy_idle: u64,
 }
 
 fn rate(uuid: &VmUuid, what: &str, count: u64, bytes: u64, secs: f64) {
@@ -116,9 +137,108 @@ fn wait_for_guest(vm: &mut VmChannel, wait: Duration) -> Result<(), String> {
     }
 }
 
-/// The conversation with one guest: exchange, echo, file, quit.
+/// The ivshmem server for this VM, run on its own thread; it hands over a
+/// [`ChannelBell`] each time a guest peer connects.
+fn start_doorbell(
+    vm: &VmChannel,
+    socket: &Path,
+    group: Option<&str>,
+) -> Result<mpsc::Receiver<ChannelBell>, String> {
+    let mut server: DoorbellServer<VmUuid> = DoorbellServer::new().map_err(|e| e.to_string())?;
+    let mut opts = VmOptions::new(socket);
+    if let Some(group) = group {
+        opts = opts.group_named(group).map_err(|e| e.to_string())?;
+    }
+    server
+        .add_region(vm.file(), opts)
+        .map_err(|e| e.to_string())?;
+    println!("{}: ivshmem server on {}", vm.uuid(), socket.display());
+    let (bells, received) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        let events = match server.process(Some(Duration::from_millis(200))) {
+            Ok(events) => events,
+            Err(e) => {
+                eprintln!("ivchan-host-agent: ivshmem server: {e}");
+                return;
+            }
+        };
+        for event in events {
+            if let ServerEvent::PeerConnected { vm, peer } = event {
+                let bell = server
+                    .peer_eventfd(&vm, peer, 0)
+                    .and_then(|guest| ChannelBell::new(guest, server.host_eventfd(&vm, 0)?));
+                match bell {
+                    Ok(bell) => {
+                        if bells.send(bell).is_err() {
+                            return; // the agent is done
+                        }
+                        println!("{vm}: guest peer {peer} connected");
+                    }
+                    Err(e) => eprintln!("ivchan-host-agent: peer {peer}: {e}"),
+                }
+            }
+        }
+    });
+    Ok(received)
+}
+
+/// CPU time (user + system) this process has used, from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of those, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Waits to receive for `secs` while the guest stays quiet; returns the CPU
+/// time used.
+fn idle(vm: &mut VmChannel, secs: u64) -> Result<Duration, String> {
+    let before = cpu_time();
+    let mut buf = [0u8; 64];
+    match vm.recv(&mut buf, Some(Duration::from_secs(secs))) {
+        Err(ivchan_host::HostError::Channel {
+            source: ivchan_host::ChannelError::Timeout { .. },
+            ..
+        }) => Ok(cpu_time().saturating_sub(before)),
+        Ok(n) => Err(format!("unexpected {n}-byte message while idle")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// The conversation with one guest: exchange, echo, file, ping, idle, quit.
 fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
+    let bells = match &args.doorbell {
+        Some(socket) => {
+            vm.with(|ch| {
+                ch.publish_doorbell(Some(DoorbellAddress {
+                    peer: HOST_PEER_ID,
+                    vectors: 1,
+                }))
+            });
+            Some(start_doorbell(vm, socket, args.socket_group.as_deref())?)
+        }
+        None => None,
+    };
     wait_for_guest(vm, Duration::from_secs(args.wait))?;
+    if let Some(bells) = &bells {
+        let bell = bells
+            .recv_timeout(Duration::from_secs(args.wait))
+            .map_err(|_| "no guest connected to the ivshmem server".to_owned())?;
+        vm.with(|ch| ch.set_notifier(Some(Box::new(bell))));
+        println!("{}: sleeping on the doorbell when idle", vm.uuid());
+    }
     let stall = Duration::from_secs(30);
     let uuid = *vm.uuid();
     vm.with(|ch| -> Result<(), String> {
@@ -150,11 +270,41 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
         println!(
             "{uuid}: totals to-guest {messages} msgs {to_guest} bytes, from-guest {messages} msgs {checked} bytes"
         );
-        if !args.keep_guest {
-            agent::command(ch, "quit", stall)?;
+        if args.ping > 0 {
+            let mut times = agent::ping(ch, args.ping, stall)?;
+            times.sort();
+            println!(
+                "{uuid}: ping 64 B x {}: p50 {:?} p99 {:?} p99.9 {:?} max {:?}",
+                args.ping,
+                percentile(&times, 0.50),
+                percentile(&times, 0.99),
+                percentile(&times, 0.999),
+                times.last().copied().unwrap_or_default()
+            );
         }
         Ok(())
-    })
+    })?;
+    if args.idle > 0 {
+        let cpu = idle(vm, args.idle)?;
+        println!(
+            "{uuid}: idle {} s (default wait): host cpu {} ms",
+            args.idle,
+            cpu.as_millis()
+        );
+    }
+    if args.busy_idle > 0 {
+        vm.with(|ch| ch.set_wait_strategy(WaitStrategy::busy_poll()));
+        let cpu = idle(vm, args.busy_idle)?;
+        println!(
+            "{uuid}: idle {} s (busy-poll): host cpu {} ms",
+            args.busy_idle,
+            cpu.as_millis()
+        );
+    }
+    if !args.keep_guest {
+        vm.with(|ch| agent::command(ch, "quit", stall))?;
+    }
+    Ok(())
 }
 
 fn stream(
