@@ -585,6 +585,7 @@ pub struct RegionRing<'a> {
 }
 
 impl RegionRing<'_> {
+    #[inline]
     fn word_offset(&self, word: Word) -> usize {
         self.control
             + match word {
@@ -596,27 +597,34 @@ impl RegionRing<'_> {
 }
 
 impl RingMemory for RegionRing<'_> {
+    #[inline]
     fn capacity(&self) -> usize {
         self.capacity
     }
+    #[inline]
     fn load(&self, word: Word, order: Ordering) -> u64 {
         self.region.load(self.word_offset(word), order)
     }
+    #[inline]
     fn store(&self, word: Word, value: u64, order: Ordering) {
         self.region.store(self.word_offset(word), value, order)
     }
+    #[inline]
     fn load_header(&self, offset: usize) -> u64 {
         self.region.load(self.data + offset, Ordering::Relaxed)
     }
+    #[inline]
     fn store_header(&self, offset: usize, value: u64) {
         self.region
             .store(self.data + offset, value, Ordering::Relaxed)
     }
+    #[inline]
     unsafe fn write_bytes(&self, offset: usize, src: &[u8]) {
         // SAFETY: the ring owns this range (caller contract); the region
         // checks the bounds.
         unsafe { self.region.copy_in(self.data + offset, src) }
     }
+    #[inline]
     unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
         // SAFETY: as above.
         unsafe { self.region.copy_out(self.data + offset, dst) }
@@ -624,10 +632,12 @@ impl RingMemory for RegionRing<'_> {
 }
 
 impl DirectMemory for RegionRing<'_> {
+    #[inline]
     unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         // SAFETY: as for `read_bytes`, for the slice's lifetime.
         unsafe { self.region.slice(self.data + offset, len) }
     }
+    #[inline]
     unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8] {
         // SAFETY: as for `write_bytes`, for the slice's lifetime.
         unsafe { self.region.slice_mut(self.data + offset, len) }

@@ -66,6 +66,7 @@ impl<'a> Region<'a> {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -80,6 +81,7 @@ impl<'a> Region<'a> {
         self.base.as_ptr() as usize
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize) {
         // Callers pass offsets from a validated geometry, so this never fires
         // on peer input; it is the last line of defence against our own bugs.
@@ -91,6 +93,7 @@ impl<'a> Region<'a> {
         );
     }
 
+    #[inline]
     fn word(&self, offset: usize) -> &AtomicU64 {
         self.check(offset, 8);
         assert!(offset % 8 == 0, "ivchan bug: unaligned word at {offset}");
@@ -105,6 +108,7 @@ impl<'a> Region<'a> {
     /// # Panics
     ///
     /// If the word lies outside the region or is unaligned (an ivchan bug).
+    #[inline]
     pub fn load(&self, offset: usize, order: Ordering) -> u64 {
         u64::from_le(self.word(offset).load(order))
     }
@@ -114,6 +118,7 @@ impl<'a> Region<'a> {
     /// # Panics
     ///
     /// As for [`load`](Self::load).
+    #[inline]
     pub fn store(&self, offset: usize, value: u64, order: Ordering) {
         self.word(offset).store(value.to_le(), order);
     }
@@ -124,6 +129,7 @@ impl<'a> Region<'a> {
     ///
     /// No other access by this process may overlap `offset..offset+src.len()`
     /// while this runs (the ring protocol gives the producer that range).
+    #[inline]
     pub unsafe fn copy_in(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
         // SAFETY: in bounds (checked), `src` is ordinary memory that cannot
@@ -139,6 +145,7 @@ impl<'a> Region<'a> {
     /// # Safety
     ///
     /// No write by this process may overlap the range while this runs.
+    #[inline]
     pub unsafe fn copy_out(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
         // SAFETY: in bounds (checked); `dst` is a unique borrow of private
@@ -158,6 +165,7 @@ impl<'a> Region<'a> {
     ///
     /// No write by this process may overlap the range while the slice lives.
     /// A hostile peer can still change the bytes; read them as untrusted.
+    #[inline]
     pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
         self.check(offset, len);
         // SAFETY: in bounds (checked), valid for 'a, no local writer (caller).
@@ -171,6 +179,7 @@ impl<'a> Region<'a> {
     /// No other access by this process may overlap the range while the slice
     /// lives.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
         self.check(offset, len);
         // SAFETY: in bounds (checked), valid for 'a, exclusive (caller).
