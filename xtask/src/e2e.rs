@@ -80,8 +80,22 @@ impl HostAgent {
 
     /// Waits for the agent to finish; `Err` with its output on failure.
     fn finish(&mut self, timeout: Duration) -> Result<String, String> {
+        self.finish_unless(timeout, || None)
+    }
+
+    /// As `finish`, but gives up early when `broken` reports a reason (a
+    /// guest whose QEMU died, so the agent would only wait out its timeout).
+    fn finish_unless(
+        &mut self,
+        timeout: Duration,
+        mut broken: impl FnMut() -> Option<String>,
+    ) -> Result<String, String> {
         let start = Instant::now();
         loop {
+            if let Some(reason) = broken() {
+                self.kill();
+                return Err(format!("{reason}\nhost agent output:\n{}", self.output()));
+            }
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 let out = self.output();
                 return if status.success() {
@@ -206,7 +220,7 @@ fn raw_qemu(kit: &Kit) -> Result<Outcome, String> {
         &["-uuid".into(), uuid.into()],
     )?;
     let out = host
-        .finish(Duration::from_secs(300))
+        .finish_unless(Duration::from_secs(300), || guest.died())
         .map_err(|e| with_console(e, &guest))?;
     check_guest(&mut guest, "0000:00:1f.0")?;
     Ok(totals(&out))
@@ -366,7 +380,7 @@ fn doorbell(kit: &Kit) -> Result<Outcome, String> {
     ];
     let mut guest = Guest::boot("doorbell", &kit.kernel, &kit.initrd, &args)?;
     let out = host
-        .finish(Duration::from_secs(400))
+        .finish_unless(Duration::from_secs(400), || guest.died())
         .map_err(|e| with_console(e, &guest))?;
     check_guest(&mut guest, "0000:00:1f.0")?;
     for needle in ["sleeping on the doorbell", "guest peer"] {
@@ -464,7 +478,7 @@ fn two_devices(kit: &Kit) -> Result<Outcome, String> {
     args.extend(vm::ivshmem_args(uuid, &region, 8, 0x1f).into_iter().skip(2));
     let mut guest = Guest::boot("two-devices", &kit.kernel, &kit.initrd, &args)?;
     let out = host
-        .finish(Duration::from_secs(300))
+        .finish_unless(Duration::from_secs(300), || guest.died())
         .map_err(|e| with_console(e, &guest))?;
     check_guest(&mut guest, "0000:00:1f.0")?;
     Ok(totals(&out))
@@ -515,7 +529,7 @@ fn restarts(kit: &Kit) -> Result<Outcome, String> {
     host.kill();
     let mut host = HostAgent::spawn(kit, "restarts-2", &host_args)?;
     let out = host
-        .finish(Duration::from_secs(300))
+        .finish_unless(Duration::from_secs(300), || second.died())
         .map_err(|e| with_console(e, &second))?;
     if !out.contains("stream complete") || stream_acked(&state) != 20_000 {
         return Err(format!("stream did not complete:\n{out}"));
@@ -562,10 +576,14 @@ fn several_guests(kit: &Kit) -> Result<Outcome, String> {
             &vm::ivshmem_args(&uuid, &region, 8, 0x1f),
         )?);
     }
-    let out = host.finish(Duration::from_secs(400)).map_err(|e| {
-        let consoles: Vec<String> = guests.iter().map(|g| g.console_tail(10)).collect();
-        format!("{e}\nguest consoles:\n{}", consoles.join("\n---\n"))
-    })?;
+    let out = host
+        .finish_unless(Duration::from_secs(400), || {
+            guests.iter_mut().find_map(Guest::died)
+        })
+        .map_err(|e| {
+            let consoles: Vec<String> = guests.iter().map(|g| g.console_tail(10)).collect();
+            format!("{e}\nguest consoles:\n{}", consoles.join("\n---\n"))
+        })?;
     for g in &mut guests {
         check_guest(g, "0000:00:1f.0")?;
     }

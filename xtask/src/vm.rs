@@ -193,6 +193,19 @@ impl Guest {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Why QEMU exited with an error, if it did (e.g. a bad device option);
+    /// `None` while it runs or after a clean power-off.
+    pub fn died(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) if !status.success() => Some(format!(
+                "{}: QEMU exited with {status}:\n{}",
+                self.name,
+                self.console_tail(10)
+            )),
+            _ => None,
+        }
+    }
+
     /// Waits for the guest to power off; kills it after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
