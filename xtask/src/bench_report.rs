@@ -664,10 +664,10 @@ TCP over 127.0.0.1 with `TCP_NODELAY` (one `write_all` / `read_exact` per messag
 echoes it, and each round trip is timed with `Instant::now()` into an HdrHistogram (3 significant \
 digits) for about 1.5 s after a warm-up. ivchan and iceoryx2 are measured busy-polling and with the \
 default wait strategy; the socket-like peers block in the kernel.
-- **Wait strategies** (`benches/src/wait.rs`). *busy-poll*: re-check after one pause hint. \
-*backoff* (the default): 512 checks spaced by 1, 2, 4 … 32 pause hints, then 16 yields, then \
-sleeps from 10 µs doubling to 1 ms. Every in-process queue and both ivchan APIs use the same \
-waiter.
+- **Wait strategies** are the channel layer's own (`ivchan_protocol::WaitStrategy`, through \
+`benches/src/wait.rs`). *busy-poll*: re-check after one pause hint. *backoff* (`adaptive()`, the \
+default): 200 checks spaced by 1, 2, 4 … 32 pause hints, then 50 yields, then sleeps from 10 µs \
+doubling to 1 ms. Every in-process queue and both ivchan APIs use the same waiter.
 - **Limits.** *memcpy*: `copy_from_slice` of the message size between two hot buffers on core 0. \
 *Cache-line round trip*: one 128-byte-aligned `AtomicU64` bounced between cores 0 and 1, each \
 round trip timed the same way as the transports' (so both include the ~20 ns timer cost).
