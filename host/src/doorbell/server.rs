@@ -756,53 +756,9 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
             .ok_or_else(|| DoorbellError::UnknownVm { vm: vm.to_string() })
     }
 
-    /// The host's eventfd for `vector` of `vm`: readable when a guest rang
-    /// the host (Doorbell register `(HOST_PEER_ID << 16) | vector`). Add it
-    /// to a [`DoorbellSet`](super::DoorbellSet) to wait on many VMs.
-    pub fn host_eventfd(&self, vm: &K, vector: u16) -> Result<BorrowedFd<'_>, DoorbellError> {
-        let state = self.vm(vm)?;
-        let fd = state
-            .host
-            .get(usize::from(vector))
-            .ok_or(DoorbellError::BadVector {
-                vector,
-                vectors: state.vectors,
-            })?;
-        Ok(fd.as_fd())
-    }
-
-    /// Guest `peer`'s eventfd for `vector` of `vm`: writing it interrupts
-    /// that guest (what [`ring_peer`](Self::ring_peer) does). Duplicate it
-    /// (e.g. into a [`ChannelBell`](super::ChannelBell)) to ring from
-    /// another thread.
-    pub fn peer_eventfd(
-        &self,
-        vm: &K,
-        peer: u16,
-        vector: u16,
-    ) -> Result<BorrowedFd<'_>, DoorbellError> {
-        let state = self.vm(vm)?;
-        let client = state
-            .clients
-            .get(&peer)
-            .ok_or_else(|| DoorbellError::UnknownPeer {
-                vm: vm.to_string(),
-                peer,
-            })?;
-        let fd = client
-            .eventfds
-            .get(usize::from(vector))
-            .ok_or(DoorbellError::BadVector {
-                vector,
-                vectors: state.vectors,
-            })?;
-        Ok(fd.as_fd())
-    }
-
-    /// Rings `peer` of `vm` on `vector`: writes 1 to that peer's eventfd,
-    /// which QEMU turns into an MSI-X interrupt in the guest.
-    /// [`HOST_PEER_ID`] rings the host's own eventfd.
-    pub fn ring_peer(&self, vm: &K, peer: u16, vector: u16) -> Result<(), DoorbellError> {
+    /// The eventfd of `peer` ([`HOST_PEER_ID`] or a guest) for `vector` of
+    /// `vm`: the one lookup behind the accessors below.
+    fn eventfd(&self, vm: &K, peer: u16, vector: u16) -> Result<BorrowedFd<'_>, DoorbellError> {
         let state = self.vm(vm)?;
         let fds = if peer == HOST_PEER_ID {
             &state.host
@@ -822,7 +778,34 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
                 vector,
                 vectors: state.vectors,
             })?;
-        ring_fd(fd.as_fd())
+        Ok(fd.as_fd())
+    }
+
+    /// The host's eventfd for `vector` of `vm`: readable when a guest rang
+    /// the host (Doorbell register `(HOST_PEER_ID << 16) | vector`). Add it
+    /// to a [`DoorbellSet`](super::DoorbellSet) to wait on many VMs.
+    pub fn host_eventfd(&self, vm: &K, vector: u16) -> Result<BorrowedFd<'_>, DoorbellError> {
+        self.eventfd(vm, HOST_PEER_ID, vector)
+    }
+
+    /// Guest `peer`'s eventfd for `vector` of `vm`: writing it interrupts
+    /// that guest (what [`ring_peer`](Self::ring_peer) does). Duplicate it
+    /// (e.g. into a [`ChannelBell`](super::ChannelBell)) to ring from
+    /// another thread.
+    pub fn peer_eventfd(
+        &self,
+        vm: &K,
+        peer: u16,
+        vector: u16,
+    ) -> Result<BorrowedFd<'_>, DoorbellError> {
+        self.eventfd(vm, peer, vector)
+    }
+
+    /// Rings `peer` of `vm` on `vector`: writes 1 to that peer's eventfd,
+    /// which QEMU turns into an MSI-X interrupt in the guest.
+    /// [`HOST_PEER_ID`] rings the host's own eventfd.
+    pub fn ring_peer(&self, vm: &K, peer: u16, vector: u16) -> Result<(), DoorbellError> {
+        ring_fd(self.eventfd(vm, peer, vector)?)
     }
 
     /// The guest peers of `vm` connected now, ascending.
