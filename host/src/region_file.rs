@@ -686,6 +686,29 @@ impl RegionFile {
     }
 }
 
+/// Opens a region file without the lock, for the views below: refuses
+/// symlinks, non-regular files and bad sizes; returns the file, its metadata
+/// and its length.
+fn open_unlocked(
+    path: &Path,
+    opts: &mut OpenOptions,
+) -> Result<(File, fs::Metadata, usize), RegionError> {
+    let file = open_flags(path, opts)?;
+    let meta = file.metadata().map_err(io_err(path, "stat"))?;
+    if !meta.file_type().is_file() {
+        return Err(RegionError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    check_size(path, meta.len(), huge_page_size(&file, path)?)?;
+    let len = usize::try_from(meta.len()).map_err(|_| RegionError::SizeTooSmall {
+        path: path.to_path_buf(),
+        size: meta.len(),
+        min: MIN_REGION_SIZE as u64,
+    })?;
+    Ok((file, meta, len))
+}
+
 /// A region file mapped for inspection: no lock taken, opened read-only and
 /// mapped private copy-on-write, so nothing done through it can change the
 /// file. Ownership and mode are reported, not enforced.
@@ -708,17 +731,7 @@ impl InspectedRegion {
     /// Opens `path` (refusing symlinks and non-regular files) and maps it.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegionError> {
         let path = path.into();
-        let file = open_flags(&path, OpenOptions::new().read(true))?;
-        let meta = file.metadata().map_err(io_err(&path, "stat"))?;
-        if !meta.file_type().is_file() {
-            return Err(RegionError::NotRegular { path });
-        }
-        check_size(&path, meta.len(), huge_page_size(&file, &path)?)?;
-        let len = usize::try_from(meta.len()).map_err(|_| RegionError::SizeTooSmall {
-            path: path.clone(),
-            size: meta.len(),
-            min: MIN_REGION_SIZE as u64,
-        })?;
+        let (file, meta, len) = open_unlocked(&path, OpenOptions::new().read(true))?;
         let (map, base) = map_private(&file, len, &path)?;
         Ok(Self {
             base,
@@ -778,17 +791,7 @@ impl PeerMapping {
     /// sizes) and maps it shared.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegionError> {
         let path = path.into();
-        let file = open_flags(&path, OpenOptions::new().read(true).write(true))?;
-        let meta = file.metadata().map_err(io_err(&path, "stat"))?;
-        if !meta.file_type().is_file() {
-            return Err(RegionError::NotRegular { path });
-        }
-        check_size(&path, meta.len(), huge_page_size(&file, &path)?)?;
-        let len = usize::try_from(meta.len()).map_err(|_| RegionError::SizeTooSmall {
-            path: path.clone(),
-            size: meta.len(),
-            min: MIN_REGION_SIZE as u64,
-        })?;
+        let (file, _, len) = open_unlocked(&path, OpenOptions::new().read(true).write(true))?;
         let (map, base) = map_shared(&file, len, &path)?;
         Ok(Self {
             base,
