@@ -50,6 +50,8 @@ mod error;
 pub mod layout;
 #[cfg(feature = "alloc")]
 mod model;
+#[cfg(feature = "std")]
+pub mod naming;
 mod region;
 #[cfg(feature = "std")]
 pub mod report;
