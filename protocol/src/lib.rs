@@ -48,6 +48,8 @@ extern crate alloc;
 pub mod channel;
 mod error;
 pub mod layout;
+#[cfg(feature = "std")]
+pub mod mapping;
 #[cfg(feature = "alloc")]
 mod model;
 #[cfg(feature = "std")]
@@ -62,9 +64,11 @@ mod uuid;
 
 #[cfg(feature = "std")]
 pub use channel::{
-    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle, Notifier,
-    PeerEvent, WaitStrategy, Waiter,
+    poll_until, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
+    HeartbeatHandle, Notifier, OwnedChannel, PeerEvent, WaitStrategy, Waiter,
 };
+#[cfg(feature = "std")]
+pub use mapping::{Mapping, SharedMemory};
 pub use error::{Error, LayoutError, Violation};
 pub use layout::{
     Direction, DoorbellAddress, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side,

@@ -65,6 +65,23 @@ impl<'a> Region<'a> {
         }
     }
 
+    /// The same view with another lifetime, for an owner that keeps the
+    /// memory alive itself ([`OwnedChannel`](crate::OwnedChannel)).
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay valid, as [`from_raw_parts`](Self::from_raw_parts)
+    /// requires, for as long as the returned view or anything built from it
+    /// is used.
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn with_lifetime<'b>(self) -> Region<'b> {
+        Region {
+            base: self.base,
+            len: self.len,
+            _memory: PhantomData,
+        }
+    }
+
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {

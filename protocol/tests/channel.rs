@@ -373,3 +373,56 @@ fn a_busy_receiver_gets_no_rings() {
         0
     );
 }
+
+#[test]
+fn wait_for_peer_wants_a_live_peer_not_a_stale_ready_state() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    // A guest that crashed: its side still says ready, its heartbeat stands.
+    std::mem::forget(Channel::attach(header, Side::Guest, quick()).unwrap());
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let waited = host.wait_for_peer(Some(Duration::from_millis(30)));
+    assert!(
+        matches!(waited, Err(ChannelError::Timeout { .. })),
+        "a stale ready state is not a peer: {waited:?}"
+    );
+    // A guest that comes back (new epoch) is.
+    let guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    assert_eq!(host.wait_for_peer(Some(Duration::from_secs(5))), Ok(2));
+    drop(guest);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot mmap")]
+fn owned_channels_carry_zero_copy_and_streams_directly() {
+    use ivchan_protocol::{Mapping, OwnedChannel};
+    use std::sync::Arc;
+
+    let memory = Arc::new(Mapping::anonymous(1 << 20).unwrap());
+    Header::create(memory.region(), &params()).unwrap();
+    let mut host = OwnedChannel::attach(memory.clone(), Side::Host, quick()).unwrap();
+    let mut guest = OwnedChannel::attach(memory.clone(), Side::Guest, quick()).unwrap();
+
+    let mut grant = host.reserve(4, None).unwrap();
+    grant.copy_from_slice(b"ping");
+    grant.commit(4).unwrap();
+    let msg = guest.peek(Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(&*msg, b"ping");
+    msg.release();
+
+    let mut w = guest.writer(None);
+    // Less than the ring holds: one thread writes, then reads.
+    w.write_all(&[5u8; 6_000]).unwrap();
+    w.finish().unwrap();
+    let mut got = Vec::new();
+    host.reader(Some(Duration::from_secs(1)))
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got, vec![5u8; 6_000]);
+
+    // Detaching the guest hands its memory back; the host sees it close.
+    assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Attached { epoch: 1 }));
+    let memory_back = guest.into_memory();
+    assert!(Arc::ptr_eq(&memory_back, &memory));
+    assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Closed));
+}

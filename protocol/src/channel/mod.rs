@@ -21,127 +21,16 @@ use crate::error::{Error, LayoutError};
 use crate::layout::{Header, PeerState, RegionRing, Side, SideStatus};
 use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
 
-/// How a blocked call waits: spin, then yield, then sleep with exponential
-/// backoff up to a ceiling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WaitStrategy {
-    /// Busy-poll iterations before yielding.
-    pub spins: u32,
-    /// Space the looks while spinning with 1, 2, 4 … 32 pause hints, which
-    /// keeps a streaming producer's cache lines where they are (throughput);
-    /// off, each look follows one pause (latency).
-    pub spin_backoff: bool,
-    /// `yield_now` iterations before sleeping.
-    pub yields: u32,
-    /// First sleep.
-    pub min_sleep: Duration,
-    /// Longest sleep; sleeps double up to this.
-    pub max_sleep: Duration,
-}
+mod owned;
+mod peer;
+mod stream;
+mod wait;
 
-impl WaitStrategy {
-    /// Never sleeps or yields: lowest latency, one core per waiting side.
-    pub const fn busy_poll() -> Self {
-        Self {
-            spins: u32::MAX,
-            spin_backoff: false,
-            yields: 0,
-            min_sleep: Duration::ZERO,
-            max_sleep: Duration::ZERO,
-        }
-    }
+pub use owned::OwnedChannel;
+pub use stream::{ChannelReader, ChannelWriter};
+pub use wait::{poll_until, WaitStrategy, Waiter};
 
-    /// Spin briefly (with spaced looks), yield, then sleep from 10 µs up to
-    /// 1 ms, or on the doorbell when there is one (the default).
-    pub const fn adaptive() -> Self {
-        Self {
-            spins: 200,
-            spin_backoff: true,
-            yields: 50,
-            min_sleep: Duration::from_micros(10),
-            max_sleep: Duration::from_millis(1),
-        }
-    }
-
-    /// Sleep `period` between polls from the start: least CPU.
-    pub const fn sleep_only(period: Duration) -> Self {
-        Self {
-            spins: 0,
-            spin_backoff: false,
-            yields: 0,
-            min_sleep: period,
-            max_sleep: period,
-        }
-    }
-}
-
-impl Default for WaitStrategy {
-    fn default() -> Self {
-        Self::adaptive()
-    }
-}
-
-/// One wait in progress under a [`WaitStrategy`].
-#[derive(Debug)]
-pub struct Waiter {
-    strategy: WaitStrategy,
-    step: u64,
-    sleep: Duration,
-}
-
-impl Waiter {
-    /// Starts waiting.
-    pub fn new(strategy: WaitStrategy) -> Self {
-        Self {
-            strategy,
-            step: 0,
-            sleep: strategy.min_sleep,
-        }
-    }
-
-    /// Waits once, a little longer than last time; never longer than
-    /// `limit` when a sleep is due.
-    pub fn wait(&mut self, limit: Option<Duration>) {
-        let s = &self.strategy;
-        self.step += 1;
-        if self.step <= u64::from(s.spins) {
-            // 1, 2, 4 … 32 pause hints between looks: re-reading the other
-            // side's position at once pulls its cache line away from the
-            // writer on every miss (measured: 6 M msg/s with single pauses,
-            // 47-58 M msg/s spaced out, 64 B across two cores).
-            let pauses = if s.spin_backoff {
-                1u32 << (self.step - 1).min(5)
-            } else {
-                1
-            };
-            for _ in 0..pauses {
-                std::hint::spin_loop();
-            }
-        } else if self.step <= u64::from(s.spins) + u64::from(s.yields) {
-            std::thread::yield_now();
-        } else {
-            let mut nap = self.sleep;
-            if let Some(limit) = limit {
-                nap = nap.min(limit);
-            }
-            std::thread::sleep(nap);
-            self.sleep = (self.sleep * 2).min(s.max_sleep).max(s.min_sleep);
-        }
-    }
-
-    /// Whether the next [`wait`](Self::wait) would sleep (rather than spin
-    /// or yield): the moment to sleep on a doorbell instead.
-    pub fn will_sleep(&self) -> bool {
-        let s = &self.strategy;
-        self.step + 1 > u64::from(s.spins) + u64::from(s.yields)
-    }
-
-    /// Progress was made: the next wait spins again.
-    pub fn reset(&mut self) {
-        self.step = 0;
-        self.sleep = self.strategy.min_sleep;
-    }
-}
+use peer::PeerWatch;
 
 /// Channel settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,71 +155,6 @@ impl From<ChannelError> for io::Error {
     }
 }
 
-/// What this side knows of the peer.
-#[derive(Debug)]
-struct PeerWatch {
-    last: Option<SideStatus>,
-    /// When the heartbeat (or epoch) last moved.
-    moved_at: Instant,
-    silent: bool,
-}
-
-impl PeerWatch {
-    /// Compares a fresh read of the peer's block with the last one.
-    fn observe(
-        &mut self,
-        now: Instant,
-        status: SideStatus,
-        timeout: Option<Duration>,
-    ) -> Option<PeerEvent> {
-        let previous = self.last.replace(status);
-        let moved =
-            previous.is_none_or(|p| p.heartbeat != status.heartbeat || p.epoch != status.epoch);
-        if moved {
-            self.moved_at = now;
-        }
-        let event = match previous {
-            Some(p)
-                if p.epoch != status.epoch && p.epoch != 0 && status.state == PeerState::Ready =>
-            {
-                Some(PeerEvent::Restarted {
-                    old_epoch: p.epoch,
-                    new_epoch: status.epoch,
-                })
-            }
-            Some(p) if p.state != PeerState::Ready && status.state == PeerState::Ready => {
-                Some(PeerEvent::Attached {
-                    epoch: status.epoch,
-                })
-            }
-            None if status.state == PeerState::Ready => Some(PeerEvent::Attached {
-                epoch: status.epoch,
-            }),
-            Some(p) if p.state != PeerState::Closed && status.state == PeerState::Closed => {
-                Some(PeerEvent::Closed)
-            }
-            _ => None,
-        };
-        if event.is_some() {
-            self.silent = false;
-            return event;
-        }
-        let since = now.duration_since(self.moved_at);
-        let overdue = status.state == PeerState::Ready && timeout.is_some_and(|t| since > t);
-        match (self.silent, overdue) {
-            (false, true) => {
-                self.silent = true;
-                Some(PeerEvent::Silent { since })
-            }
-            (true, false) if moved => {
-                self.silent = false;
-                Some(PeerEvent::Resumed)
-            }
-            _ => None,
-        }
-    }
-}
-
 /// A doorbell between the two sides: how a channel wakes its peer, and how
 /// it sleeps until the peer wakes it. The host implements it with eventfds
 /// (`ivchan_host::doorbell`), the guest with the device's Doorbell register.
@@ -378,6 +202,8 @@ pub struct Channel<'a> {
     /// Peer events seen inside blocking calls, kept for `poll_peer`.
     events: std::collections::VecDeque<PeerEvent>,
     notifier: Option<Box<dyn Notifier + 'a>>,
+    /// The peer's block as `wait_for_peer` last read it.
+    waited_for: Option<SideStatus>,
 }
 
 /// Peer events kept while the application is blocked elsewhere; older ones
@@ -412,6 +238,7 @@ impl<'a> Channel<'a> {
             },
             events: std::collections::VecDeque::new(),
             notifier: None,
+            waited_for: None,
         })
     }
 
@@ -508,6 +335,32 @@ impl<'a> Channel<'a> {
             return Ok(Some(event));
         }
         self.observe_peer()
+    }
+
+    /// Waits up to `timeout` (`None`: no limit) for a live peer: one whose
+    /// side is `ready` and whose heartbeat or epoch moves while we watch,
+    /// so a peer that crashed and left its state `ready` behind is not
+    /// taken for attached. Returns the peer's epoch. Takes at least one of
+    /// the peer's heartbeat intervals when the peer was already attached.
+    pub fn wait_for_peer(&mut self, timeout: Option<Duration>) -> Result<u64, ChannelError> {
+        let start = Instant::now();
+        let first = match self.waited_for {
+            Some(status) => status,
+            None => self.header.status(self.side.peer())?,
+        };
+        let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(10));
+        let epoch = poll_until(strategy, timeout, || -> Result<_, ChannelError> {
+            self.tick();
+            let now = self.header.status(self.side.peer())?;
+            // Remembered for the next call: a peer that attaches between
+            // two calls counts as moved.
+            self.waited_for = Some(now);
+            let alive = now.heartbeat != first.heartbeat || now.epoch != first.epoch;
+            Ok((now.state == PeerState::Ready && alive).then_some(now.epoch))
+        })?;
+        epoch.ok_or(ChannelError::Timeout {
+            waited: start.elapsed(),
+        })
     }
 
     /// Reads the peer's block once and returns what changed.
@@ -676,27 +529,6 @@ impl<'a> Channel<'a> {
             waiter.wait(remaining);
         }
     }
-
-    /// A byte-stream writer: each `write` sends up to one message.
-    pub fn writer(&mut self, timeout: Option<Duration>) -> ChannelWriter<'_, 'a> {
-        ChannelWriter {
-            channel: self,
-            timeout,
-        }
-    }
-
-    /// A byte-stream reader: message boundaries disappear; an empty message
-    /// (see [`ChannelWriter::finish`]) reads as end of stream.
-    pub fn reader(&mut self, timeout: Option<Duration>) -> ChannelReader<'_, 'a> {
-        ChannelReader {
-            buf: vec![0; self.rx.max_message()],
-            channel: self,
-            timeout,
-            start: 0,
-            end: 0,
-            eof: false,
-        }
-    }
 }
 
 impl Drop for Channel<'_> {
@@ -706,70 +538,3 @@ impl Drop for Channel<'_> {
     }
 }
 
-/// `std::io::Write` over a channel. Writes of any length are split into
-/// messages of at most [`Channel::max_message`] bytes.
-#[derive(Debug)]
-pub struct ChannelWriter<'c, 'a> {
-    channel: &'c mut Channel<'a>,
-    timeout: Option<Duration>,
-}
-
-impl ChannelWriter<'_, '_> {
-    /// Ends the stream: the reader sees end of file.
-    pub fn finish(self) -> io::Result<()> {
-        Ok(self.channel.send(&[], self.timeout)?)
-    }
-}
-
-impl io::Write for ChannelWriter<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        // Messages of an eighth of the ring keep several in flight, so the
-        // reader copies one while the writer fills the next.
-        let chunk = (self.channel.tx.capacity() / 8).min(self.channel.tx.max_message());
-        let n = buf.len().min(chunk);
-        self.channel.send(&buf[..n], self.timeout)?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.channel.publish();
-        Ok(())
-    }
-}
-
-/// `std::io::Read` over a channel.
-#[derive(Debug)]
-pub struct ChannelReader<'c, 'a> {
-    channel: &'c mut Channel<'a>,
-    timeout: Option<Duration>,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    eof: bool,
-}
-
-impl io::Read for ChannelReader<'_, '_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        while self.start == self.end {
-            if self.eof {
-                return Ok(0);
-            }
-            let n = self.channel.recv(&mut self.buf, self.timeout)?;
-            if n == 0 {
-                self.eof = true;
-            }
-            self.start = 0;
-            self.end = n;
-        }
-        let n = out.len().min(self.end - self.start);
-        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        Ok(n)
-    }
-}

@@ -1,0 +1,197 @@
+//! Memory that owns a region: the [`SharedMemory`] contract, and
+//! [`Mapping`], the one owner of an `mmap` in ivchan (region files on the
+//! host, a BAR's sysfs `resource2` in the guest, anonymous memory for
+//! in-process channels). The `mmap` calls and the `Send`/`Sync` reasoning
+//! for mapped memory are written here once.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::Region;
+
+/// Something that owns a mapped region and keeps it in place.
+///
+/// # Safety
+///
+/// [`region`](Self::region) must return the same memory on every call, and
+/// that memory must stay mapped, readable and writable, at the same address,
+/// for as long as the value lives, *even when the value itself is moved*
+/// (a mapping or a heap allocation, never a buffer stored inline). This
+/// process may touch the memory only through [`Region`]s.
+/// [`OwnedChannel`](crate::OwnedChannel) relies on this to keep a channel
+/// beside the memory it points into.
+pub unsafe trait SharedMemory: Send + Sync + fmt::Debug {
+    /// The memory as an ivchan region.
+    fn region(&self) -> Region<'_>;
+}
+
+// SAFETY: an `Arc` keeps its value (and so the value's memory) alive and in
+// place for as long as any clone lives; `region` forwards to it.
+unsafe impl<T: SharedMemory + ?Sized> SharedMemory for Arc<T> {
+    fn region(&self) -> Region<'_> {
+        (**self).region()
+    }
+}
+
+// SAFETY: as for `Arc`: the boxed value never moves while the box lives.
+unsafe impl<T: SharedMemory + ?Sized> SharedMemory for Box<T> {
+    fn region(&self) -> Region<'_> {
+        (**self).region()
+    }
+}
+
+/// An owned memory mapping, unmapped on drop.
+pub struct Mapping {
+    /// Taken once from `map` with write provenance; `map` is not touched
+    /// again until drop.
+    base: NonNull<u8>,
+    len: usize,
+    /// Owns the mapping; never accessed directly.
+    _map: MmapMut,
+}
+
+// SAFETY: `base` points into the mapping this value owns for its whole life
+// and is only used to build `Region`s, which are `Send + Sync` themselves
+// (atomic word access; byte access is `unsafe` under the ring protocol).
+// `MmapMut` is `Send + Sync`.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`; `&Mapping` only hands out `Region` copies.
+unsafe impl Sync for Mapping {}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` shared, read and write: stores reach the
+    /// file, and the peer's stores (another process, the guest through
+    /// QEMU) show up here. `file` must be open for reading and writing.
+    pub fn shared(file: &File, len: usize) -> io::Result<Self> {
+        // SAFETY: a MAP_SHARED mapping of a file that other processes write
+        // concurrently. That is sound only because nothing in this process
+        // reads it as ordinary Rust memory: it is reached solely through
+        // `Region` (atomic words, byte copies under the ring protocol).
+        let map = unsafe { MmapOptions::new().len(len).map_mut(file) }?;
+        Self::own(map)
+    }
+
+    /// Maps `len` bytes of `file` private copy-on-write, for inspection:
+    /// `file` may be open read-only, pages this process never writes keep
+    /// showing the file's contents (Linux), and no store ever reaches it.
+    pub fn private(file: &File, len: usize) -> io::Result<Self> {
+        // SAFETY: MAP_PRIVATE of a file others write; reached only through
+        // `Region`, as above.
+        let map = unsafe { MmapOptions::new().len(len).map_copy(file) }?;
+        Self::own(map)
+    }
+
+    /// Maps `len` bytes of zeroed anonymous memory: a region for channels
+    /// between threads of one process (tests, benchmarks).
+    pub fn anonymous(len: usize) -> io::Result<Self> {
+        Self::own(MmapOptions::new().len(len).map_anon()?)
+    }
+
+    fn own(mut map: MmapMut) -> io::Result<Self> {
+        let len = map.len();
+        let ptr = map.as_mut_ptr();
+        // mmap returns page-aligned, non-null addresses; checked anyway,
+        // since `Region` needs both.
+        let base = NonNull::new(ptr)
+            .filter(|p| p.as_ptr() as usize % 8 == 0)
+            .ok_or_else(|| io::Error::other(format!("mmap returned unusable address {ptr:p}")))?;
+        Ok(Self {
+            base,
+            len,
+            _map: map,
+        })
+    }
+
+    /// Mapped length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty mapping.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapping as an ivchan region.
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: `base..base+len` is this value's live mapping, readable and
+        // writable (shared, anonymous, or private copy-on-write), and the
+        // region borrows `self`, so it cannot outlive the mapping. This
+        // process touches it only through `Region`s.
+        let region = unsafe { Region::from_raw_parts(self.base.as_ptr(), self.len) };
+        region.expect("mapping checked non-null and 8-byte aligned when made")
+    }
+}
+
+// SAFETY: the mapping lives, at the same address, until the `Mapping` is
+// dropped, wherever the `Mapping` value moves; it is reached only through
+// `Region`s.
+unsafe impl SharedMemory for Mapping {
+    fn region(&self) -> Region<'_> {
+        Mapping::region(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::Ordering;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot mmap")]
+    fn shared_mappings_of_one_file_see_each_other() {
+        let file = tempfile_in_shm();
+        file.set_len(1 << 20).expect("size");
+        let a = Mapping::shared(&file, 1 << 20).expect("map a");
+        let b = Mapping::shared(&file, 1 << 20).expect("map b");
+        a.region().store(4096, 0xfeed, Ordering::Release);
+        assert_eq!(b.region().load(4096, Ordering::Acquire), 0xfeed);
+        // A private mapping sees the file but never writes it.
+        let c = Mapping::private(&file, 1 << 20).expect("map c");
+        assert_eq!(c.region().load(4096, Ordering::Acquire), 0xfeed);
+        c.region().store(4096, 1, Ordering::Release);
+        assert_eq!(a.region().load(4096, Ordering::Acquire), 0xfeed);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot mmap")]
+    fn anonymous_memory_is_zeroed_and_moves_with_its_owner() {
+        let m = Mapping::anonymous(1 << 20).expect("map");
+        assert_eq!(m.len(), 1 << 20);
+        let addr = m.region().addr();
+        let moved = Box::new(m);
+        assert_eq!(moved.region().addr(), addr);
+        assert_eq!(moved.region().load(0, Ordering::Relaxed), 0);
+    }
+
+    fn tempfile_in_shm() -> File {
+        let path = std::env::temp_dir().join(format!(
+            "ivchan-mapping-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("temp file");
+        std::fs::remove_file(&path).expect("unlink");
+        file
+    }
+}
