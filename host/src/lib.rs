@@ -22,12 +22,15 @@ pub mod doorbell;
 pub mod region_file;
 pub mod supervisor;
 
-pub use channel::{HostError, VmChannel};
+pub use channel::{HostError, VmChannel, VmChannelBuilder};
 pub use doorbell::{
-    ChannelBell, Doorbell, DoorbellError, DoorbellServer, DoorbellSet, ServerEvent, VmOptions,
-    HOST_PEER_ID,
+    ChannelBell, Doorbell, DoorbellError, DoorbellServer, DoorbellService, DoorbellSet, HostBell,
+    ServerEvent, VmOptions, HOST_PEER_ID,
 };
-pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
+pub use ivchan_protocol::naming::RegionSize;
+pub use ivchan_protocol::{
+    Channel, ChannelError, ChannelOptions, DoorbellAddress, OwnedChannel, PeerEvent, WaitStrategy,
+};
 pub use region_file::{
     list_regions, InspectedRegion, PeerMapping, RegionError, RegionFile, RegionOptions, UuidError,
     VmUuid,

@@ -6,6 +6,29 @@
 //! then sizes it) is retried on its next change. One that can never be used
 //! (a symlink, a foreign owner, another agent's lock) is reported once as
 //! [`VmEvent::Refused`] so operators see it.
+//!
+//! With [`Supervisor::serve_doorbells`], one ivshmem server (on a thread of
+//! its own) serves every VM's `ivshmem-doorbell` device, and each channel
+//! handed out sleeps on its doorbell when idle.
+//!
+//! ```no_run
+//! use ivchan_host::{RegionOptions, Supervisor, VmEvent, VmOptions};
+//!
+//! let mut sup = Supervisor::new(RegionOptions::new(), "agent", Default::default())?
+//!     .serve_doorbells(|uuid| VmOptions::new(format!("/run/ivchan/{uuid}.sock")))?;
+//! loop {
+//!     for event in sup.poll(None)? {
+//!         match event {
+//!             VmEvent::Appeared(mut vm) => {
+//!                 std::thread::spawn(move || vm.send(b"hello", None));
+//!             }
+//!             VmEvent::Gone(uuid) => println!("{uuid} left"),
+//!             VmEvent::Refused { uuid, error } => eprintln!("{uuid}: {error}"),
+//!         }
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -17,7 +40,8 @@ use ivchan_protocol::{ChannelOptions, VmUuid};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use crate::channel::{HostError, VmChannel};
+use crate::channel::{attach_host, HostError, VmChannel};
+use crate::doorbell::{DoorbellService, VmOptions};
 use crate::region_file::{list_regions, RegionError, RegionOptions};
 
 /// Something that happened to a VM's region.
@@ -52,6 +76,21 @@ pub struct Supervisor {
     /// after they go away and come back.
     refused: BTreeSet<VmUuid>,
     scanned: bool,
+    doorbells: Option<Doorbells>,
+}
+
+/// The server for every VM's doorbell device, and where each VM's socket is.
+struct Doorbells {
+    service: DoorbellService,
+    options: Box<dyn Fn(&VmUuid) -> VmOptions + Send>,
+}
+
+impl std::fmt::Debug for Doorbells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbells")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Supervisor {
@@ -87,7 +126,32 @@ impl Supervisor {
             waiting: BTreeMap::new(),
             refused: BTreeSet::new(),
             scanned: false,
+            doorbells: None,
         })
+    }
+
+    /// Serves every VM's `ivshmem-doorbell` device, on the socket and with
+    /// the options `server` gives for its UUID (QEMU:
+    /// `-chardev socket,path=SOCKET,id=ivs -device ivshmem-doorbell,chardev=ivs,vectors=1`).
+    /// Channels handed out from now on sleep on their doorbell when idle.
+    /// The server stops when the supervisor is dropped; channels handed out
+    /// keep their doorbell to the guests connected at that time.
+    pub fn serve_doorbells(
+        mut self,
+        server: impl Fn(&VmUuid) -> VmOptions + Send + 'static,
+    ) -> Result<Self, HostError> {
+        let service = DoorbellService::start().map_err(HostError::DoorbellServer)?;
+        self.doorbells = Some(Doorbells {
+            service,
+            options: Box::new(server),
+        });
+        Ok(self)
+    }
+
+    /// The doorbell server, when the supervisor serves doorbells: its
+    /// [`events`](DoorbellService::events) tell which guests connected.
+    pub fn doorbell(&self) -> Option<&DoorbellService> {
+        self.doorbells.as_ref().map(|d| &d.service)
     }
 
     /// VMs currently served.
@@ -149,6 +213,9 @@ impl Supervisor {
                 self.waiting.remove(&uuid);
                 self.refused.remove(&uuid);
                 if self.served.remove(&uuid) {
+                    if let Some(doorbells) = &self.doorbells {
+                        let _ = doorbells.service.remove(&uuid);
+                    }
                     events.push(VmEvent::Gone(uuid));
                 }
             } else if !self.served.contains(&uuid) {
@@ -165,8 +232,30 @@ impl Supervisor {
             .ok()
     }
 
+    fn open(&self, uuid: &VmUuid) -> Result<VmChannel, HostError> {
+        let file = self.regions.open(uuid)?;
+        let bell = match &self.doorbells {
+            Some(d) => Some(
+                d.service
+                    .add(&file, (d.options)(uuid))
+                    .map_err(|source| HostError::Doorbell {
+                        uuid: *uuid,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let channel = attach_host(file, &self.name, self.options, bell);
+        if channel.is_err() {
+            if let Some(d) = &self.doorbells {
+                let _ = d.service.remove(uuid);
+            }
+        }
+        Ok(VmChannel::served(channel?))
+    }
+
     fn try_open(&mut self, uuid: VmUuid, events: &mut Vec<VmEvent>) {
-        match VmChannel::open_existing(&uuid, &self.regions, &self.name, self.options) {
+        match self.open(&uuid) {
             Ok(channel) => {
                 self.waiting.remove(&uuid);
                 self.refused.remove(&uuid);

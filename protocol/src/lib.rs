@@ -67,13 +67,13 @@ pub use channel::{
     poll_until, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
     HeartbeatHandle, Notifier, OwnedChannel, PeerEvent, WaitStrategy, Waiter,
 };
-#[cfg(feature = "std")]
-pub use mapping::{Mapping, SharedMemory};
 pub use error::{Error, LayoutError, Violation};
 pub use layout::{
     Direction, DoorbellAddress, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side,
     SideStatus,
 };
+#[cfg(feature = "std")]
+pub use mapping::{Mapping, SharedMemory};
 #[cfg(feature = "alloc")]
 pub use model::HeapRing;
 pub use region::Region;

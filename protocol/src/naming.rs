@@ -176,7 +176,10 @@ mod tests {
         assert_eq!(parse_bytes("64K"), Ok(64 << 10));
         assert_eq!(parse_bytes(" 8MiB "), Ok(8 << 20));
         assert_eq!(parse_bytes("1g"), Ok(1 << 30));
-        assert!(matches!(parse_bytes("8X"), Err(SizeError::Malformed { .. })));
+        assert!(matches!(
+            parse_bytes("8X"),
+            Err(SizeError::Malformed { .. })
+        ));
         assert!(matches!(parse_bytes(""), Err(SizeError::Malformed { .. })));
         assert!(matches!(
             parse_bytes("99999999999T"),

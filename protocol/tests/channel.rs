@@ -421,7 +421,10 @@ fn owned_channels_carry_zero_copy_and_streams_directly() {
     assert_eq!(got, vec![5u8; 6_000]);
 
     // Detaching the guest hands its memory back; the host sees it close.
-    assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Attached { epoch: 1 }));
+    assert_eq!(
+        host.poll_peer().unwrap(),
+        Some(PeerEvent::Attached { epoch: 1 })
+    );
     let memory_back = guest.into_memory();
     assert!(Arc::ptr_eq(&memory_back, &memory));
     assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Closed));

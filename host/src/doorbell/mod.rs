@@ -44,12 +44,14 @@
 
 mod notify;
 mod server;
+mod service;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use notify::{ChannelBell, Doorbell, DoorbellSet};
 pub use server::{DoorbellServer, LeaveReason, RefuseReason, ServerEvent, VmOptions};
+pub use service::{DoorbellService, HostBell};
 
 /// The host agent's peer id on every VM's ivshmem server. Guests ring the
 /// host by writing `(HOST_PEER_ID << 16) | vector` to BAR0's Doorbell

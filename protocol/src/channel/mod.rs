@@ -537,4 +537,3 @@ impl Drop for Channel<'_> {
         self.header.set_state(self.side, PeerState::Closed);
     }
 }
-

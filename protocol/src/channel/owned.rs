@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::channel::{
-    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle,
-    Notifier, PeerEvent, WaitStrategy,
+    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle, Notifier,
+    PeerEvent, WaitStrategy,
 };
 use crate::layout::{DoorbellAddress, Header, RegionRing, Side, SideStatus};
 use crate::mapping::SharedMemory;
@@ -235,5 +235,4 @@ impl<M: SharedMemory> OwnedChannel<M> {
     pub fn reader(&mut self, timeout: Option<Duration>) -> ChannelReader<'_, 'static> {
         self.channel.reader(timeout)
     }
-
 }

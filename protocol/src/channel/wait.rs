@@ -126,7 +126,6 @@ impl Waiter {
     }
 }
 
-
 impl WaitStrategy {
     /// Sleeps only, from `min` doubling up to `max`: for waits measured in
     /// milliseconds (a device to appear, a header to be written).
@@ -189,7 +188,10 @@ mod tests {
                 Ok(None)
             });
         assert_eq!(r, Ok(None));
-        assert!(calls >= 2, "called at the start and at the deadline: {calls}");
+        assert!(
+            calls >= 2,
+            "called at the start and at the deadline: {calls}"
+        );
         let r: Result<Option<()>, &str> = poll_until(strategy, None, || Err("broken"));
         assert_eq!(r, Err("broken"));
     }

@@ -1,0 +1,225 @@
+//! An open, checked, locked and mapped region file.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ivchan_protocol::{Header, InitParams, LayoutError, Mapping, Region, SharedMemory};
+use nix::fcntl::Flock;
+use nix::unistd::{Gid, Uid};
+
+use super::checks::{check_inode, check_size, huge_page_size, lock, open_flags};
+use super::error::io_err;
+use super::{RegionError, RegionOptions, VmUuid};
+
+/// An open, checked, locked and mapped region file.
+#[derive(Debug)]
+pub struct RegionFile {
+    /// Dropped (unmapped) before the lock below.
+    mapping: Mapping,
+    file: Flock<File>,
+    path: PathBuf,
+    uuid: VmUuid,
+}
+
+// SAFETY: the region is `mapping`'s, which this value owns and which stays
+// in place wherever the value moves.
+unsafe impl SharedMemory for RegionFile {
+    fn region(&self) -> Region<'_> {
+        self.mapping.region()
+    }
+}
+
+impl RegionFile {
+    /// Opens `<dir>/<prefix><uuid>` if it exists, or creates it.
+    pub fn open_or_create(uuid: &VmUuid, opts: &RegionOptions) -> Result<Self, RegionError> {
+        let path = opts.path_for(uuid);
+        match Self::create_at(path.clone(), *uuid, opts) {
+            Err(RegionError::Io { source, .. })
+                if source.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                Self::open_at(path, *uuid, opts)
+            }
+            other => other,
+        }
+    }
+
+    /// Creates a new region file at `path` (never an existing one).
+    pub fn create_at(
+        path: PathBuf,
+        uuid: VmUuid,
+        opts: &RegionOptions,
+    ) -> Result<Self, RegionError> {
+        check_size(&path, opts.size, None)?;
+        let file = open_flags(
+            &path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(opts.mode),
+        )?;
+        // From here on, failure removes the half-made file.
+        let made = Self::finish_create(file, &path, uuid, opts);
+        if made.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        made
+    }
+
+    fn finish_create(
+        file: File,
+        path: &Path,
+        uuid: VmUuid,
+        opts: &RegionOptions,
+    ) -> Result<Self, RegionError> {
+        let file = lock(file, path)?;
+        if opts.owner.is_some() || opts.group.is_some() {
+            std::os::unix::fs::fchown(
+                &*file,
+                opts.owner.map(Uid::as_raw),
+                opts.group.map(Gid::as_raw),
+            )
+            .map_err(io_err(path, "chown"))?;
+        }
+        // The umask may have cleared bits of the requested mode.
+        file.set_permissions(Permissions::from_mode(opts.mode))
+            .map_err(io_err(path, "chmod"))?;
+        check_size(path, opts.size, huge_page_size(&file, path)?)?;
+        // ftruncate works on tmpfs and hugetlbfs alike (no writes needed).
+        file.set_len(opts.size).map_err(io_err(path, "size"))?;
+        let len = file.metadata().map_err(io_err(path, "stat"))?.len();
+        if len != opts.size {
+            return Err(RegionError::Io {
+                path: path.to_path_buf(),
+                op: "size",
+                source: io::Error::other(format!("size is {len}, wanted {}", opts.size)),
+            });
+        }
+        Self::map(file, path.to_path_buf(), uuid, len)
+    }
+
+    /// Opens the existing region file at `path` for VM `uuid`.
+    pub fn open_at(path: PathBuf, uuid: VmUuid, opts: &RegionOptions) -> Result<Self, RegionError> {
+        let file = open_flags(&path, OpenOptions::new().read(true).write(true))?;
+        check_inode(&file, &path, opts)?;
+        let file = lock(file, &path)?;
+        // Size checked after locking: nobody of ours is resizing it now.
+        let size = check_inode(&file, &path, opts)?;
+        check_size(&path, size, huge_page_size(&file, &path)?)?;
+        Self::map(file, path, uuid, size)
+    }
+
+    fn map(file: Flock<File>, path: PathBuf, uuid: VmUuid, size: u64) -> Result<Self, RegionError> {
+        let mapping = map_checked(&path, size, |len| Mapping::shared(&file, len))?;
+        Ok(Self {
+            mapping,
+            file,
+            path,
+            uuid,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Mapped length (the file's size) in bytes.
+    pub fn len(&self) -> usize {
+        self.mapping.len()
+    }
+
+    /// Never true: regions are at least 1 MiB.
+    pub fn is_empty(&self) -> bool {
+        self.mapping.is_empty()
+    }
+
+    /// The VM this region is for.
+    pub fn uuid(&self) -> &VmUuid {
+        &self.uuid
+    }
+
+    /// The open file (locked).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The mapping as an ivchan region.
+    pub fn region(&self) -> Region<'_> {
+        self.mapping.region()
+    }
+
+    /// Attaches to the header, writing a fresh one first if the region is
+    /// all zeros (QEMU created it, or we just did). Never wipes a region
+    /// that has a header: a foreign, corrupt or newer-version header is an
+    /// error and the region stays as it is.
+    pub fn attach_or_init(&self, name: &str) -> Result<Header<'_>, RegionError> {
+        let layout_err = |source| RegionError::Layout {
+            path: self.path.clone(),
+            source,
+        };
+        let header = match Header::open(self.region()) {
+            Ok(header) => header,
+            Err(LayoutError::NotInitialized) => {
+                let params = InitParams {
+                    uuid: *self.uuid.as_bytes(),
+                    name,
+                    ring_size: None,
+                };
+                Header::create(self.region(), &params).map_err(layout_err)?
+            }
+            Err(LayoutError::IncompatibleVersion {
+                found_major,
+                found_minor,
+                supported_major,
+                supported_minor,
+            }) => {
+                return Err(RegionError::IncompatibleVersion {
+                    path: self.path.clone(),
+                    found: format!("{found_major}.{found_minor}"),
+                    supported: format!("{supported_major}.{supported_minor}"),
+                })
+            }
+            Err(e) => return Err(layout_err(e)),
+        };
+        let found = VmUuid::from_bytes(header.layout().uuid);
+        if found != self.uuid {
+            return Err(RegionError::UuidMismatch {
+                path: self.path.clone(),
+                file: self.uuid,
+                header: found,
+            });
+        }
+        Ok(header)
+    }
+
+    /// Unlinks the file, if the path still names this file (and not
+    /// something put there since). The mapping stays valid until drop.
+    pub fn remove(self) -> Result<(), RegionError> {
+        let ours = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+        let there = fs::symlink_metadata(&self.path).map_err(io_err(&self.path, "stat"))?;
+        if (there.dev(), there.ino()) != (ours.dev(), ours.ino()) {
+            return Err(RegionError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        fs::remove_file(&self.path).map_err(io_err(&self.path, "remove"))
+    }
+}
+
+
+/// Maps a file of `size` bytes with `map`, reporting failures against `path`.
+pub(super) fn map_checked(
+    path: &Path,
+    size: u64,
+    map: impl FnOnce(usize) -> io::Result<Mapping>,
+) -> Result<Mapping, RegionError> {
+    let len = usize::try_from(size).map_err(|_| RegionError::Io {
+        path: path.to_path_buf(),
+        op: "map",
+        source: io::Error::other(format!("{size} bytes do not fit this address space")),
+    })?;
+    map(len).map_err(io_err(path, "map"))
+}
