@@ -15,7 +15,7 @@ use super::LeaveReason;
 
 /// A peer that closed its end shows up as `EPIPE` or `ECONNRESET` when
 /// the server writes before it sees the hang-up.
-pub(super) fn send_failed(e: Errno) -> LeaveReason {
+fn send_failed(e: Errno) -> LeaveReason {
     match e {
         Errno::EPIPE | Errno::ECONNRESET => LeaveReason::Closed,
         e => LeaveReason::SocketError(e),
@@ -65,6 +65,20 @@ impl Client {
         }
     }
 
+    /// Queues `msg` unless the client is already doomed; a client with
+    /// `limit` messages unsent is doomed instead (it is not reading).
+    pub(super) fn queue(&mut self, msg: Outgoing, limit: usize) {
+        if self.doomed.is_some() {
+            return;
+        }
+        if self.out.len() >= limit {
+            self.out.clear();
+            self.doomed = Some(LeaveReason::NotReading);
+            return;
+        }
+        self.out.push_back(msg);
+    }
+
     fn set_want_write(&mut self, epoll: &Epoll, token: u64, on: bool) -> Result<(), Errno> {
         if self.want_write != on {
             let mut event = EpollEvent::new(Self::interest(on), token);
@@ -75,7 +89,7 @@ impl Client {
     }
 
     /// Sends what can be sent now, without blocking.
-    pub(super) fn flush(&mut self, epoll: &Epoll, token: u64) -> Result<(), Errno> {
+    fn flush(&mut self, epoll: &Epoll, token: u64) -> Result<(), Errno> {
         let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
         while let Some(msg) = self.out.front_mut() {
             let iov = [IoSlice::new(&msg.bytes[msg.sent..])];
@@ -104,5 +118,16 @@ impl Client {
             }
         }
         self.set_want_write(epoll, token, false)
+    }
+
+    /// [`flush`](Self::flush)es a client not yet doomed; a failed send
+    /// dooms it.
+    pub(super) fn flush_or_doom(&mut self, epoll: &Epoll, token: u64) {
+        if self.doomed.is_some() {
+            return;
+        }
+        if let Err(e) = self.flush(epoll, token) {
+            self.doomed = Some(send_failed(e));
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
-use super::client::{send_failed, Client, Outgoing};
+use super::client::{Client, Outgoing};
 use super::socket::SocketFile;
 use super::{errno_of, token, LeaveReason, RefuseReason, ServerEvent, VmOptions};
 use crate::doorbell::notify::new_eventfd;
@@ -93,18 +93,6 @@ impl<K: Clone> Vm<K> {
     fn alloc_id(&mut self) -> Option<u16> {
         let clients = &self.clients;
         next_free_id(&mut self.next_id, |id| clients.contains_key(&id))
-    }
-
-    fn queue(&self, client: &mut Client, msg: Outgoing) {
-        if client.doomed.is_some() {
-            return;
-        }
-        if client.out.len() >= self.queue_limit {
-            client.out.clear();
-            client.doomed = Some(LeaveReason::NotReading);
-            return;
-        }
-        client.out.push_back(msg);
     }
 
     fn pause_accept(&mut self, epoll: &Epoll, slot: usize) {
@@ -209,17 +197,16 @@ impl<K: Clone> Vm<K> {
             hello.push(Outgoing::new(i64::from(id), Some(Arc::clone(fd))));
         }
         for msg in hello {
-            self.queue(&mut client, msg);
+            client.queue(msg, self.queue_limit);
         }
         // Tell the others, with the eventfds that ring the newcomer.
-        let mut clients = std::mem::take(&mut self.clients);
-        for other in clients.values_mut() {
+        for other in self.clients.values_mut() {
             for fd in &client.eventfds {
-                self.queue(other, Outgoing::new(i64::from(id), Some(Arc::clone(fd))));
+                let msg = Outgoing::new(i64::from(id), Some(Arc::clone(fd)));
+                other.queue(msg, self.queue_limit);
             }
         }
-        clients.insert(id, client);
-        self.clients = clients;
+        self.clients.insert(id, client);
         events.push(ServerEvent::PeerConnected {
             vm: self.key.clone(),
             peer: id,
@@ -237,10 +224,8 @@ impl<K: Clone> Vm<K> {
         let Some(client) = self.clients.get_mut(&peer) else {
             return; // already gone
         };
-        if flags.contains(EpollFlags::EPOLLOUT) && client.doomed.is_none() {
-            if let Err(e) = client.flush(epoll, token(slot, Some(peer))) {
-                client.doomed = Some(send_failed(e));
-            }
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            client.flush_or_doom(epoll, token(slot, Some(peer)));
         }
         let hangup = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP;
         if flags.intersects(EpollFlags::EPOLLIN | hangup) {
@@ -267,10 +252,8 @@ impl<K: Clone> Vm<K> {
         loop {
             for (&peer, client) in &mut self.clients {
                 // A client whose socket was full is flushed on `EPOLLOUT`.
-                if client.doomed.is_none() && !client.want_write && !client.out.is_empty() {
-                    if let Err(e) = client.flush(epoll, token(slot, Some(peer))) {
-                        client.doomed = Some(send_failed(e));
-                    }
+                if !client.want_write && !client.out.is_empty() {
+                    client.flush_or_doom(epoll, token(slot, Some(peer)));
                 }
             }
             let doomed: Vec<(u16, LeaveReason)> = self
@@ -294,13 +277,11 @@ impl<K: Clone> Vm<K> {
                     reason,
                 });
             }
-            let mut clients = std::mem::take(&mut self.clients);
-            for other in clients.values_mut() {
+            for other in self.clients.values_mut() {
                 for &(peer, _) in &doomed {
-                    self.queue(other, Outgoing::new(i64::from(peer), None));
+                    other.queue(Outgoing::new(i64::from(peer), None), self.queue_limit);
                 }
             }
-            self.clients = clients;
         }
     }
 }
