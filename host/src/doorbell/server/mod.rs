@@ -23,7 +23,6 @@ use std::fmt::Display;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -32,11 +31,11 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 pub use events::{LeaveReason, RefuseReason, ServerEvent};
 pub use options::VmOptions;
 
-use super::notify::{new_eventfd, ring_fd};
+use super::notify::ring_fd;
 use super::{sys, DoorbellError, HOST_PEER_ID, MAX_VECTORS};
 use crate::region_file::VmUuid;
 use socket::bind_socket;
-use vm::Vm;
+use vm::{new_eventfds, Vm};
 
 /// Epoll token bits for the peer part (`peer + 1`; 0 is the listener).
 const SLOT_SHIFT: u32 = 32;
@@ -102,9 +101,7 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
                 op: "dup shared-memory fd",
                 source: errno_of(&e),
             })?;
-        let host = (0..opts.vectors)
-            .map(|_| new_eventfd().map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let host = new_eventfds(opts.vectors)?;
         let (listener, socket) = bind_socket(&opts)?;
         let slot = match self.vms.iter().position(Option::is_none) {
             Some(slot) => slot,

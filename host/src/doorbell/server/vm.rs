@@ -45,6 +45,12 @@ pub(super) struct Vm<K> {
     pub(super) socket: SocketFile,
 }
 
+/// A peer's eventfds, one per vector, shared with the messages that carry
+/// them.
+pub(super) fn new_eventfds(vectors: u16) -> Result<Vec<Arc<OwnedFd>>, DoorbellError> {
+    (0..vectors).map(|_| new_eventfd().map(Arc::new)).collect()
+}
+
 /// The next guest peer id from `next` on (1 to 65535, wrapping to 1 like
 /// QEMU's server), skipping ids in use; `None` when all are in use.
 fn next_free_id(next: &mut u16, in_use: impl Fn(u16) -> bool) -> Option<u16> {
@@ -160,10 +166,7 @@ impl<K: Clone> Vm<K> {
             DoorbellError::Sys { source, .. } => RefuseReason::Resources(source),
             _ => RefuseReason::Resources(Errno::EIO),
         };
-        let eventfds = (0..self.vectors)
-            .map(|_| new_eventfd().map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(resources)?;
+        let eventfds = new_eventfds(self.vectors).map_err(resources)?;
         stream
             .set_nonblocking(true)
             .map_err(|e| RefuseReason::Resources(errno_of(&e)))?;
