@@ -119,13 +119,7 @@ impl<K: Clone> Vm<K> {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if let Err(reason) = self.admit(epoll, slot, stream, events) {
-                        if let RefuseReason::Resources(_) = reason {
-                            self.pause_accept(epoll, slot);
-                        }
-                        events.push(ServerEvent::Refused {
-                            vm: self.key.clone(),
-                            reason,
-                        });
+                        self.refuse(epoll, slot, reason, events);
                         if self.paused_until.is_some() {
                             return;
                         }
@@ -138,15 +132,30 @@ impl<K: Clone> Vm<K> {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
                 Err(e) => {
-                    self.pause_accept(epoll, slot);
-                    events.push(ServerEvent::Refused {
-                        vm: self.key.clone(),
-                        reason: RefuseReason::Resources(errno_of(&e)),
-                    });
+                    let reason = RefuseReason::Resources(errno_of(&e));
+                    self.refuse(epoll, slot, reason, events);
                     return;
                 }
             }
         }
+    }
+
+    /// Reports a refused connection; when resources ran out, accepting
+    /// also pauses.
+    fn refuse(
+        &mut self,
+        epoll: &Epoll,
+        slot: usize,
+        reason: RefuseReason,
+        events: &mut Vec<ServerEvent<K>>,
+    ) {
+        if let RefuseReason::Resources(_) = reason {
+            self.pause_accept(epoll, slot);
+        }
+        events.push(ServerEvent::Refused {
+            vm: self.key.clone(),
+            reason,
+        });
     }
 
     /// Takes a new connection as a peer, or refuses it (the stream is
