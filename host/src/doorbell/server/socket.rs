@@ -50,11 +50,7 @@ fn path_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> D
 }
 
 fn nix_path_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(Errno) -> DoorbellError + 'a {
-    move |e| DoorbellError::Socket {
-        path: path.to_path_buf(),
-        op,
-        source: e.into(),
-    }
+    move |e| path_err(path, op)(e.into())
 }
 
 /// Clears the way for a socket at `path`: nothing there is fine; a stale
