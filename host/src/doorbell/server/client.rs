@@ -56,6 +56,17 @@ pub(super) struct Client {
 }
 
 impl Client {
+    /// A client with nothing queued yet.
+    pub(super) fn new(stream: UnixStream, eventfds: Vec<Arc<OwnedFd>>) -> Self {
+        Self {
+            stream,
+            eventfds,
+            out: VecDeque::new(),
+            want_write: false,
+            doomed: None,
+        }
+    }
+
     pub(super) fn interest(want_write: bool) -> EpollFlags {
         let base = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if want_write {

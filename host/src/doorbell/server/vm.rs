@@ -2,7 +2,7 @@
 //! connected peers; accepting (with the handshake), client events, and
 //! settling (flushing, disconnecting, telling the others).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -181,13 +181,7 @@ impl<K: Clone> Vm<K> {
             .map_err(|e| RefuseReason::Resources(errno_of(&e)))?;
         let event = EpollEvent::new(Client::interest(false), token(slot, Some(id)));
         epoll.add(&stream, event).map_err(RefuseReason::Resources)?;
-        let mut client = Client {
-            stream,
-            eventfds,
-            out: VecDeque::new(),
-            want_write: false,
-            doomed: None,
-        };
+        let mut client = Client::new(stream, eventfds);
         // The handshake, in the spec's order: version, own id, shared
         // memory, every existing peer (the host first: ids ascend) once per
         // vector with its eventfd, then its own id once per vector with its
