@@ -46,6 +46,15 @@ fn token(slot: usize, peer: Option<u16>) -> u64 {
     ((slot as u64) << SLOT_SHIFT) | peer.map_or(0, |p| u64::from(p) + 1)
 }
 
+/// The slot and peer of a [`token`]; `None` for one no VM could have.
+fn parse_token(data: u64) -> Option<(usize, Option<u16>)> {
+    let slot = usize::try_from(data >> SLOT_SHIFT).ok()?;
+    match data & ((1 << SLOT_SHIFT) - 1) {
+        0 => Some((slot, None)),
+        sub => Some((slot, Some(u16::try_from(sub - 1).ok()?))),
+    }
+}
+
 fn errno_of(e: &io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32))
 }
@@ -267,21 +276,15 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
         };
         for i in 0..n {
             let event = self.events[i];
-            let data = event.data();
-            let Ok(slot) = usize::try_from(data >> SLOT_SHIFT) else {
+            let Some((slot, peer)) = parse_token(event.data()) else {
                 continue;
             };
             let Some(Some(vm)) = self.vms.get_mut(slot) else {
                 continue;
             };
-            match data & ((1 << SLOT_SHIFT) - 1) {
-                0 => vm.accept(&self.epoll, slot, &mut out),
-                sub => {
-                    let Ok(peer) = u16::try_from(sub - 1) else {
-                        continue;
-                    };
-                    vm.client_event(&self.epoll, slot, peer, event.events());
-                }
+            match peer {
+                None => vm.accept(&self.epoll, slot, &mut out),
+                Some(peer) => vm.client_event(&self.epoll, slot, peer, event.events()),
             }
             vm.settle(&self.epoll, slot, &mut out);
         }
@@ -294,5 +297,22 @@ impl<K> AsFd for DoorbellServer<K> {
     /// work.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.epoll.0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_the_listener_or_a_peer_and_parse_back() {
+        assert_eq!(parse_token(token(0, None)), Some((0, None)));
+        assert_eq!(parse_token(token(3, Some(0))), Some((3, Some(0))));
+        assert_eq!(
+            parse_token(token(7, Some(u16::MAX))),
+            Some((7, Some(u16::MAX)))
+        );
+        // A peer part beyond 65535 + 1 names no peer.
+        assert_eq!(parse_token((1 << SLOT_SHIFT) - 1), None);
     }
 }
