@@ -33,7 +33,8 @@ impl VmOptions {
         }
     }
 
-    /// Interrupt vectors per peer (1 to [`MAX_VECTORS`](crate::doorbell::MAX_VECTORS)); QEMU's
+    /// Interrupt vectors per peer (1 to
+    /// [`MAX_VECTORS`](crate::doorbell::MAX_VECTORS)); QEMU's
     /// `ivshmem-doorbell,vectors=N` should match.
     pub fn vectors(mut self, vectors: u16) -> Self {
         self.vectors = vectors;
