@@ -1,0 +1,322 @@
+//! One VM's state: its listener, shared memory, the host's eventfds and the
+//! connected peers; accepting (with the handshake), client events, and
+//! settling (flushing, disconnecting, telling the others).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+
+use super::client::{Client, Outgoing};
+use super::socket::SocketFile;
+use super::{errno_of, token, LeaveReason, RefuseReason, ServerEvent, VmOptions};
+use crate::doorbell::notify::new_eventfd;
+use crate::doorbell::{DoorbellError, HOST_PEER_ID, MAX_PEER_ID};
+
+/// Connections accepted per readiness event of a listening socket, so a
+/// connection storm on one VM's socket cannot starve the others.
+const ACCEPT_BATCH: usize = 32;
+/// How long a listening socket rests after `accept` ran out of resources
+/// (e.g. `EMFILE`), instead of spinning on it.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// One served VM.
+#[derive(Debug)]
+pub(super) struct Vm<K> {
+    key: K,
+    pub(super) listener: UnixListener,
+    pub(super) vectors: u16,
+    shm: Arc<OwnedFd>,
+    /// The host agent's eventfds (peer 0), one per vector.
+    pub(super) host: Vec<Arc<OwnedFd>>,
+    pub(super) clients: BTreeMap<u16, Client>,
+    next_id: u16,
+    max_clients: usize,
+    /// Most messages queued for one client.
+    queue_limit: usize,
+    /// Set while accepting rests after running out of resources.
+    pub(super) paused_until: Option<Instant>,
+    /// Last, so the socket file is removed after the listener is closed.
+    pub(super) socket: SocketFile,
+}
+
+/// A peer's eventfds, one per vector, shared with the messages that carry
+/// them.
+pub(super) fn new_eventfds(vectors: u16) -> Result<Vec<Arc<OwnedFd>>, DoorbellError> {
+    (0..vectors).map(|_| new_eventfd().map(Arc::new)).collect()
+}
+
+/// The next guest peer id from `next` on (1 to 65535, wrapping to 1 like
+/// QEMU's server), skipping ids in use; `None` when all are in use.
+fn next_free_id(next: &mut u16, in_use: impl Fn(u16) -> bool) -> Option<u16> {
+    for _ in 0..MAX_PEER_ID {
+        let id = (*next).max(1);
+        *next = if id == MAX_PEER_ID { 1 } else { id + 1 };
+        if id != HOST_PEER_ID && !in_use(id) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+impl<K: Clone> Vm<K> {
+    /// A VM with no clients yet, served as `opts` says on `listener`.
+    pub(super) fn new(
+        key: K,
+        listener: UnixListener,
+        socket: SocketFile,
+        shm: OwnedFd,
+        host: Vec<Arc<OwnedFd>>,
+        opts: &VmOptions,
+    ) -> Self {
+        let vectors = usize::from(opts.vectors);
+        let queue_limit = opts
+            .max_clients
+            .saturating_add(1)
+            .saturating_mul(vectors)
+            .saturating_add(3 + vectors)
+            .saturating_add(opts.backlog);
+        Self {
+            key,
+            listener,
+            vectors: opts.vectors,
+            shm: Arc::new(shm),
+            host,
+            clients: BTreeMap::new(),
+            next_id: 1,
+            max_clients: opts.max_clients,
+            queue_limit,
+            paused_until: None,
+            socket,
+        }
+    }
+
+    fn alloc_id(&mut self) -> Option<u16> {
+        let clients = &self.clients;
+        next_free_id(&mut self.next_id, |id| clients.contains_key(&id))
+    }
+
+    fn pause_accept(&mut self, epoll: &Epoll, slot: usize) {
+        let mut event = EpollEvent::new(EpollFlags::empty(), token(slot, None));
+        let _ = epoll.modify(&self.listener, &mut event);
+        self.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+    }
+
+    pub(super) fn resume_accept(&mut self, epoll: &Epoll, slot: usize) {
+        let mut event = EpollEvent::new(EpollFlags::EPOLLIN, token(slot, None));
+        if epoll.modify(&self.listener, &mut event).is_ok() {
+            self.paused_until = None;
+        }
+    }
+
+    pub(super) fn accept(&mut self, epoll: &Epoll, slot: usize, events: &mut Vec<ServerEvent<K>>) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(reason) = self.admit(epoll, slot, stream, events) {
+                        self.refuse(epoll, slot, reason, events);
+                        if self.paused_until.is_some() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    let reason = RefuseReason::Resources(errno_of(&e));
+                    self.refuse(epoll, slot, reason, events);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reports a refused connection; when resources ran out, accepting
+    /// also pauses.
+    fn refuse(
+        &mut self,
+        epoll: &Epoll,
+        slot: usize,
+        reason: RefuseReason,
+        events: &mut Vec<ServerEvent<K>>,
+    ) {
+        if let RefuseReason::Resources(_) = reason {
+            self.pause_accept(epoll, slot);
+        }
+        events.push(ServerEvent::Refused {
+            vm: self.key.clone(),
+            reason,
+        });
+    }
+
+    /// Takes a new connection as a peer, or refuses it (the stream is
+    /// dropped, closing it).
+    fn admit(
+        &mut self,
+        epoll: &Epoll,
+        slot: usize,
+        stream: UnixStream,
+        events: &mut Vec<ServerEvent<K>>,
+    ) -> Result<(), RefuseReason> {
+        if self.clients.len() >= self.max_clients {
+            return Err(RefuseReason::TooManyClients);
+        }
+        let id = self.alloc_id().ok_or(RefuseReason::NoFreeId)?;
+        let resources = |e: DoorbellError| match e {
+            DoorbellError::Sys { source, .. } => RefuseReason::Resources(source),
+            _ => RefuseReason::Resources(Errno::EIO),
+        };
+        let eventfds = new_eventfds(self.vectors).map_err(resources)?;
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| RefuseReason::Resources(errno_of(&e)))?;
+        let event = EpollEvent::new(Client::interest(false), token(slot, Some(id)));
+        epoll.add(&stream, event).map_err(RefuseReason::Resources)?;
+        let mut client = Client::new(stream, eventfds);
+        // The handshake, in the spec's order: version, own id, shared
+        // memory, every existing peer (the host first: ids ascend) once per
+        // vector with its eventfd, then its own id once per vector with its
+        // own eventfds.
+        let mut hello = vec![
+            Outgoing::new(0, None),
+            Outgoing::new(i64::from(id), None),
+            Outgoing::new(-1, Some(Arc::clone(&self.shm))),
+        ];
+        let host = self.host.iter().map(|fd| (HOST_PEER_ID, fd));
+        let others = self
+            .clients
+            .iter()
+            .flat_map(|(&peer, c)| c.eventfds.iter().map(move |fd| (peer, fd)));
+        for (peer, fd) in host.chain(others) {
+            hello.push(Outgoing::new(i64::from(peer), Some(Arc::clone(fd))));
+        }
+        for fd in &client.eventfds {
+            hello.push(Outgoing::new(i64::from(id), Some(Arc::clone(fd))));
+        }
+        for msg in hello {
+            client.queue(msg, self.queue_limit);
+        }
+        // Tell the others, with the eventfds that ring the newcomer.
+        for other in self.clients.values_mut() {
+            for fd in &client.eventfds {
+                let msg = Outgoing::new(i64::from(id), Some(Arc::clone(fd)));
+                other.queue(msg, self.queue_limit);
+            }
+        }
+        self.clients.insert(id, client);
+        events.push(ServerEvent::PeerConnected {
+            vm: self.key.clone(),
+            peer: id,
+        });
+        Ok(())
+    }
+
+    pub(super) fn client_event(
+        &mut self,
+        epoll: &Epoll,
+        slot: usize,
+        peer: u16,
+        flags: EpollFlags,
+    ) {
+        let Some(client) = self.clients.get_mut(&peer) else {
+            return; // already gone
+        };
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            client.flush_or_doom(epoll, token(slot, Some(peer)));
+        }
+        let hangup = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLRDHUP;
+        if flags.intersects(EpollFlags::EPOLLIN | hangup) {
+            let mut buf = [0u8; 64];
+            let reason = match (&client.stream).read(&mut buf) {
+                Ok(0) => Some(LeaveReason::Closed),
+                Ok(_) => Some(LeaveReason::SentData),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    flags.intersects(hangup).then_some(LeaveReason::Closed)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(LeaveReason::Closed),
+                Err(e) => Some(LeaveReason::SocketError(errno_of(&e))),
+            };
+            if client.doomed.is_none() {
+                client.doomed = reason;
+            }
+        }
+    }
+
+    /// Flushes every client that has output and can take it, then removes
+    /// doomed clients and tells the others, until nothing changes.
+    pub(super) fn settle(&mut self, epoll: &Epoll, slot: usize, events: &mut Vec<ServerEvent<K>>) {
+        loop {
+            for (&peer, client) in &mut self.clients {
+                // A client whose socket was full is flushed on `EPOLLOUT`.
+                if !client.want_write && !client.out.is_empty() {
+                    client.flush_or_doom(epoll, token(slot, Some(peer)));
+                }
+            }
+            let doomed: Vec<(u16, LeaveReason)> = self
+                .clients
+                .iter()
+                .filter_map(|(&peer, c)| c.doomed.map(|r| (peer, r)))
+                .collect();
+            if doomed.is_empty() {
+                return;
+            }
+            for &(peer, reason) in &doomed {
+                if let Some(client) = self.clients.remove(&peer) {
+                    let _ = epoll.delete(&client.stream);
+                    // Dropping closes the socket and this server's
+                    // references to the peer's eventfds.
+                    drop(client);
+                }
+                events.push(ServerEvent::PeerLeft {
+                    vm: self.key.clone(),
+                    peer,
+                    reason,
+                });
+            }
+            for other in self.clients.values_mut() {
+                for &(peer, _) in &doomed {
+                    other.queue(Outgoing::new(i64::from(peer), None), self.queue_limit);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn ids_start_at_1_wrap_at_65535_and_skip_ids_in_use() {
+        let mut next = 1;
+        let mut used = BTreeSet::new();
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(1));
+        used.insert(1);
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(2));
+        // Freed ids are not reused until the counter comes round.
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(3));
+        next = MAX_PEER_ID;
+        assert_eq!(
+            next_free_id(&mut next, |id| used.contains(&id)),
+            Some(65535)
+        );
+        // Wraps to 1 (never 0, the host), skipping 1 (in use).
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(2));
+        // All in use: none, after one lap.
+        assert_eq!(next_free_id(&mut next, |_| true), None);
+        // Only one free id: found wherever the counter is.
+        next = 40_000;
+        assert_eq!(next_free_id(&mut next, |id| id != 7), Some(7));
+    }
+}
