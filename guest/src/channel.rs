@@ -1,11 +1,15 @@
-//! The guest's end of a channel, owning the BAR mapping it runs over.
+//! The guest's end of a channel: the selected device's BAR2 mapping and the
+//! channel over it. [`GuestChannel`] dereferences to [`OwnedChannel`], so
+//! the whole channel API is called on it directly.
 
-use std::path::Path;
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ivchan_protocol::{
-    Channel, ChannelError, ChannelOptions, DoorbellAddress, Header, Notifier, PeerEvent, Side,
+    poll_until, Channel, ChannelOptions, DoorbellAddress, Header, Notifier, OwnedChannel, Side,
+    WaitStrategy,
 };
 
 use crate::discovery::DeviceKind;
@@ -13,48 +17,139 @@ use crate::error::GuestError;
 use crate::mapping::{MapOptions, MappedBar, Registers};
 use crate::select::{select_waiting, Selector};
 
-self_cell::self_cell!(
-    struct Cell {
-        owner: MappedBar,
-        #[covariant]
-        dependent: Channel,
-    }
-    impl {Debug}
-);
+/// How long [`GuestChannel::open`] waits, by default, for the device to
+/// appear and for the host to write its header.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The guest's end of a channel: the selected device's BAR2 and the channel
-/// over it. Dropping it detaches cleanly (the host sees `closed`).
+/// The guest's end of a channel. Dropping it detaches cleanly (the host
+/// sees `closed`).
+///
+/// ```no_run
+/// use ivchan_guest::GuestChannel;
+/// use std::time::Duration;
+///
+/// // The ivshmem device whose header carries this VM's UUID.
+/// let mut ch = GuestChannel::open()?;
+/// let mut buf = vec![0; ch.max_message()];
+/// let n = ch.recv(&mut buf, Some(Duration::from_secs(30)))?;
+/// ch.send(&buf[..n], None)?; // echo
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct GuestChannel {
-    cell: Cell,
-    address: String,
+    channel: OwnedChannel<MappedBar>,
+}
+
+impl Deref for GuestChannel {
+    type Target = OwnedChannel<MappedBar>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.channel
+    }
+}
+
+impl DerefMut for GuestChannel {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.channel
+    }
+}
+
+/// How to find, map and attach to the device (see [`GuestChannel::builder`]).
+#[derive(Debug, Clone)]
+pub struct GuestChannelBuilder {
+    sysfs_root: PathBuf,
+    selector: Selector,
+    map: MapOptions,
+    options: ChannelOptions,
+    timeout: Duration,
+}
+
+impl GuestChannelBuilder {
+    /// Use the device at this PCI address (`0000:00:1f.0`).
+    pub fn address(mut self, address: &str) -> Self {
+        self.selector = Selector::Address(address.to_owned());
+        self
+    }
+
+    /// Use the device whose header carries this channel name.
+    pub fn name(mut self, name: &str) -> Self {
+        self.selector = Selector::Name(name.to_owned());
+        self
+    }
+
+    /// How to pick the device (default: this VM's identity).
+    pub fn selector(mut self, selector: Selector) -> Self {
+        self.selector = selector;
+        self
+    }
+
+    /// How to map BAR2 (uncached or write-combining; enabling the device).
+    pub fn map_options(mut self, map: MapOptions) -> Self {
+        self.map = map;
+        self
+    }
+
+    /// Wait strategy, heartbeat and peer timeout.
+    pub fn options(mut self, options: ChannelOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// How long to wait for the device and for the host's header.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Where sysfs is (tests point it at a fake tree).
+    pub fn sysfs_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.sysfs_root = root.into();
+        self
+    }
+
+    /// Finds the device, maps BAR2, waits for the host's header and
+    /// attaches as the guest. A hotplugged device may show up late, maybe
+    /// beside devices of other VMs: until the timeout, "no device" and "no
+    /// match" mean "not yet".
+    pub fn open(self) -> Result<GuestChannel, GuestError> {
+        let strategy = WaitStrategy::backoff(Duration::from_millis(10), Duration::from_millis(100));
+        let mut last = None;
+        let bar = poll_until(strategy, Some(self.timeout), || {
+            match select_waiting(&self.sysfs_root, &self.selector, &self.map, self.timeout) {
+                Err(e @ (GuestError::NoDevice { .. } | GuestError::NoMatch { .. })) => {
+                    last = Some(e);
+                    Ok(None)
+                }
+                other => other.map(Some),
+            }
+        })?;
+        let bar = match (bar, last) {
+            (Some(bar), _) => bar,
+            (None, Some(e)) => return Err(e),
+            (None, None) => unreachable!("poll_until calls at least once"),
+        };
+        GuestChannel::from_bar(bar, self.options, self.timeout)
+    }
 }
 
 impl GuestChannel {
-    /// Finds the device (`selector`), maps BAR2, waits for the host's header
-    /// and attaches as the guest. Waits up to `wait` for each of: the device
-    /// to appear (hotplug), and the header to be written.
-    pub fn open(
-        sysfs_root: &Path,
-        selector: &Selector,
-        map: &MapOptions,
-        options: ChannelOptions,
-        wait: Duration,
-    ) -> Result<Self, GuestError> {
-        let start = Instant::now();
-        let bar = loop {
-            match select_waiting(sysfs_root, selector, map, wait) {
-                // Not there yet: a hotplugged device shows up later, maybe
-                // beside devices that belong to other VMs.
-                Err(GuestError::NoDevice { .. } | GuestError::NoMatch { .. })
-                    if start.elapsed() < wait =>
-                {
-                    thread::sleep(Duration::from_millis(50));
-                }
-                other => break other?,
-            }
-        };
-        Self::from_bar(bar, options, wait)
+    /// Opens the device whose header carries this VM's UUID, waiting up to
+    /// [`DEFAULT_OPEN_TIMEOUT`] for it and for the host. See
+    /// [`builder`](Self::builder) for the rest.
+    pub fn open() -> Result<Self, GuestError> {
+        Self::builder().open()
+    }
+
+    /// Options for opening, from the defaults: `/sys`, this VM's identity,
+    /// an uncached mapping, default channel options, 60 s.
+    pub fn builder() -> GuestChannelBuilder {
+        GuestChannelBuilder {
+            sysfs_root: PathBuf::from("/sys"),
+            selector: Selector::Identity,
+            map: MapOptions::default(),
+            options: ChannelOptions::default(),
+            timeout: DEFAULT_OPEN_TIMEOUT,
+        }
     }
 
     /// Attaches as the guest over a mapped BAR, waiting up to `wait` for the
@@ -70,16 +165,15 @@ impl GuestChannel {
     ) -> Result<Self, GuestError> {
         let address = bar.device().address.clone();
         options.write_combining |= bar.write_combining();
-        let cell = Cell::try_new(bar, |bar| -> Result<_, GuestError> {
-            let header = bar.wait_for_header(wait)?;
-            let mut channel = Channel::attach(header, Side::Guest, options).map_err(|source| {
-                GuestError::Channel {
-                    address: bar.device().address.clone(),
-                    source,
-                }
-            })?;
-            if bar.device().kind == DeviceKind::Doorbell {
-                let regs = Registers::map(bar.device())?;
+        bar.wait_for_header(wait)?;
+        let registers = match bar.device().kind {
+            DeviceKind::Doorbell => Some(Registers::map(bar.device())?),
+            DeviceKind::Plain => None,
+        };
+        let channel = OwnedChannel::new(bar, |region| {
+            let header = Header::open(region)?;
+            let mut channel = Channel::attach(header, Side::Guest, options)?;
+            if let Some(regs) = registers {
                 // IVPosition is a 16-bit peer id in a 32-bit register.
                 #[allow(clippy::cast_possible_truncation)]
                 let peer = regs.iv_position() as u16;
@@ -87,65 +181,19 @@ impl GuestChannel {
                 channel.set_notifier(Some(Box::new(GuestBell { regs, header })));
             }
             Ok(channel)
-        })?;
-        Ok(Self { cell, address })
+        })
+        .map_err(|source| GuestError::Channel { address, source })?;
+        Ok(Self { channel })
     }
 
     /// PCI address of the device.
     pub fn address(&self) -> &str {
-        &self.address
+        &self.channel.memory().device().address
     }
 
     /// The mapped device.
     pub fn bar(&self) -> &MappedBar {
-        self.cell.borrow_owner()
-    }
-
-    /// Runs `f` on the channel (zero-copy API, io adapters, and the rest).
-    pub fn with<R>(&mut self, f: impl FnOnce(&mut Channel<'_>) -> R) -> R {
-        self.cell.with_dependent_mut(|_, channel| f(channel))
-    }
-
-    fn wrap<T>(&self, r: Result<T, ChannelError>) -> Result<T, GuestError> {
-        r.map_err(|source| GuestError::Channel {
-            address: self.address.clone(),
-            source,
-        })
-    }
-
-    /// Sends, waiting up to `timeout` for room.
-    pub fn send(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<(), GuestError> {
-        let r = self.with(|c| c.send(msg, timeout));
-        self.wrap(r)
-    }
-
-    /// Receives into `buf`, waiting up to `timeout`; returns the length.
-    pub fn recv(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize, GuestError> {
-        let r = self.with(|c| c.recv(buf, timeout));
-        self.wrap(r)
-    }
-
-    /// Sends without waiting; `Ok(false)` when the ring is full.
-    pub fn try_send(&mut self, msg: &[u8]) -> Result<bool, GuestError> {
-        let r = self.with(|c| c.try_send(msg));
-        self.wrap(r)
-    }
-
-    /// Receives without waiting; `Ok(None)` when nothing is queued.
-    pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, GuestError> {
-        let r = self.with(|c| c.try_recv(buf));
-        self.wrap(r)
-    }
-
-    /// Reports what changed on the host's side since the last call.
-    pub fn poll_peer(&mut self) -> Result<Option<PeerEvent>, GuestError> {
-        let r = self.with(|c| c.poll_peer());
-        self.wrap(r)
-    }
-
-    /// The largest message either direction carries.
-    pub fn max_message(&mut self) -> usize {
-        self.with(|c| c.max_message())
+        self.channel.memory()
     }
 }
 

@@ -24,10 +24,12 @@ mod error;
 pub mod mapping;
 pub mod select;
 
-pub use channel::GuestChannel;
+pub use channel::{GuestChannel, GuestChannelBuilder, DEFAULT_OPEN_TIMEOUT};
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
 pub use error::GuestError;
-pub use ivchan_protocol::{Channel, ChannelError, ChannelOptions, PeerEvent, WaitStrategy};
+pub use ivchan_protocol::{
+    Channel, ChannelError, ChannelOptions, OwnedChannel, PeerEvent, WaitStrategy,
+};
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{select, select_waiting, Selector};

@@ -14,11 +14,12 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::ptr::NonNull;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ivchan_protocol::layout::MIN_REGION_SIZE;
-use ivchan_protocol::{Header, LayoutError, Region};
+use ivchan_protocol::{
+    poll_until, Header, LayoutError, Mapping, Region, SharedMemory, WaitStrategy,
+};
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::discovery::{not_root_hint, IvshmemDevice};
@@ -49,23 +50,20 @@ impl Default for MapOptions {
 /// BAR2 of an ivshmem device, mapped shared read/write.
 #[derive(Debug)]
 pub struct MappedBar {
-    /// Pointer taken once from `map` with write provenance; `map` is not
-    /// touched again until it is dropped (which unmaps).
-    base: NonNull<u8>,
-    len: usize,
-    /// Owns the mapping (unmapped on drop); never accessed directly.
-    _map: MmapMut,
+    /// Owns the mapping (unmapped on drop); reached only through `Region`s,
+    /// never as `&[u8]` the compiler could assume stable.
+    mapping: Mapping,
     device: IvshmemDevice,
     write_combining: bool,
 }
 
-// SAFETY: `base` points into `map`, which this value owns and which stays
-// mapped until drop; all access goes through `Region`, which is itself
-// Send + Sync (atomic word access, `unsafe` byte access). The fields are
-// otherwise plain data and an `MmapMut` (Send + Sync).
-unsafe impl Send for MappedBar {}
-// SAFETY: see `Send` above; `&MappedBar` only hands out `Region` copies.
-unsafe impl Sync for MappedBar {}
+// SAFETY: the region is the owned `mapping`'s, in place wherever the value
+// moves.
+unsafe impl SharedMemory for MappedBar {
+    fn region(&self) -> Region<'_> {
+        self.mapping.region()
+    }
+}
 
 impl MappedBar {
     /// Maps BAR2 of `device`. The mapped length is the resource file's
@@ -95,17 +93,17 @@ impl MappedBar {
             size,
             min: MIN_REGION_SIZE,
         };
-        let len = usize::try_from(size).map_err(|_| too_small())?;
-        if len < MIN_REGION_SIZE {
+        if size < MIN_REGION_SIZE as u64 {
             return Err(too_small());
         }
-        // SAFETY: a shared mapping of the BAR (or, in tests, of a plain
-        // file). Other processes and the host may change it at any time;
-        // that is why it is only ever accessed through `Region` (atomic
-        // words, byte copies under the ring protocol), never as `&[u8]`
-        // that the compiler could assume stable.
-        let mapped = unsafe { MmapOptions::new().len(len).map_mut(&file) };
-        let mut map = mapped.map_err(|e| match e.raw_os_error() {
+        let len = usize::try_from(size).map_err(|_| GuestError::Io {
+            path: path.clone(),
+            op: "map",
+            source: io::Error::other(format!("{size} bytes do not fit this address space")),
+        })?;
+        // Other processes and the host may change the BAR at any time: the
+        // mapping is only ever reached through `Region`.
+        let mapping = Mapping::shared(&file, len).map_err(|e| match e.raw_os_error() {
             Some(code) if code == nix::libc::EPERM => GuestError::Lockdown { path: path.clone() },
             Some(code) if code == nix::libc::EACCES => GuestError::PermissionDenied {
                 path: path.clone(),
@@ -118,22 +116,8 @@ impl MappedBar {
                 source: e,
             },
         })?;
-        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| GuestError::Layout {
-            address: device.address.clone(),
-            source: LayoutError::BadPointer { addr: 0 },
-        })?;
-        if base.as_ptr() as usize % 8 != 0 {
-            return Err(GuestError::Layout {
-                address: device.address.clone(),
-                source: LayoutError::BadPointer {
-                    addr: base.as_ptr() as usize,
-                },
-            });
-        }
         Ok(Self {
-            base,
-            len,
-            _map: map,
+            mapping,
             device,
             write_combining: options.write_combining,
         })
@@ -141,22 +125,17 @@ impl MappedBar {
 
     /// The mapping as an ivchan region.
     pub fn region(&self) -> Region<'_> {
-        // SAFETY: `base..base+len` is our live shared mapping, readable and
-        // writable, and it outlives the returned `Region` (borrow of self).
-        // This process touches it only through `Region`s.
-        let region = unsafe { Region::from_raw_parts(self.base.as_ptr(), self.len) };
-        // `map` checked non-null and 8-byte alignment (mmap is page-aligned).
-        region.expect("mapping checked to be non-null and aligned")
+        self.mapping.region()
     }
 
     /// Mapped length in bytes (the BAR size).
     pub fn len(&self) -> usize {
-        self.len
+        self.mapping.len()
     }
 
     /// Never true: a mapping is at least `MIN_REGION_SIZE` bytes.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.mapping.is_empty()
     }
 
     /// The device this BAR belongs to.
@@ -182,29 +161,21 @@ impl MappedBar {
     /// Polls for the header until the host has written it (backing off from
     /// 1 ms to 100 ms between polls), or [`GuestError::Timeout`].
     pub fn wait_for_header(&self, timeout: Duration) -> Result<Header<'_>, GuestError> {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
+        let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(100));
+        let header = poll_until(strategy, Some(timeout), || {
             match Header::open(self.region()) {
-                Err(LayoutError::NotInitialized) => {}
-                Ok(header) => return Ok(header),
-                Err(source) => {
-                    return Err(GuestError::Layout {
-                        address: self.device.address.clone(),
-                        source,
-                    })
-                }
-            }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Err(GuestError::Timeout {
+                Err(LayoutError::NotInitialized) => Ok(None),
+                Ok(header) => Ok(Some(header)),
+                Err(source) => Err(GuestError::Layout {
                     address: self.device.address.clone(),
-                    waited,
-                });
+                    source,
+                }),
             }
-            thread::sleep(pause.min(timeout - waited));
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
+        })?;
+        header.ok_or_else(|| GuestError::Timeout {
+            address: self.device.address.clone(),
+            waited: timeout,
+        })
     }
 
     /// Checks that `header` was written for VM `this_vm`.

@@ -6,8 +6,9 @@
 //! device, and several matches are an error.
 
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use ivchan_protocol::{poll_until, WaitStrategy};
 
 use crate::discovery::{discover, product_uuid};
 use crate::mapping::{MapOptions, MappedBar};
@@ -142,22 +143,19 @@ pub fn select_waiting(
     options: &MapOptions,
     timeout: Duration,
 ) -> Result<MappedBar, GuestError> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
+    let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(100));
+    let mut last_waiting = Vec::new();
+    let found = poll_until(strategy, Some(timeout), || {
         match select(sysfs_root, selector, options) {
             Err(GuestError::NoMatch { waiting, .. }) if !waiting.is_empty() => {
-                let waited = start.elapsed();
-                if waited >= timeout {
-                    return Err(GuestError::Timeout {
-                        address: waiting.join(", "),
-                        waited,
-                    });
-                }
-                thread::sleep(pause.min(timeout - waited));
-                pause = (pause * 2).min(Duration::from_millis(100));
+                last_waiting = waiting;
+                Ok(None)
             }
-            other => return other,
+            other => other.map(Some),
         }
-    }
+    })?;
+    found.ok_or_else(|| GuestError::Timeout {
+        address: last_waiting.join(", "),
+        waited: timeout,
+    })
 }
