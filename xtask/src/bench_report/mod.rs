@@ -1,0 +1,124 @@
+//! `cargo xtask bench-report [--quick] [--no-iceoryx2] [--no-wait]`: runs
+//! the benchmark runner (`ivchan-benches`' `bench-report-runner`, the same
+//! measurement code as `cargo bench`) and writes `docs/BENCHMARKS.md` with
+//! the machine, the method, tables of ivchan against each peer and limit,
+//! the targets of issue 6, and SVG plots in `docs/bench/`.
+//!
+//! Before measuring it waits (up to ten minutes) for the 1-minute load
+//! average to drop below 0.7, and it records the load before and after.
+//! Hand-written analysis in `docs/bench/notes.md` is copied into the report.
+
+mod machine;
+mod markdown;
+mod results;
+mod runner;
+mod svg;
+mod targets;
+mod units;
+
+use std::fs;
+use std::path::Path;
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+use crate::{project_root, step};
+use results::Results;
+
+/// Message sizes measured for throughput, in bytes.
+const SIZES: &[u64] = &[8, 64, 256, 1024, 4096, 65536, 1 << 20];
+
+/// What the report says about the run itself, beside the results.
+struct RunInfo {
+    /// What the machine is: (property, value) rows.
+    machine: Vec<(String, String)>,
+    load_before: String,
+    load_start: String,
+    load_end: String,
+    took: Duration,
+    quick: bool,
+    iceoryx2: bool,
+}
+
+/// `cargo xtask bench-report`.
+pub fn run() {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let no_wait = args.iter().any(|a| a == "--no-wait");
+    let mut iceoryx2 = !args.iter().any(|a| a == "--no-iceoryx2");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let root = project_root();
+
+    step("bench-report: build the runner");
+    if !runner::build(iceoryx2) {
+        if !iceoryx2 {
+            eprintln!("xtask: the bench runner does not build");
+            exit(1);
+        }
+        eprintln!("xtask: the runner does not build with iceoryx2; measuring without it");
+        iceoryx2 = false;
+    }
+
+    step("bench-report: wait for a quiet machine");
+    let load_before = if no_wait {
+        format!("{} (not waited for: --no-wait)", machine::load1())
+    } else {
+        machine::wait_for_quiet()
+    };
+    let load_start = machine::loadavg();
+    step("bench-report: measure");
+    let started = Instant::now();
+    let Some(out) = runner::measure(quick, iceoryx2, only) else {
+        exit(1);
+    };
+    let took = started.elapsed();
+    let load_end = machine::loadavg();
+    let results = Results::parse(&out);
+
+    step("bench-report: write docs/BENCHMARKS.md and docs/bench/");
+    let bench_dir = root.join("docs/bench");
+    fs::create_dir_all(&bench_dir).unwrap_or_else(|e| fail(&bench_dir, e));
+    write(&bench_dir.join("results.tsv"), &out);
+    write(
+        &bench_dir.join("throughput-xproc.svg"),
+        &svg::throughput(&results, "xproc", "Cross-process streaming throughput"),
+    );
+    write(
+        &bench_dir.join("throughput-xthread.svg"),
+        &svg::throughput(&results, "xthread", "Cross-thread streaming throughput"),
+    );
+    for &size in &[64u64, 4096] {
+        write(
+            &bench_dir.join(format!("latency-{size}.svg")),
+            &svg::latency(&results, size),
+        );
+    }
+    let notes = fs::read_to_string(bench_dir.join("notes.md")).ok();
+    let run = RunInfo {
+        machine: machine::describe(),
+        load_before,
+        load_start,
+        load_end,
+        took,
+        quick,
+        iceoryx2,
+    };
+    let md = markdown::report(&results, &run, notes.as_deref());
+    write(&root.join("docs/BENCHMARKS.md"), &md);
+    eprintln!(
+        "xtask: wrote docs/BENCHMARKS.md ({:.0} s of measuring)",
+        took.as_secs_f64()
+    );
+}
+
+fn fail(path: &Path, e: std::io::Error) -> ! {
+    eprintln!("xtask: {}: {e}", path.display());
+    exit(1)
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| fail(path, e));
+}
