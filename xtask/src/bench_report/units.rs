@@ -1,12 +1,7 @@
 //! Numbers as the report and the plots write them.
 
-pub(super) fn size_name(size: u64) -> String {
-    match size {
-        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
-        s if s >= 1024 && s % 1024 == 0 => format!("{} KiB", s >> 10),
-        s => format!("{s} B"),
-    }
-}
+/// `64 B`, `4 KiB`, `1 MiB`: the binary units ivchan's tools print sizes in.
+pub(super) use ivchan_protocol::report::human_size as size_name;
 
 pub(super) fn si(v: f64) -> String {
     match v {
