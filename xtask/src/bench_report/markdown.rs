@@ -3,10 +3,13 @@
 
 use std::fmt::Write as _;
 
-use super::results::{Lat, Results};
+use ivchan_protocol::naming::{REGION_DIR, REGION_PREFIX};
+
+use super::results::{Lat, Results, CACHE_LINE};
+use super::svg::{latency_file, throughput_file};
 use super::targets::targets;
-use super::units::{ns, ratio, si, size_name};
-use super::{RunInfo, SIZES};
+use super::units::{millis, ns, ratio, si, size_name};
+use super::RunInfo;
 
 fn cell(msgs: Option<f64>, size: u64) -> String {
     match msgs {
@@ -25,7 +28,7 @@ fn rate_table(r: &Results, scope: &str, out: &mut String) {
     }
     let _ = writeln!(out, " memcpy, one core (limit) |");
     let _ = writeln!(out, "|---:|{}---:|", "---:|".repeat(names.len()));
-    for &size in SIZES {
+    for &size in &r.sizes {
         let _ = write!(out, "| {} |", size_name(size));
         for n in &names {
             let _ = write!(out, " {} |", cell(r.msgs(scope, n, size), size));
@@ -53,7 +56,7 @@ fn ratio_table(r: &Results, scope: &str, out: &mut String) {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "|---:|{}", "---:|".repeat(cols.len()));
-    for &size in SIZES {
+    for &size in &r.sizes {
         let _ = write!(out, "| {} |", size_name(size));
         for (_, o, p) in &cols {
             let a = r.msgs(scope, o, size);
@@ -94,27 +97,16 @@ pub(super) fn report(r: &Results, run: &RunInfo, notes: Option<&str>) -> String 
     let _ = writeln!(o, "| measuring time | {:.0} s |", run.took.as_secs_f64());
     let _ = writeln!(o);
     let _ = writeln!(o, "## Method\n");
-    let _ = writeln!(
-        o,
-        "{}",
-        METHOD.replace(
-            "{ICEORYX2}",
-            if run.iceoryx2 {
-                "iceoryx2 0.10 (publish-subscribe of `[u8]` slices: loan, copy in, send; the \
-                 subscriber buffers 32 samples and the publisher retries until delivered)"
-            } else {
-                "iceoryx2 was **not** measured in this run (built without the `iceoryx2` feature)"
-            }
-        )
-    );
+    let _ = writeln!(o, "{}", method(r, run));
     let _ = writeln!(o, "## Targets (issue 6)\n");
     targets(r, &mut o);
     let _ = writeln!(o);
     let _ = writeln!(o, "## Cross-process throughput\n");
     let _ = writeln!(
         o,
-        "![cross-process throughput](bench/throughput-xproc.svg)\n\nOne message per \
-         send and one commit (publish) per message; payload bytes per second.\n"
+        "![cross-process throughput](bench/{})\n\nOne message per \
+         send and one commit (publish) per message; payload bytes per second.\n",
+        throughput_file("xproc")
     );
     rate_table(r, "xproc", &mut o);
     let _ = writeln!(
@@ -125,17 +117,23 @@ pub(super) fn report(r: &Results, run: &RunInfo, notes: Option<&str>) -> String 
     let _ = writeln!(o, "\n## Cross-thread throughput\n");
     let _ = writeln!(
         o,
-        "![cross-thread throughput](bench/throughput-xthread.svg)\n"
+        "![cross-thread throughput](bench/{})\n",
+        throughput_file("xthread")
     );
     rate_table(r, "xthread", &mut o);
     let _ = writeln!(o, "\nRatios:\n");
     ratio_table(r, "xthread", &mut o);
     let _ = writeln!(o, "\n## Round-trip latency\n");
-    let _ = writeln!(
-        o,
-        "![latency, 64 B](bench/latency-64.svg)\n![latency, 4 KiB](bench/latency-4096.svg)\n"
-    );
-    let cl = r.lat("cache-line", "busy-poll", 8).map(|l| l.p50);
+    for &size in &r.latency_sizes {
+        let _ = writeln!(
+            o,
+            "![latency, {}](bench/{})",
+            size_name(size),
+            latency_file(size)
+        );
+    }
+    let _ = writeln!(o);
+    let cl = r.cache_line().map(|l| l.p50);
     let _ = writeln!(
         o,
         "| transport | wait | size | round trips | mean | p50 | p99 | p99.9 | max | p50 / cache line | p99.9 / cache line |"
@@ -144,7 +142,7 @@ pub(super) fn report(r: &Results, run: &RunInfo, notes: Option<&str>) -> String 
     let mut lats: Vec<&Lat> = r.lat.iter().collect();
     lats.sort_by_key(|l| {
         (
-            l.name != "cache-line",
+            l.name != CACHE_LINE,
             l.size,
             !l.name.starts_with("ivchan"),
             l.name.clone(),
@@ -177,14 +175,44 @@ pub(super) fn report(r: &Results, run: &RunInfo, notes: Option<&str>) -> String 
     o
 }
 
+/// The method section: [`METHOD`] with the run's own parameters, as the
+/// runner declared them in its `info` records, filled in.
+fn method(r: &Results, run: &RunInfo) -> String {
+    let unknown = || "?".to_owned();
+    let size = |key| r.info_u64(key).map_or_else(unknown, size_name);
+    let time = |key| r.info_u64(key).map_or_else(unknown, millis);
+    let iceoryx2 = if run.iceoryx2 {
+        "iceoryx2 0.10 (publish-subscribe of `[u8]` slices: loan, copy in, send; the \
+         subscriber buffers 32 samples and the publisher retries until delivered)"
+    } else {
+        "iceoryx2 was **not** measured in this run (built without the `iceoryx2` feature)"
+    };
+    METHOD
+        .replace(
+            "{REPS}",
+            &r.info_u64("reps").map_or_else(unknown, |n| n.to_string()),
+        )
+        .replace("{PER_RUN}", &time("per_run_ms"))
+        .replace("{LATENCY_TIME}", &time("latency_ms"))
+        .replace("{RING_SIZE}", &size("ring_size"))
+        .replace("{REGION_SIZE}", &size("region_size"))
+        .replace(
+            "{REGION_FILE}",
+            &format!("{REGION_DIR}/{REGION_PREFIX}<uuid>"),
+        )
+        .replace("{ICEORYX2}", iceoryx2)
+}
+
+/// How the report describes the measurements; `{…}` are filled in by
+/// [`method`].
 const METHOD: &str = "\
 - `cargo xtask bench-report` runs `bench-report-runner` (package `ivchan-benches`), \
 which shares its measurement code (`benches/src/`) with the criterion benches \
 (`cargo bench -p ivchan-benches`). Everything below comes from one run on one machine.
 - **Pinning.** The producer (or pinging side) runs on core 0, the consumer (or echoing \
 side) on core 1, for every transport and limit.
-- **Throughput** streams fixed-size messages one way. A point is the median of 5 batches of \
-about 150 ms each, after a warm-up batch. Every transport gives message semantics: the \
+- **Throughput** streams fixed-size messages one way. A point is the median of {REPS} batches of \
+about {PER_RUN} each, after a warm-up batch. Every transport gives message semantics: the \
 producer waits until a whole message fits and publishes it at once; the consumer waits until \
 a whole message is there. Both sides wait with the default strategy below (socket-like \
 transports block in the kernel; iceoryx2's publisher retries on its own).
@@ -195,15 +223,15 @@ transports block in the kernel; iceoryx2's publisher retries on its own).
 rtrb 0.4 (`push_entire_slice` / `pop_entire_slice` on a `RingBuffer<u8>`), ringbuf 0.6 \
 (`push_slice` / `pop_slice` once `vacant_len` / `occupied_len` allow a whole message), crossbeam \
 `ArrayQueue<Box<[u8]>>` (filled buffers one way, empty ones back; copy in and copy out). Every \
-queue holds 4 MiB of data.
+queue holds {RING_SIZE} of data.
   - *Cross-process*: the runner re-executes itself as the child. ivchan runs over a real \
-`/dev/shm/fg_<uuid>` file created by `ivchan-host` (16 MiB region, 4 MiB rings); the child maps \
+`{REGION_FILE}` file created by `ivchan-host` ({REGION_SIZE} region, {RING_SIZE} rings); the child maps \
 it with `memmap2`, as a guest maps BAR2. Peers: a Unix `socketpair(SOCK_STREAM)`, two pipes, \
 TCP over 127.0.0.1 with `TCP_NODELAY` (one `write_all` / `read_exact` per message), and \
 {ICEORYX2}. A batch is timed from the first send to the child's `done` on its control pipe.
 - **Latency** is a ping-pong between the two processes: the parent sends a message, the child \
 echoes it, and each round trip is timed with `Instant::now()` into an HdrHistogram (3 significant \
-digits) for about 1.5 s after a warm-up. ivchan and iceoryx2 are measured busy-polling and with the \
+digits) for about {LATENCY_TIME} after a warm-up. ivchan and iceoryx2 are measured busy-polling and with the \
 default wait strategy; the socket-like peers block in the kernel.
 - **Wait strategies** are the channel layer's own (`ivchan_protocol::WaitStrategy`, through \
 `benches/src/wait.rs`). *busy-poll*: re-check after one pause hint. *backoff* (`adaptive()`, the \
@@ -215,3 +243,57 @@ round trip timed the same way as the transports' (so both include the ~20 ns tim
 - Ratios are ivchan / peer (or / limit) in messages per second at the same size; above 1 means \
 ivchan is faster.
 ";
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn render(tsv: &str) -> String {
+        let run = RunInfo {
+            machine: vec![("CPU".into(), "test".into())],
+            load_before: "0.1".into(),
+            load_start: "0.1 0.2 0.3".into(),
+            load_end: "0.3 0.2 0.1".into(),
+            took: Duration::from_secs(2),
+            quick: true,
+            iceoryx2: false,
+        };
+        report(&Results::parse(tsv), &run, Some("notes"))
+    }
+
+    #[test]
+    fn the_runner_declares_sizes_and_parameters() {
+        let md = render(
+            "info\tsizes\t[64, 65536]\n\
+             info\tlatency_sizes\t[64, 4096]\n\
+             info\tregion_size\t16777216\n\
+             info\tring_size\t4194304\n\
+             info\tper_run_ms\t30\n\
+             info\treps\t3\n\
+             info\tlatency_ms\t1500\n\
+             tput\tlimit\tmemcpy\t64\t1000000.0\t64000000.0\n",
+        );
+        assert!(md.contains("| 64 B | 1.00 Mmsg/s, 64.00 MB/s |\n| 64 KiB | – |\n"));
+        assert!(!md.contains("| 8 B |"), "only the declared sizes");
+        assert!(md.contains(
+            "![latency, 64 B](bench/latency-64.svg)\n\
+             ![latency, 4 KiB](bench/latency-4096.svg)\n"
+        ));
+        assert!(md.contains("the median of 3 batches of about 30 ms each"));
+        assert!(md.contains("for about 1.5 s after a warm-up"));
+        assert!(md.contains(
+            "`/dev/shm/fg_<uuid>` file created by `ivchan-host` (16 MiB region, 4 MiB rings)"
+        ));
+        assert!(md.contains("Every queue holds 4 MiB of data."));
+        assert!(md.ends_with("## Analysis\n\nnotes\n\n"));
+    }
+
+    #[test]
+    fn missing_parameters_show_as_unknown() {
+        let md = render("");
+        assert!(md.contains("the median of ? batches of about ? each"));
+        assert!(md.contains("(? region, ? rings)"));
+    }
+}

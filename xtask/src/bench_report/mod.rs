@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 use crate::{project_root, step};
 use results::Results;
 
-/// Message sizes measured for throughput, in bytes.
-const SIZES: &[u64] = &[8, 64, 256, 1024, 4096, 65536, 1 << 20];
-
 /// What the report says about the run itself, beside the results.
 struct RunInfo {
     /// What the machine is: (property, value) rows.
@@ -83,16 +80,16 @@ pub fn run() {
     fs::create_dir_all(&bench_dir).unwrap_or_else(|e| fail(&bench_dir, e));
     write(&bench_dir.join("results.tsv"), &out);
     write(
-        &bench_dir.join("throughput-xproc.svg"),
+        &bench_dir.join(svg::throughput_file("xproc")),
         &svg::throughput(&results, "xproc", "Cross-process streaming throughput"),
     );
     write(
-        &bench_dir.join("throughput-xthread.svg"),
+        &bench_dir.join(svg::throughput_file("xthread")),
         &svg::throughput(&results, "xthread", "Cross-thread streaming throughput"),
     );
-    for &size in &[64u64, 4096] {
+    for &size in &results.latency_sizes {
         write(
-            &bench_dir.join(format!("latency-{size}.svg")),
+            &bench_dir.join(svg::latency_file(size)),
             &svg::latency(&results, size),
         );
     }

@@ -3,10 +3,19 @@
 
 use std::collections::BTreeMap;
 
+/// The runner's name for the cache-line round trip in its `lat` records.
+pub(super) const CACHE_LINE: &str = "cache-line";
+
 /// Parsed runner output.
 #[derive(Default)]
 pub(super) struct Results {
+    /// `info` records: what the runner measured with (sizes, timings,
+    /// region and ring sizes, features) and what failed to start.
     pub(super) info: BTreeMap<String, String>,
+    /// Message sizes measured for throughput (`info sizes`), in bytes.
+    pub(super) sizes: Vec<u64>,
+    /// Message sizes measured for round-trip latency (`info latency_sizes`).
+    pub(super) latency_sizes: Vec<u64>,
     /// (scope, name, size) -> messages/s.
     pub(super) tput: BTreeMap<(String, String, u64), f64>,
     /// (name, wait, size) -> stats.
@@ -66,7 +75,24 @@ impl Results {
                 _ => {}
             }
         }
+        r.sizes = r.info_sizes("sizes");
+        r.latency_sizes = r.info_sizes("latency_sizes");
         r
+    }
+
+    /// An `info` list of sizes as the runner prints it: `[8, 64, 1024]`.
+    fn info_sizes(&self, key: &str) -> Vec<u64> {
+        self.info.get(key).map_or_else(Vec::new, |v| {
+            v.trim_matches(['[', ']'])
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect()
+        })
+    }
+
+    /// An `info` number (a size in bytes, a count, milliseconds).
+    pub(super) fn info_u64(&self, key: &str) -> Option<u64> {
+        self.info.get(key)?.parse().ok()
     }
 
     pub(super) fn msgs(&self, scope: &str, name: &str, size: u64) -> Option<f64> {
@@ -91,5 +117,41 @@ impl Results {
         self.lat
             .iter()
             .find(|l| l.name == name && l.wait == wait && l.size == size)
+    }
+
+    /// The cache-line round trip: the latency limit every transport is
+    /// compared with.
+    pub(super) fn cache_line(&self) -> Option<&Lat> {
+        self.lat.iter().find(|l| l.name == CACHE_LINE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_runner_records() {
+        let r = Results::parse(
+            "info\tsizes\t[8, 64, 1048576]\n\
+             info\tlatency_sizes\t[64]\n\
+             info\treps\t5\n\
+             tput\txproc\tunix-socket\t64\t10.0\t640.0\n\
+             tput\txproc\tivchan-copy\t64\t1000.0\t64000.0\n\
+             lat\tcache-line\tbusy-poll\t8\t100\t383.3\t411\t591\t681\t2013183\n\
+             curve\tcache-line\tbusy-poll\t8\t50\t411\n\
+             curve\tnobody\tbusy-poll\t8\t50\t1\n\
+             not a record\n",
+        );
+        assert_eq!(r.sizes, [8, 64, 1 << 20]);
+        assert_eq!(r.latency_sizes, [64]);
+        assert_eq!(r.info_u64("reps"), Some(5));
+        assert_eq!(r.info_u64("per_run_ms"), None);
+        assert_eq!(r.msgs("xproc", "ivchan-copy", 64), Some(1000.0));
+        assert_eq!(r.msgs("xproc", "ivchan-copy", 8), None);
+        assert_eq!(r.names("xproc"), ["ivchan-copy", "unix-socket"]);
+        let cl = r.cache_line().expect("the cache-line record");
+        assert_eq!((cl.count, cl.p50, cl.max), (100, 411.0, 2_013_183.0));
+        assert_eq!(cl.curve, [(50.0, 411.0)]);
     }
 }

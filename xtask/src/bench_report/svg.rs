@@ -3,9 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::results::Results;
+use super::results::{Lat, Results, CACHE_LINE};
 use super::units::{ns, si, size_name};
-use super::SIZES;
 
 const PALETTE: &[&str] = &[
     "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -148,28 +147,41 @@ fn esc(t: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// File name of `scope`'s throughput plot in `docs/bench/`.
+pub(super) fn throughput_file(scope: &str) -> String {
+    format!("throughput-{scope}.svg")
+}
+
+/// File name of the latency plot for `size`-byte messages in `docs/bench/`.
+pub(super) fn latency_file(size: u64) -> String {
+    format!("latency-{size}.svg")
+}
+
+/// Payload bytes per second against log2(size) for one transport or limit.
+fn rate_points(r: &Results, scope: &str, name: &str) -> Vec<(f64, f64)> {
+    r.sizes
+        .iter()
+        .filter_map(|&s| Some(((s as f64).log2(), r.msgs(scope, name, s)? * s as f64)))
+        .collect()
+}
+
 pub(super) fn throughput(r: &Results, scope: &str, title: &str) -> String {
     let mut series: Vec<Series> = r
         .names(scope)
         .into_iter()
         .map(|n| Series {
-            points: SIZES
-                .iter()
-                .filter_map(|&s| Some(((s as f64).log2(), r.msgs(scope, &n, s)? * s as f64)))
-                .collect(),
+            points: rate_points(r, scope, &n),
             name: n,
             dashed: false,
         })
         .collect();
     series.push(Series {
         name: "memcpy, one core".into(),
-        points: SIZES
-            .iter()
-            .filter_map(|&s| Some(((s as f64).log2(), r.msgs("limit", "memcpy", s)? * s as f64)))
-            .collect(),
+        points: rate_points(r, "limit", "memcpy"),
         dashed: true,
     });
-    let ticks: Vec<(f64, String)> = SIZES
+    let ticks: Vec<(f64, String)> = r
+        .sizes
         .iter()
         .map(|&s| ((s as f64).log2(), size_name(s)))
         .collect();
@@ -193,31 +205,30 @@ fn nines(p: f64) -> f64 {
     }
 }
 
+/// A latency distribution on the "nines" axis, below p100.
+fn curve_points(l: &Lat) -> Vec<(f64, f64)> {
+    l.curve
+        .iter()
+        .filter(|(p, _)| *p < 100.0)
+        .map(|&(p, v)| (nines(p), v))
+        .collect()
+}
+
 pub(super) fn latency(r: &Results, size: u64) -> String {
     let mut series: Vec<Series> = r
         .lat
         .iter()
-        .filter(|l| l.size == size)
+        .filter(|l| l.size == size && l.name != CACHE_LINE)
         .map(|l| Series {
             name: format!("{} ({})", l.name, l.wait),
-            points: l
-                .curve
-                .iter()
-                .filter(|(p, _)| *p < 100.0)
-                .map(|&(p, v)| (nines(p), v))
-                .collect(),
+            points: curve_points(l),
             dashed: false,
         })
         .collect();
-    if let Some(cl) = r.lat("cache-line", "busy-poll", 8) {
+    if let Some(cl) = r.cache_line() {
         series.push(Series {
             name: "cache-line round trip".into(),
-            points: cl
-                .curve
-                .iter()
-                .filter(|(p, _)| *p < 100.0)
-                .map(|&(p, v)| (nines(p), v))
-                .collect(),
+            points: curve_points(cl),
             dashed: true,
         });
     }

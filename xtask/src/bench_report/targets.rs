@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 
 use super::results::Results;
 use super::units::{ns, si, size_name};
-use super::SIZES;
 
 fn verdict(ok: bool) -> &'static str {
     if ok {
@@ -63,7 +62,7 @@ pub(super) fn targets(r: &Results, out: &mut String) {
             );
         }
     }
-    if let Some(cl) = r.lat("cache-line", "busy-poll", 8) {
+    if let Some(cl) = r.cache_line() {
         for api in ["ivchan-copy", "ivchan-zero-copy"] {
             if let Some(l) = r.lat(api, "busy-poll", 64) {
                 let _ = writeln!(
@@ -86,7 +85,8 @@ pub(super) fn targets(r: &Results, out: &mut String) {
     }
     if r.names("xproc").iter().any(|n| n == "iceoryx2") {
         for api in ["ivchan-copy", "ivchan-zero-copy"] {
-            let worst = SIZES
+            let worst = r
+                .sizes
                 .iter()
                 .filter_map(|&s| Some((s, x(api, s)? / x("iceoryx2", s)?)))
                 .min_by(|a, b| a.1.total_cmp(&b.1));

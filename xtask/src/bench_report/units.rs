@@ -34,3 +34,12 @@ pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
         _ => "–".into(),
     }
 }
+
+/// `150 ms`, `1.5 s`: a duration given in milliseconds.
+pub(super) fn millis(ms: u64) -> String {
+    if ms >= 1000 {
+        format!("{} s", ms as f64 / 1e3)
+    } else {
+        format!("{ms} ms")
+    }
+}
