@@ -78,17 +78,6 @@ fn timed_latency(
     LatencyStats::of(&hist)
 }
 
-fn waits(t: Transport) -> &'static [WaitStrategy] {
-    match t {
-        Transport::IvchanCopy | Transport::IvchanZeroCopy => {
-            &[WaitStrategy::BusyPoll, WaitStrategy::Backoff]
-        }
-        #[cfg(feature = "iceoryx2")]
-        Transport::Iceoryx2 => &[WaitStrategy::BusyPoll, WaitStrategy::Backoff],
-        _ => &[],
-    }
-}
-
 fn main() {
     child_main();
     let mut args = std::env::args().skip(1);
@@ -171,7 +160,7 @@ fn main() {
         }
         if want_lat {
             for &size in LATENCY_SIZES {
-                let ws = waits(transport);
+                let ws = WaitStrategy::for_transport(transport);
                 if ws.is_empty() {
                     // Blocking in the kernel: the wait strategy is moot.
                     let s = timed_latency(opts.latency_time, |n| {
