@@ -1,4 +1,5 @@
-//! `cargo xtask bench-report [--quick] [--no-iceoryx2] [--no-wait]`: runs
+//! `cargo xtask bench-report [--quick] [--no-iceoryx2] [--no-wait]
+//! [--only SUBSTRING]`: runs
 //! the benchmark runner (`ivchan-benches`' `bench-report-runner`, the same
 //! measurement code as `cargo bench`) and writes `docs/BENCHMARKS.md` with
 //! the machine, the method, tables of ivchan against each peer and limit,
@@ -36,17 +37,62 @@ struct RunInfo {
     iceoryx2: bool,
 }
 
+/// The command's arguments, for usage messages.
+pub const USAGE: &str = "bench-report [--quick] [--no-iceoryx2] [--no-wait] [--only SUBSTRING]";
+
+/// What `cargo xtask bench-report` was asked for.
+#[derive(Debug, Default, PartialEq)]
+struct Options {
+    /// Short runs (`--quick`).
+    quick: bool,
+    /// Measure without waiting for a quiet machine (`--no-wait`).
+    no_wait: bool,
+    /// Leave iceoryx2 out (`--no-iceoryx2`).
+    no_iceoryx2: bool,
+    /// Only the measurements whose names contain this (`--only`).
+    only: Option<String>,
+}
+
+impl Options {
+    /// `Ok(None)` for `--help`; `Err` names what is wrong.
+    fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, String> {
+        let mut o = Self::default();
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--no-wait" => o.no_wait = true,
+                "--no-iceoryx2" => o.no_iceoryx2 = true,
+                "--only" => o.only = Some(args.next().ok_or("--only needs a SUBSTRING")?),
+                "-h" | "--help" => return Ok(None),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(Some(o))
+    }
+}
+
 /// `cargo xtask bench-report`.
 pub fn run() {
-    let args: Vec<String> = std::env::args().skip(2).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let no_wait = args.iter().any(|a| a == "--no-wait");
-    let mut iceoryx2 = !args.iter().any(|a| a == "--no-iceoryx2");
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str);
+    let opts = match Options::parse(std::env::args().skip(2)) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("usage: cargo xtask {USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("xtask: {e}\nusage: cargo xtask {USAGE}");
+            exit(2);
+        }
+    };
+    let Options {
+        quick,
+        no_wait,
+        no_iceoryx2,
+        ref only,
+    } = opts;
+    let only = only.as_deref();
+    let mut iceoryx2 = !no_iceoryx2;
     let root = project_root();
 
     step("bench-report: build the runner");
@@ -118,4 +164,30 @@ fn fail(path: &Path, e: std::io::Error) -> ! {
 
 fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| fail(path, e));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
+        Options::parse(args.iter().map(|&a| a.to_owned()))
+    }
+
+    #[test]
+    fn options_parse_and_unknown_ones_are_refused() {
+        assert_eq!(parse(&[]), Ok(Some(Options::default())));
+        assert_eq!(
+            parse(&["--quick", "--only", "xproc/ivchan", "--no-wait"]),
+            Ok(Some(Options {
+                quick: true,
+                no_wait: true,
+                no_iceoryx2: false,
+                only: Some("xproc/ivchan".into()),
+            }))
+        );
+        assert_eq!(parse(&["--quick", "--help"]), Ok(None));
+        assert!(parse(&["--only"]).is_err());
+        assert!(parse(&["--qiuck"]).is_err());
+    }
 }
