@@ -36,16 +36,12 @@ fn cache_line(c: &mut Criterion) {
     println!("rtt/cache-line: {}", LatencyStats::of(&all));
 }
 
-/// The wait strategies worth measuring for a transport: socket-like ones
-/// block in the kernel whatever we ask.
+/// The wait strategies to measure `t` with: socket-like transports block
+/// in the kernel whatever we ask, and are measured once, as busy-poll.
 fn waits(t: Transport) -> &'static [WaitStrategy] {
-    match t {
-        Transport::IvchanCopy | Transport::IvchanZeroCopy => {
-            &[WaitStrategy::BusyPoll, WaitStrategy::Backoff]
-        }
-        #[cfg(feature = "iceoryx2")]
-        Transport::Iceoryx2 => &[WaitStrategy::BusyPoll, WaitStrategy::Backoff],
-        _ => &[WaitStrategy::BusyPoll],
+    match WaitStrategy::for_transport(t) {
+        [] => &[WaitStrategy::BusyPoll],
+        polling => polling,
     }
 }
 

@@ -3,6 +3,8 @@
 //! measure what users get. Peers (rtrb, ringbuf, crossbeam, iceoryx2) wait
 //! the same way, for a fair comparison.
 
+use crate::process::Transport;
+
 /// How to wait for the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
@@ -28,6 +30,20 @@ impl WaitStrategy {
         match self {
             Self::BusyPoll => ivchan_protocol::WaitStrategy::busy_poll(),
             Self::Backoff => ivchan_protocol::WaitStrategy::adaptive(),
+        }
+    }
+}
+
+impl WaitStrategy {
+    /// The strategies worth measuring for `transport`'s latency: both for
+    /// the transports that poll (ivchan, iceoryx2); none for the
+    /// socket-like ones, which block in the kernel whatever we ask.
+    pub fn for_transport(transport: Transport) -> &'static [Self] {
+        match transport {
+            Transport::IvchanCopy | Transport::IvchanZeroCopy => &[Self::BusyPoll, Self::Backoff],
+            #[cfg(feature = "iceoryx2")]
+            Transport::Iceoryx2 => &[Self::BusyPoll, Self::Backoff],
+            _ => &[],
         }
     }
 }

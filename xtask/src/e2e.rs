@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ivchan_protocol::naming::{self, RegionSize};
+use ivchan_protocol::VmUuid;
+
 use crate::libvirt::{self, Domain};
 use crate::vm::{self, Guest};
 use crate::{cargo, packages, project_root, run, step};
@@ -181,8 +184,15 @@ fn check_guest(guest: &mut Guest, device: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A scenario's UUID (a literal in this file) as ivchan reads it.
+fn vm_uuid(uuid: &str) -> VmUuid {
+    uuid.parse()
+        .unwrap_or_else(|e| panic!("scenario UUID {uuid:?}: {e}"))
+}
+
+/// Where the host agent and QEMU put VM `uuid`'s region.
 fn region_for(uuid: &str) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/fg_{uuid}"))
+    naming::default_region_path(&vm_uuid(uuid))
 }
 
 /// 1. The device comes from the QEMU wrapper's arguments; the guest agent
@@ -235,7 +245,7 @@ fn wait_for_region(region: &Path) -> Result<(), String> {
     wait_for(
         "QEMU to create and size the region",
         Duration::from_secs(60),
-        || fs::metadata(region).is_ok_and(|m| m.len() == 8 << 20),
+        || fs::metadata(region).is_ok_and(|m| m.len() == RegionSize::DEFAULT.bytes()),
     )
 }
 
@@ -295,7 +305,9 @@ fn libvirt_shmem(kit: &Kit) -> Result<Outcome, String> {
     run(Command::new(&kit.provision).arg("inject").arg(&dom.xml));
     dom.define_and_start()?;
     let cmdline = dom.qemu_cmdline()?;
-    if !cmdline.contains("ivshmem-plain") || !cmdline.contains(&format!("fg_{uuid}")) {
+    if !cmdline.contains("ivshmem-plain")
+        || !cmdline.contains(&naming::region_file_name(&vm_uuid(uuid)))
+    {
         return Err(format!("QEMU command line lacks the device: {cmdline}"));
     }
     serve_libvirt_guest(kit, &dom, uuid)
@@ -474,8 +486,12 @@ fn two_devices(kit: &Kit) -> Result<Outcome, String> {
         &["--uuid", uuid, "--exchange", "2000", "--echo", "100"],
     )?;
     wait_for("the region", Duration::from_secs(10), || region.exists())?;
-    let mut args = vm::ivshmem_args(uuid, &decoy, 8, 0x05);
-    args.extend(vm::ivshmem_args(uuid, &region, 8, 0x1f).into_iter().skip(2));
+    let mut args = vm::ivshmem_args(uuid, &decoy, RegionSize::DEFAULT, 0x05);
+    args.extend(
+        vm::ivshmem_args(uuid, &region, RegionSize::DEFAULT, 0x1f)
+            .into_iter()
+            .skip(2),
+    );
     let mut guest = Guest::boot("two-devices", &kit.kernel, &kit.initrd, &args)?;
     let out = host
         .finish_unless(Duration::from_secs(300), || guest.died())
@@ -506,7 +522,7 @@ fn restarts(kit: &Kit) -> Result<Outcome, String> {
     ];
     let mut host = HostAgent::spawn(kit, "restarts-1", &host_args)?;
     wait_for("the region", Duration::from_secs(10), || region.exists())?;
-    let qemu_args = vm::ivshmem_args(uuid, &region, 8, 0x1f);
+    let qemu_args = vm::ivshmem_args(uuid, &region, RegionSize::DEFAULT, 0x1f);
     let first = Guest::boot("restarts-a", &kit.kernel, &kit.initrd, &qemu_args)?;
     wait_for("3,000 acknowledgements", Duration::from_secs(180), || {
         stream_acked(&state) >= 3000
@@ -543,7 +559,7 @@ fn restarts(kit: &Kit) -> Result<Outcome, String> {
 ///    supervisor. QEMU creates each region file; the supervisor sees it
 ///    appear, waits for QEMU to size it, and initialises it.
 fn several_guests(kit: &Kit) -> Result<Outcome, String> {
-    let dir = PathBuf::from("/dev/shm/ivchan-e2e-fleet");
+    let dir = Path::new(naming::REGION_DIR).join("ivchan-e2e-fleet");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let _cleanup = Cleanup(vec![dir.clone()]);
@@ -567,13 +583,13 @@ fn several_guests(kit: &Kit) -> Result<Outcome, String> {
     let mut guests = Vec::new();
     for i in 0..3 {
         let uuid = format!("5b7e6a0c-1d2e-4f3a-9b8c-00000000e26{i}");
-        let region = dir.join(format!("fg_{uuid}"));
+        let region = dir.join(naming::region_file_name(&vm_uuid(&uuid)));
         let name = format!("several-guests-{i}");
         guests.push(Guest::boot(
             &name,
             &kit.kernel,
             &kit.initrd,
-            &vm::ivshmem_args(&uuid, &region, 8, 0x1f),
+            &vm::ivshmem_args(&uuid, &region, RegionSize::DEFAULT, 0x1f),
         )?);
     }
     let out = host
@@ -708,4 +724,22 @@ pub fn e2e(filters: &[String]) -> Result<(), String> {
 /// `cargo xtask smoke`: the raw-QEMU scenario alone.
 pub fn smoke() -> Result<(), String> {
     e2e(&["raw-qemu".to_owned()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_where_ivchan_puts_them() {
+        let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e201";
+        assert_eq!(
+            region_for(uuid),
+            PathBuf::from("/dev/shm/fg_5b7e6a0c-1d2e-4f3a-9b8c-00000000e201")
+        );
+        assert_eq!(
+            naming::region_file_name(&vm_uuid(uuid)),
+            format!("fg_{uuid}")
+        );
+    }
 }

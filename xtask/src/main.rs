@@ -215,7 +215,10 @@ fn main() {
         Some("packages") => packages(),
         Some("bench-report") => bench_report::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]|bench-report [--quick] [--no-iceoryx2] [--no-wait] [--only SUBSTRING]>");
+            eprintln!(
+                "usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]|{}>",
+                bench_report::USAGE
+            );
             exit(2);
         }
     }

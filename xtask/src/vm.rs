@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ivchan_protocol::naming::RegionSize;
+
 use crate::{cargo, project_root, run};
 
 /// Where fetched and built artefacts are cached.
@@ -240,7 +242,9 @@ impl Drop for Guest {
 /// QEMU arguments that give a guest the device the way ivchan's QEMU
 /// wrapper does: a shared `memory-backend-file` on the region and an
 /// `ivshmem-plain` at bus 0, `slot`.
-pub fn ivshmem_args(uuid: &str, region: &Path, size_mib: u64, slot: u8) -> Vec<String> {
+pub fn ivshmem_args(uuid: &str, region: &Path, size: RegionSize, slot: u8) -> Vec<String> {
+    // A region size is a power of two of at least 1 MiB: whole MiB.
+    let size_mib = size.bytes() >> 20;
     vec![
         "-uuid".into(),
         uuid.into(),
@@ -267,4 +271,19 @@ pub fn payload_file(path: &Path, size: usize) -> Result<(), String> {
     }
     buf.truncate(size);
     f.write_all(&buf).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ivshmem_args_size_the_backend_in_mib() {
+        let args = ivshmem_args("u", Path::new("/dev/shm/fg_u"), RegionSize::DEFAULT, 0x1f);
+        assert_eq!(
+            args[3],
+            "memory-backend-file,id=ivchan1f,mem-path=/dev/shm/fg_u,size=8M,share=on"
+        );
+        assert_eq!(args[5], "ivshmem-plain,memdev=ivchan1f,bus=pci.0,addr=0x1f");
+    }
 }

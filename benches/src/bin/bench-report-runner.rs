@@ -8,6 +8,13 @@
 //! curve  NAME    WAIT  SIZE  PERCENTILE  NS
 //! ```
 //!
+//! The `info` records come first and declare what was measured with, so
+//! that the report takes these from here rather than repeating them:
+//! `sizes` and `latency_sizes` (lists, `[8, 64, …]`), `region_size` and
+//! `ring_size` (bytes), `per_run_ms`, `reps`, `latency_ms`, `iceoryx2`
+//! (`true`/`false`); later, `failed:NAME` for a transport that could not
+//! start.
+//!
 //! Usage: `bench-report-runner [--quick] [--only SUBSTRING] [--size BYTES]`. The same
 //! measurement code runs under criterion in `cargo bench`.
 
@@ -17,7 +24,7 @@ use ivchan_benches::measure::{rate, LatencyStats};
 use ivchan_benches::process::{child_main, Session, Transport};
 use ivchan_benches::thread::{Queue, ThreadBench};
 use ivchan_benches::wait::WaitStrategy;
-use ivchan_benches::{limits, LATENCY_SIZES, SIZES};
+use ivchan_benches::{limits, LATENCY_SIZES, REGION_SIZE, RING_SIZE, SIZES};
 
 struct Opts {
     per_run: Duration,
@@ -71,17 +78,6 @@ fn timed_latency(
     LatencyStats::of(&hist)
 }
 
-fn waits(t: Transport) -> &'static [WaitStrategy] {
-    match t {
-        Transport::IvchanCopy | Transport::IvchanZeroCopy => {
-            &[WaitStrategy::BusyPoll, WaitStrategy::Backoff]
-        }
-        #[cfg(feature = "iceoryx2")]
-        Transport::Iceoryx2 => &[WaitStrategy::BusyPoll, WaitStrategy::Backoff],
-        _ => &[],
-    }
-}
-
 fn main() {
     child_main();
     let mut args = std::env::args().skip(1);
@@ -115,8 +111,12 @@ fn main() {
         }
     }
     println!("info\tsizes\t{SIZES:?}");
+    println!("info\tlatency_sizes\t{LATENCY_SIZES:?}");
+    println!("info\tregion_size\t{REGION_SIZE}");
+    println!("info\tring_size\t{RING_SIZE}");
     println!("info\tper_run_ms\t{}", opts.per_run.as_millis());
     println!("info\treps\t{}", opts.reps);
+    println!("info\tlatency_ms\t{}", opts.latency_time.as_millis());
     println!("info\ticeoryx2\t{}", cfg!(feature = "iceoryx2"));
 
     if opts.wants("limit") {
@@ -160,7 +160,7 @@ fn main() {
         }
         if want_lat {
             for &size in LATENCY_SIZES {
-                let ws = waits(transport);
+                let ws = WaitStrategy::for_transport(transport);
                 if ws.is_empty() {
                     // Blocking in the kernel: the wait strategy is moot.
                     let s = timed_latency(opts.latency_time, |n| {

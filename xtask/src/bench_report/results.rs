@@ -1,0 +1,157 @@
+//! The runner's output, parsed: one tab-separated record a line (see
+//! `benches/src/bin/bench-report-runner.rs` for the format).
+
+use std::collections::BTreeMap;
+
+/// The runner's name for the cache-line round trip in its `lat` records.
+pub(super) const CACHE_LINE: &str = "cache-line";
+
+/// Parsed runner output.
+#[derive(Default)]
+pub(super) struct Results {
+    /// `info` records: what the runner measured with (sizes, timings,
+    /// region and ring sizes, features) and what failed to start.
+    pub(super) info: BTreeMap<String, String>,
+    /// Message sizes measured for throughput (`info sizes`), in bytes.
+    pub(super) sizes: Vec<u64>,
+    /// Message sizes measured for round-trip latency (`info latency_sizes`).
+    pub(super) latency_sizes: Vec<u64>,
+    /// (scope, name, size) -> messages/s.
+    pub(super) tput: BTreeMap<(String, String, u64), f64>,
+    /// (name, wait, size) -> stats.
+    pub(super) lat: Vec<Lat>,
+}
+
+pub(super) struct Lat {
+    pub(super) name: String,
+    pub(super) wait: String,
+    pub(super) size: u64,
+    pub(super) count: u64,
+    pub(super) mean: f64,
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) p999: f64,
+    pub(super) max: f64,
+    pub(super) curve: Vec<(f64, f64)>,
+}
+
+impl Results {
+    pub(super) fn parse(text: &str) -> Self {
+        let mut r = Self::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            let int = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            match f.first().copied() {
+                Some("info") if f.len() >= 3 => {
+                    r.info.insert(f[1].to_owned(), f[2].to_owned());
+                }
+                Some("tput") if f.len() >= 6 => {
+                    r.tput
+                        .insert((f[1].to_owned(), f[2].to_owned(), int(3)), num(4));
+                }
+                Some("lat") if f.len() >= 10 => r.lat.push(Lat {
+                    name: f[1].to_owned(),
+                    wait: f[2].to_owned(),
+                    size: int(3),
+                    count: int(4),
+                    mean: num(5),
+                    p50: num(6),
+                    p99: num(7),
+                    p999: num(8),
+                    max: num(9),
+                    curve: Vec::new(),
+                }),
+                Some("curve") if f.len() >= 6 => {
+                    let (name, wait, size) = (f[1], f[2], int(3));
+                    if let Some(l) = r
+                        .lat
+                        .iter_mut()
+                        .find(|l| l.name == name && l.wait == wait && l.size == size)
+                    {
+                        l.curve.push((num(4), num(5)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        r.sizes = r.info_sizes("sizes");
+        r.latency_sizes = r.info_sizes("latency_sizes");
+        r
+    }
+
+    /// An `info` list of sizes as the runner prints it: `[8, 64, 1024]`.
+    fn info_sizes(&self, key: &str) -> Vec<u64> {
+        self.info.get(key).map_or_else(Vec::new, |v| {
+            v.trim_matches(['[', ']'])
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect()
+        })
+    }
+
+    /// An `info` number (a size in bytes, a count, milliseconds).
+    pub(super) fn info_u64(&self, key: &str) -> Option<u64> {
+        self.info.get(key)?.parse().ok()
+    }
+
+    pub(super) fn msgs(&self, scope: &str, name: &str, size: u64) -> Option<f64> {
+        self.tput
+            .get(&(scope.to_owned(), name.to_owned(), size))
+            .copied()
+    }
+
+    pub(super) fn names(&self, scope: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (s, n, _) in self.tput.keys() {
+            if s == scope && !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+        // ivchan first, then the peers in a stable order.
+        out.sort_by_key(|n| (!n.starts_with("ivchan"), n.clone()));
+        out
+    }
+
+    pub(super) fn lat(&self, name: &str, wait: &str, size: u64) -> Option<&Lat> {
+        self.lat
+            .iter()
+            .find(|l| l.name == name && l.wait == wait && l.size == size)
+    }
+
+    /// The cache-line round trip: the latency limit every transport is
+    /// compared with.
+    pub(super) fn cache_line(&self) -> Option<&Lat> {
+        self.lat.iter().find(|l| l.name == CACHE_LINE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_runner_records() {
+        let r = Results::parse(
+            "info\tsizes\t[8, 64, 1048576]\n\
+             info\tlatency_sizes\t[64]\n\
+             info\treps\t5\n\
+             tput\txproc\tunix-socket\t64\t10.0\t640.0\n\
+             tput\txproc\tivchan-copy\t64\t1000.0\t64000.0\n\
+             lat\tcache-line\tbusy-poll\t8\t100\t383.3\t411\t591\t681\t2013183\n\
+             curve\tcache-line\tbusy-poll\t8\t50\t411\n\
+             curve\tnobody\tbusy-poll\t8\t50\t1\n\
+             not a record\n",
+        );
+        assert_eq!(r.sizes, [8, 64, 1 << 20]);
+        assert_eq!(r.latency_sizes, [64]);
+        assert_eq!(r.info_u64("reps"), Some(5));
+        assert_eq!(r.info_u64("per_run_ms"), None);
+        assert_eq!(r.msgs("xproc", "ivchan-copy", 64), Some(1000.0));
+        assert_eq!(r.msgs("xproc", "ivchan-copy", 8), None);
+        assert_eq!(r.names("xproc"), ["ivchan-copy", "unix-socket"]);
+        let cl = r.cache_line().expect("the cache-line record");
+        assert_eq!((cl.count, cl.p50, cl.max), (100, 411.0, 2_013_183.0));
+        assert_eq!(cl.curve, [(50.0, 411.0)]);
+    }
+}
