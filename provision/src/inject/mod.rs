@@ -106,6 +106,7 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::spec::Model;
+    use ivchan_protocol::naming::SizeError;
 
     const DOM: &str = "<domain type='qemu'>\n  <name>t</name>\n  <uuid>6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b</uuid>\n  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n  </devices>\n</domain>\n";
 
@@ -199,7 +200,21 @@ mod tests {
         };
         assert!(matches!(
             inject(DOM, &bad, Route::Shmem),
-            Err(Error::SizeNotPowerOfTwo(_))
+            Err(Error::Size(SizeError::NotPowerOfTwo { .. }))
         ));
+        for (size, refused) in [
+            (512 << 10, "below the 1 MiB minimum"),
+            (64 << 30, "above the 16 GiB maximum"),
+        ] {
+            let bad = Spec {
+                size,
+                ..Spec::default()
+            };
+            for route in [Route::Shmem, Route::Cmdline] {
+                let e = inject(DOM, &bad, route).unwrap_err();
+                assert!(e.to_string().contains(refused), "{size}: {e}");
+            }
+            assert!(shmem_device_xml(DOM, &bad).is_err());
+        }
     }
 }

@@ -10,17 +10,14 @@ use crate::xml::escape_attr;
 /// The `<shmem>` element lines (depth, text) for this spec.
 fn shmem_lines(spec: &Spec, name: &str, slot: u8, q: char) -> Vec<(usize, String)> {
     let a = |v: &str| escape_attr(v, q);
-    let (unit, n) = if spec.size % (1 << 20) == 0 {
-        ("M", spec.size >> 20)
-    } else {
-        ("K", spec.size >> 10)
-    };
+    // A validated size is a power of two of at least 1 MiB: whole MiB.
+    let mib = spec.size >> 20;
     let mut lines = vec![
         (0, format!("<shmem name={q}{}{q}>", a(name))),
         (1, format!("<model type={q}{}{q}/>", spec.model.name())),
     ];
     if matches!(spec.model, Model::Plain) {
-        lines.push((1, format!("<size unit={q}{unit}{q}>{n}</size>")));
+        lines.push((1, format!("<size unit={q}M{q}>{mib}</size>")));
     }
     if let Model::Doorbell { server, vectors } = &spec.model {
         // No <size>: the region comes from the ivshmem server's fd, and
