@@ -29,7 +29,7 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
         }
     }
     if let Ok(name) = spec.shmem_name(&d.uuid) {
-        if d.shmems().iter().any(|(_, n)| *n == name) {
+        if d.has_shmem(&name) {
             return Err(Error::OtherRoute("<shmem>"));
         }
     }
@@ -116,11 +116,7 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
             edits.push((layout.pos..layout.pos, layout.render(&lines)));
         }
     }
-    Ok(Outcome {
-        xml: crate::xml::splice(d.text(), edits),
-        changed: true,
-        warnings,
-    })
+    Ok(Outcome::edited(d.text(), edits, warnings))
 }
 
 /// Remove the tool's arguments, and the element or namespace declaration
@@ -174,9 +170,5 @@ pub(super) fn undo(d: &Domain<'_>) -> Result<Outcome> {
             edits.push((removal(text, span.start, span.end), String::new()));
         }
     }
-    Ok(Outcome {
-        xml: crate::xml::splice(text, edits),
-        changed: true,
-        warnings: Vec::new(),
-    })
+    Ok(Outcome::edited(text, edits, Vec::new()))
 }

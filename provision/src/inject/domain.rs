@@ -70,6 +70,11 @@ impl<'a> Domain<'a> {
             .collect()
     }
 
+    /// Is there a `<shmem name=NAME>`?
+    pub(super) fn has_shmem(&self, name: &str) -> bool {
+        self.shmems().iter().any(|(_, n)| n == name)
+    }
+
     pub(super) fn commandline(&self) -> Option<usize> {
         self.doc
             .child_elements(0)

@@ -10,6 +10,12 @@ pub(super) fn is_ws(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
 }
 
+/// The indentation of whitespace `ws`'s last line, if `ws` spans a line break.
+fn last_line_indent(ws: &str) -> Option<String> {
+    ws.rfind('\n')
+        .map(|i| ws[i + 1..].trim_end_matches('\r').to_string())
+}
+
 impl Domain<'_> {
     /// Quote character used by the document's attributes (`'` by default).
     pub(super) fn quote(&self) -> char {
@@ -34,9 +40,7 @@ impl Domain<'_> {
     pub(super) fn line_indent(&self, pos: usize) -> Option<String> {
         let before = &self.text()[..pos];
         let ws_start = before.trim_end_matches(is_ws).len();
-        let ws = &before[ws_start..];
-        ws.rfind('\n')
-            .map(|i| ws[i + 1..].trim_end_matches('\r').to_string())
+        last_line_indent(&before[ws_start..])
     }
 
     /// Indentation unit guessed from the root's first child.
@@ -66,9 +70,7 @@ impl Domain<'_> {
         } else if pos > lo {
             // Only text or comments: indent like the first of them.
             let lead = &text[lo..hi];
-            let ws = &lead[..lead.len() - lead.trim_start_matches(is_ws).len()];
-            ws.rfind('\n')
-                .map(|i| ws[i + 1..].trim_end_matches('\r').to_string())
+            last_line_indent(&lead[..lead.len() - lead.trim_start_matches(is_ws).len()])
         } else if text[lo..hi].contains('\n') {
             Some(format!("{parent_indent}{unit}"))
         } else {

@@ -19,6 +19,8 @@ mod layout;
 mod shmem;
 mod status;
 
+use std::ops::Range;
+
 use ivchan_protocol::VmUuid;
 
 use crate::error::Result;
@@ -64,6 +66,19 @@ impl Outcome {
         Outcome {
             xml: text.to_string(),
             changed: false,
+            warnings,
+        }
+    }
+
+    /// `text` with `edits` spliced in.
+    pub(super) fn edited(
+        text: &str,
+        edits: Vec<(Range<usize>, String)>,
+        warnings: Vec<String>,
+    ) -> Outcome {
+        Outcome {
+            xml: crate::xml::splice(text, edits),
+            changed: true,
             warnings,
         }
     }

@@ -50,7 +50,7 @@ pub fn shmem_device_xml(text: &str, spec: &Spec) -> Result<Option<String>> {
     spec.validate()?;
     let d = Domain::parse(text)?;
     let name = spec.shmem_name(&d.uuid)?;
-    if d.shmems().iter().any(|(_, n)| *n == name) {
+    if d.has_shmem(&name) {
         return Ok(None);
     }
     let slot = d.choose_slot(spec, &mut Vec::new())?;
@@ -68,7 +68,7 @@ pub fn shmem_device_xml(text: &str, spec: &Spec) -> Result<Option<String>> {
 /// Route 1: add the `<shmem>` device as the last child of `<devices>`.
 pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
     let name = spec.shmem_name(&d.uuid)?;
-    if d.shmems().iter().any(|(_, n)| *n == name) {
+    if d.has_shmem(&name) {
         return Ok(Outcome::unchanged(d.text(), Vec::new()));
     }
     if d.commandline().is_some_and(|c| d.cmdline_has_ivshmem(c)) {
@@ -84,12 +84,11 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
     let slot = d.choose_slot(spec, &mut warnings)?;
     let layout = d.layout(devices);
     let add = layout.render(&shmem_lines(spec, &name, slot, d.quote()));
-    let xml = crate::xml::splice(d.text(), vec![(layout.pos..layout.pos, add)]);
-    Ok(Outcome {
-        xml,
-        changed: true,
+    Ok(Outcome::edited(
+        d.text(),
+        vec![(layout.pos..layout.pos, add)],
         warnings,
-    })
+    ))
 }
 
 /// Remove the `<shmem>` devices named for this domain.
@@ -107,9 +106,5 @@ pub(super) fn undo(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
     if edits.is_empty() {
         return Ok(Outcome::unchanged(d.text(), Vec::new()));
     }
-    Ok(Outcome {
-        xml: crate::xml::splice(d.text(), edits),
-        changed: true,
-        warnings: Vec::new(),
-    })
+    Ok(Outcome::edited(d.text(), edits, Vec::new()))
 }
