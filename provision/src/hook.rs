@@ -408,14 +408,7 @@ mod tests {
     fn bad_configs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         // Region sizes: the protocol's limits, 1 MiB to 16 GiB, powers of two.
-        for (size, ok) in [
-            (64 << 10, false),
-            (512 << 10, false),
-            (3 << 20, false),
-            (64 << 30, false),
-            (1 << 20, true),
-            (8 << 20, true),
-        ] {
+        for (size, ok) in crate::spec::SIZE_CASES {
             let mut cfg = config(dir.path());
             cfg.spec.size = size;
             match cfg.region_options() {

@@ -249,6 +249,20 @@ pub fn parse_uuid(s: &str) -> Result<VmUuid> {
     VmUuid::parse_lenient(s).map_err(|_| Error::BadUuid(s.to_string()))
 }
 
+/// Region sizes at and past the protocol's limits, and whether each is
+/// valid: the cases every size check in this crate is tested with.
+#[cfg(test)]
+pub(crate) const SIZE_CASES: [(u64, bool); 8] = [
+    (4096, false),
+    (64 << 10, false),
+    (512 << 10, false),
+    (3 << 20, false),
+    (64 << 30, false),
+    (1 << 20, true),
+    (8 << 20, true),
+    (16 << 30, true),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,13 +308,7 @@ mod tests {
 
     #[test]
     fn validate_applies_the_protocol_limits() {
-        for (size, ok) in [
-            (512 << 10, false),
-            (1 << 20, true),
-            (8 << 20, true),
-            (16 << 30, true),
-            (64 << 30, false),
-        ] {
+        for (size, ok) in SIZE_CASES {
             let spec = Spec {
                 size,
                 ..Spec::default()
