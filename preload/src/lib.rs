@@ -19,19 +19,23 @@
 //! takes a lock. It works in fixed-size stack buffers, reads its settings by
 //! walking `environ` (no `getenv`), and fails open: on any problem (too many
 //! arguments, a value too long, a bad setting) it execs the original argv
-//! unchanged.
+//! unchanged. A bad setting is also reported with one line on standard
+//! error (for a QEMU that libvirt starts, the domain's log).
 //!
-//! Settings, from libvirtd's own environment:
+//! Settings, from libvirtd's own environment (the defaults and the size
+//! limits are `ivchan_protocol::naming`'s):
 //!
 //! | variable | default |
 //! |----------|---------|
 //! | `IVCHAN_REGION` | `/dev/shm/fg_{uuid}` |
-//! | `IVCHAN_SIZE` | `8M` (power of two, >= 4096) |
+//! | `IVCHAN_SIZE` | `8M` (power of two from 1M to 16G; bytes or a K, M or G suffix) |
 //! | `IVCHAN_SLOT` | `0x1f` (bus 0) |
 //! | `IVCHAN_ARG_FORM` | `json`, or `legacy` for `key=value` arguments |
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ivchan_protocol::naming::{self, RegionSize};
 
 /// Most arguments we rewrite; longer command lines pass through unchanged.
 const MAX_ARGS: usize = 2048;
@@ -109,6 +113,11 @@ impl<const N: usize> Buf<N> {
         self.push(&d[i..])
     }
 
+    /// The bytes written so far.
+    fn bytes(&self) -> &[u8] {
+        &self.b[..self.len]
+    }
+
     /// NUL-terminate and return a C string pointer into the buffer.
     fn as_cstr(&mut self) -> *const c_char {
         self.b[self.len] = 0;
@@ -166,6 +175,9 @@ fn parse_num(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+/// `IVCHAN_SIZE`: bytes or a `K`/`M`/`G` suffix (binary units), parsed here
+/// without allocating (so not with `naming::parse_bytes`), then held to the
+/// protocol's limits by [`RegionSize::new`], which does not allocate either.
 fn parse_size(s: &[u8]) -> Option<u64> {
     let (num, shift) = match s.last()? {
         b'K' | b'k' => (&s[..s.len() - 1], 10),
@@ -174,7 +186,76 @@ fn parse_size(s: &[u8]) -> Option<u64> {
         _ => (s, 0),
     };
     let v = parse_num(num)?.checked_mul(1u64 << shift)?;
-    (v.is_power_of_two() && v >= 4096).then_some(v)
+    RegionSize::new(v).ok().map(RegionSize::bytes)
+}
+
+/// Say on standard error that setting `var` (`value`) is refused and why,
+/// then fail open (`None`). One `write(2)`: async-signal-safe, no allocation.
+fn refuse<T>(var: &[u8], value: &[u8], expected: &[&[u8]]) -> Option<T> {
+    let mut m = Buf::<1024>::new();
+    let _ = (|| {
+        m.push(b"ivchan-preload: ")?;
+        m.push(var)?;
+        m.push(b"=")?;
+        m.push(&value[..value.len().min(256)])?;
+        m.push(b" refused (expected ")?;
+        for e in expected {
+            m.push(e)?;
+        }
+        m.push(b"); QEMU starts without the ivchan device\n")
+    })();
+    // SAFETY: write(2) to fd 2 from a live buffer of `m.len` bytes; a failed
+    // or short write only loses the message.
+    unsafe { libc::write(2, m.b.as_ptr().cast(), m.len) };
+    None
+}
+
+/// Refuse an `IVCHAN_SIZE` outside the protocol's limits, naming them.
+fn refuse_size<T>(value: &[u8]) -> Option<T> {
+    let (mut min, mut max) = (Buf::<24>::new(), Buf::<24>::new());
+    min.push_u64(naming::MIN_REGION_SIZE >> 20)?;
+    max.push_u64(naming::MAX_REGION_SIZE >> 30)?;
+    refuse(
+        b"IVCHAN_SIZE",
+        value,
+        &[
+            b"a power of two from ",
+            min.bytes(),
+            b" MiB to ",
+            max.bytes(),
+            b" GiB, e.g. 8M",
+        ],
+    )
+}
+
+/// Append `template` to `path` with every `{uuid}` replaced; `None` for a
+/// character that JSON or QEMU's key=value syntax would need escaped (a
+/// `,` is doubled in legacy form) or when `path` is full.
+fn push_template(
+    path: &mut Buf<ARG_BUF>,
+    template: &[u8],
+    uuid: &[u8],
+    legacy: bool,
+) -> Option<()> {
+    let mut rest = template;
+    while !rest.is_empty() {
+        if rest.starts_with(b"{uuid}") {
+            path.push(uuid)?;
+            rest = &rest[6..];
+        } else {
+            let c = rest[0];
+            if c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f {
+                return None;
+            }
+            if legacy && c == b',' {
+                path.push(b",,")?;
+            } else {
+                path.push(&[c])?;
+            }
+            rest = &rest[1..];
+        }
+    }
+    Some(())
 }
 
 /// Canonical lowercase 8-4-4-4-12 form of a UUID written with or without dashes.
@@ -257,40 +338,44 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
     let uuid = uuid?;
 
     let size = match env(b"IVCHAN_SIZE") {
-        Some(s) => parse_size(s)?,
-        None => 8 << 20,
+        Some(s) => match parse_size(s) {
+            Some(size) => size,
+            None => return refuse_size(s),
+        },
+        None => naming::DEFAULT_REGION_SIZE,
     };
     let slot = match env(b"IVCHAN_SLOT") {
-        Some(s) => parse_num(s).filter(|&v| v <= 0x1f)?,
+        Some(s) => match parse_num(s).filter(|&v| v <= 0x1f) {
+            Some(slot) => slot,
+            None => return refuse(b"IVCHAN_SLOT", s, &[b"0 to 0x1f, e.g. 0x1f"]),
+        },
         None => 0x1f,
     };
     let legacy = match env(b"IVCHAN_ARG_FORM") {
         None | Some(b"json") => false,
         Some(b"legacy") => true,
-        Some(_) => return None,
+        Some(s) => return refuse(b"IVCHAN_ARG_FORM", s, &[b"json or legacy"]),
     };
-    let template: &[u8] = env(b"IVCHAN_REGION").unwrap_or(b"/dev/shm/fg_{uuid}");
-    // Path: the template with every {uuid} replaced; JSON/keyval-safe characters only.
+    // Path: the template with every {uuid} replaced; by default naming's
+    // directory and prefix, /dev/shm/fg_{uuid}.
     let mut path = Buf::<ARG_BUF>::new();
-    let mut rest = template;
-    while !rest.is_empty() {
-        if rest.starts_with(b"{uuid}") {
-            path.push(&uuid)?;
-            rest = &rest[6..];
-        } else {
-            let c = rest[0];
-            if c < 0x20 || c == b'"' || c == b'\\' || c == 0x7f {
-                return None;
+    match env(b"IVCHAN_REGION") {
+        Some(t) => {
+            if push_template(&mut path, t, &uuid, legacy).is_none() {
+                return refuse(
+                    b"IVCHAN_REGION",
+                    t,
+                    &[b"a path of printable characters other than \" and \\, under 4 KiB"],
+                );
             }
-            if legacy && c == b',' {
-                path.push(b",,")?;
-            } else {
-                path.push(&[c])?;
+        }
+        None => {
+            for part in [naming::REGION_DIR, "/", naming::REGION_PREFIX, "{uuid}"] {
+                push_template(&mut path, part.as_bytes(), &uuid, legacy)?;
             }
-            rest = &rest[1..];
         }
     }
-    let path = &path.b[..path.len];
+    let path = path.bytes();
     let hex = b"0123456789abcdef";
     let addr = [
         b'0',
@@ -436,13 +521,31 @@ mod tests {
             b"0e8c2f4a-3b5d-4c6e-8f70-91a2b3c4d5e6"
         );
         assert!(canonical_uuid(b"x").is_none());
-        assert_eq!(parse_size(b"8M"), Some(8 << 20));
-        assert_eq!(parse_size(b"3M"), None);
         assert_eq!(parse_num(b"0x1f"), Some(31));
         assert!(is_qemu(b"/usr/bin/qemu-system-x86_64"));
         assert!(!is_qemu(b"/usr/bin/qemu-img"));
         let mut b = Buf::<8>::new();
         assert!(b.push(b"1234567").is_some());
         assert!(b.push(b"8").is_none());
+    }
+
+    #[test]
+    fn sizes_are_held_to_the_protocol_limits() {
+        assert_eq!(parse_size(b"1M"), Some(1 << 20));
+        assert_eq!(parse_size(b"8M"), Some(8 << 20));
+        assert_eq!(parse_size(b"1048576"), Some(1 << 20));
+        assert_eq!(parse_size(b"0x800000"), Some(8 << 20));
+        assert_eq!(parse_size(b"16G"), Some(16 << 30));
+        for refused in [&b"3M"[..], b"512K", b"4096", b"64G", b"17G", b"8X", b""] {
+            assert_eq!(
+                parse_size(refused),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        // The message names the limits in whole MiB and GiB.
+        assert_eq!(naming::MIN_REGION_SIZE % (1 << 20), 0);
+        assert_eq!(naming::MAX_REGION_SIZE % (1 << 30), 0);
     }
 }

@@ -52,6 +52,15 @@ fn fake(dir: &Path, name: &str) -> PathBuf {
 
 /// `sh -c 'exec "$0" "$@"' PROGRAM ARGS…` under LD_PRELOAD; its output lines.
 fn exec_under_shim(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    exec_under_shim_with_stderr(program, args, env).0
+}
+
+/// As [`exec_under_shim`], with what was written to standard error.
+fn exec_under_shim_with_stderr(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<String>, String) {
     let mut c = Command::new("/bin/sh");
     c.arg("-c")
         .arg("exec \"$0\" \"$@\"")
@@ -62,12 +71,14 @@ fn exec_under_shim(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Vec<S
         c.env(k, v);
     }
     let o = c.output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout)
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let lines = String::from_utf8(o.stdout)
         .unwrap()
         .lines()
         .map(str::to_string)
-        .collect()
+        .collect();
+    (lines, stderr)
 }
 
 #[test]
@@ -134,6 +145,35 @@ fn other_execs_and_edge_cases_pass_through() {
         exec_under_shim(&q, &["-uuid", "nope"], &[]),
         ["-uuid", "nope"]
     );
+}
+
+#[test]
+fn protocol_size_limits_and_refusal_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = fake(dir.path(), "qemu-system-x86_64");
+    let args = ["-uuid", UUID];
+    for (size, bytes) in [("1M", "1048576"), ("8M", "8388608"), ("16G", "17179869184")] {
+        let (out, err) = exec_under_shim_with_stderr(&q, &args, &[("IVCHAN_SIZE", size)]);
+        assert_eq!(out.len(), 6, "{size}: {out:?}");
+        assert!(
+            out[3].contains(&format!(r#""size":{bytes},"#)),
+            "{size}: {out:?}"
+        );
+        assert!(err.is_empty(), "{size}: {err}");
+    }
+    for size in ["512K", "4096", "64G", "3M"] {
+        let (out, err) = exec_under_shim_with_stderr(&q, &args, &[("IVCHAN_SIZE", size)]);
+        assert_eq!(out, args, "{size}");
+        assert!(
+            err.contains(&format!(
+                "ivchan-preload: IVCHAN_SIZE={size} refused (expected a power of two from 1 MiB to 16 GiB"
+            )),
+            "{size}: {err}"
+        );
+    }
+    let (out, err) = exec_under_shim_with_stderr(&q, &args, &[("IVCHAN_SLOT", "0x20")]);
+    assert_eq!(out, args);
+    assert!(err.contains("IVCHAN_SLOT=0x20 refused"), "{err}");
 }
 
 /// Re-run this test binary under LD_PRELOAD; in the child, `execv_child`

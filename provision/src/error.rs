@@ -14,12 +14,10 @@ pub enum Error {
     NoUuid,
     #[error("invalid domain UUID {0:?} (expected 32 hex digits, e.g. 6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b)")]
     BadUuid(String),
-    #[error("invalid size {0:?} (expected a number of bytes with an optional K, M or G suffix, e.g. 8M)")]
-    BadSize(String),
-    #[error("size {0} bytes is not a power of two (ivshmem BARs must be; e.g. 4M, 8M, 16M)")]
-    SizeNotPowerOfTwo(u64),
-    #[error("size {0} bytes is too small (the minimum is 4096)")]
-    SizeTooSmall(u64),
+    /// A region size outside the protocol's limits, or not a size at all;
+    /// the message says what is accepted.
+    #[error(transparent)]
+    Size(#[from] ivchan_protocol::naming::SizeError),
     #[error("invalid PCI {what} {value:?} (expected e.g. 0x1f)")]
     BadPciNumber { what: &'static str, value: String },
     #[error("PCI slot 0x{slot:02x} on bus 0x{bus:02x} is already used by {holder}; choose another with --slot or let the tool pick one with --pick-free-slot")]

@@ -17,11 +17,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ivchan_host::{InspectedRegion, RegionError, RegionOptions};
-use ivchan_protocol::layout::{MIN_REGION_SIZE, NAME_LEN};
+use ivchan_protocol::layout::NAME_LEN;
+use ivchan_protocol::naming::RegionSize;
 use ivchan_protocol::VmUuid;
 
 use crate::error::{Error, Result};
-use crate::spec::Spec;
+use crate::spec::{default_region, Spec};
 
 /// Marker line that identifies a hook script written by this tool.
 pub const SCRIPT_MARKER: &str = "# ivchan-provision hook";
@@ -100,17 +101,11 @@ impl HookConfig {
     /// The host crate's options for this configuration's region files:
     /// directory and file-name prefix from the region template, size, mode,
     /// owner and group. Errors if the template's file name does not end in
-    /// `{uuid}`, the size is below ivchan's minimum region or the channel
-    /// name is too long.
+    /// `{uuid}`, the size is not a [`RegionSize`] (a power of two from
+    /// 1 MiB to 16 GiB) or the channel name is too long.
     pub fn region_options(&self) -> Result<RegionOptions> {
         let (dir, prefix) = split_region_template(&self.spec.region)?;
-        let min = MIN_REGION_SIZE as u64;
-        if self.spec.size < min {
-            return Err(Error::Hook(format!(
-                "region size {} bytes is too small for an ivchan region (the minimum is {min}, e.g. 1M)",
-                self.spec.size
-            )));
-        }
+        RegionSize::new(self.spec.size)?;
         if self.name.len() > NAME_LEN {
             return Err(Error::Hook(format!(
                 "channel name {:?} is {} bytes long (the maximum is {NAME_LEN})",
@@ -145,7 +140,10 @@ pub fn split_region_template(template: &str) -> Result<(PathBuf, String)> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| bad("has no file name"))?;
     let prefix = name.strip_suffix("{uuid}").ok_or_else(|| {
-        bad("the hook needs a file name ending in {uuid} (e.g. /dev/shm/fg_{uuid})")
+        bad(&format!(
+            "the hook needs a file name ending in {{uuid}} (e.g. {})",
+            default_region()
+        ))
     })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -332,6 +330,7 @@ pub fn uninstall(hooks_dir: &Path, legacy: bool) -> Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ivchan_protocol::naming::{self, SizeError};
     use ivchan_protocol::Header;
 
     const UUID: &str = "6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b";
@@ -351,7 +350,7 @@ mod tests {
         HookConfig {
             spec: Spec {
                 size: 1 << 20,
-                region: format!("{}/fg_{{uuid}}", dir.display()),
+                region: format!("{}/{}{{uuid}}", dir.display(), naming::REGION_PREFIX),
                 ..Spec::default()
             },
             mode: 0o640,
@@ -362,6 +361,11 @@ mod tests {
         }
     }
 
+    /// Where the hook puts the region of [`UUID`] under `dir`.
+    fn region_file(dir: &Path) -> PathBuf {
+        dir.join(naming::region_file_name(&UUID.parse().unwrap()))
+    }
+
     fn header_name(path: &Path) -> Option<String> {
         let seen = InspectedRegion::open(path).unwrap();
         let header = Header::open(seen.region()).ok()?;
@@ -370,10 +374,10 @@ mod tests {
 
     #[test]
     fn templates_split_into_dir_and_prefix() {
-        let (dir, prefix) = split_region_template("/dev/shm/fg_{uuid}").unwrap();
+        let (dir, prefix) = split_region_template(&default_region()).unwrap();
         assert_eq!(
             (dir.as_path(), prefix.as_str()),
-            (Path::new("/dev/shm"), "fg_")
+            (Path::new(naming::REGION_DIR), naming::REGION_PREFIX)
         );
         let (dir, prefix) = split_region_template("{uuid}").unwrap();
         assert_eq!((dir.as_path(), prefix.as_str()), (Path::new("."), ""));
@@ -403,9 +407,22 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
+        // Region sizes: the protocol's limits, 1 MiB to 16 GiB, powers of two.
+        for (size, ok) in crate::spec::SIZE_CASES {
+            let mut cfg = config(dir.path());
+            cfg.spec.size = size;
+            match cfg.region_options() {
+                Ok(_) => assert!(ok, "{size} accepted"),
+                Err(e) => assert!(!ok && matches!(e, Error::Size(_)), "{size}: {e}"),
+            }
+        }
         let mut small = config(dir.path());
-        small.spec.size = 64 << 10;
-        assert!(small.region_options().is_err());
+        small.spec.size = 512 << 10;
+        let e = small.region_options().unwrap_err();
+        assert!(
+            matches!(e, Error::Size(SizeError::TooSmall { bytes }) if bytes == 512 << 10),
+            "{e}"
+        );
         let mut long = config(dir.path());
         long.name = "x".repeat(NAME_LEN + 1);
         assert!(long.region_options().is_err());
@@ -415,7 +432,7 @@ mod tests {
     fn prepare_creates_with_header_keeps_and_release_removes() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
-        let path = dir.path().join(format!("fg_{UUID}"));
+        let path = region_file(dir.path());
         let msg = run(&args("prepare", "begin"), &domain(), &cfg).unwrap();
         assert!(msg.unwrap().starts_with("created"));
         let m = fs::metadata(&path).unwrap();
@@ -461,7 +478,7 @@ mod tests {
     #[test]
     fn prepare_writes_a_header_into_an_existing_zero_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("fg_{UUID}"));
+        let path = region_file(dir.path());
         let f = fs::File::create(&path).unwrap();
         f.set_len(1 << 20).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -490,7 +507,7 @@ mod tests {
     fn symlinks_and_other_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
-        let path = dir.path().join(format!("fg_{UUID}"));
+        let path = region_file(dir.path());
         let target = dir.path().join("target");
         fs::write(&target, vec![0u8; 1 << 20]).unwrap();
         std::os::unix::fs::symlink(&target, &path).unwrap();

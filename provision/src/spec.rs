@@ -1,16 +1,20 @@
 //! What device to give a VM: model, size, PCI address, region path, and the
 //! QEMU arguments that express it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use ivchan_protocol::naming::{self, RegionSize};
 use ivchan_protocol::VmUuid;
 
 use crate::error::{Error, Result};
 
-/// Default region path; `{uuid}` is replaced by the domain's UUID.
-pub const DEFAULT_REGION: &str = "/dev/shm/fg_{uuid}";
-/// Default region size: 8 MiB.
-pub const DEFAULT_SIZE: u64 = 8 << 20;
+/// Default region path template, `/dev/shm/fg_{uuid}`: the protocol's
+/// [`naming`] directory and prefix, with `{uuid}` standing for the
+/// domain's UUID.
+pub fn default_region() -> String {
+    format!("{}/{}{{uuid}}", naming::REGION_DIR, naming::REGION_PREFIX)
+}
+
 /// Default PCI slot on bus 0.
 pub const DEFAULT_SLOT: u8 = 0x1f;
 /// QEMU id of the memory backend the tool adds.
@@ -19,8 +23,6 @@ pub const MEM_ID: &str = "ivchan-mem";
 pub const DEV_ID: &str = "ivchan-shm";
 /// QEMU id of the chardev (doorbell model) the tool adds.
 pub const CHR_ID: &str = "ivchan-chr";
-/// Smallest region accepted.
-pub const MIN_SIZE: u64 = 4096;
 
 /// The ivshmem flavour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +69,9 @@ pub enum ArgForm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub model: Model,
-    /// Region size in bytes (a power of two, at least 4 KiB).
+    /// Region size in bytes: a power of two from
+    /// [`naming::MIN_REGION_SIZE`] (1 MiB) to [`naming::MAX_REGION_SIZE`]
+    /// (16 GiB), checked by [`Spec::validate`].
     pub size: u64,
     /// PCI bus number (0 is the root bus).
     pub bus: u8,
@@ -85,11 +89,11 @@ impl Default for Spec {
     fn default() -> Self {
         Spec {
             model: Model::Plain,
-            size: DEFAULT_SIZE,
+            size: naming::DEFAULT_REGION_SIZE,
             bus: 0,
             slot: DEFAULT_SLOT,
             pick_free_slot: false,
-            region: DEFAULT_REGION.to_string(),
+            region: default_region(),
             arg_form: ArgForm::Json,
         }
     }
@@ -98,7 +102,7 @@ impl Default for Spec {
 impl Spec {
     /// Check the values that cannot be checked by their types.
     pub fn validate(&self) -> Result<()> {
-        check_size(self.size)?;
+        RegionSize::new(self.size)?;
         if self.slot > 0x1f {
             return Err(Error::BadPciNumber {
                 what: "slot",
@@ -114,7 +118,8 @@ impl Spec {
     }
 
     /// The `<shmem name=…>` for a domain: the region's file name. libvirt
-    /// always puts ivshmem-plain regions at `/dev/shm/NAME`.
+    /// always puts ivshmem-plain regions at `/dev/shm/NAME`
+    /// ([`naming::REGION_DIR`]).
     pub fn shmem_name(&self, uuid: &VmUuid) -> Result<String> {
         let path = self.region_path(uuid);
         let name = path
@@ -122,9 +127,10 @@ impl Spec {
             .and_then(|n| n.to_str())
             .map(str::to_string)
             .ok_or_else(|| Error::Unsupported(format!("region path {path:?} has no file name")))?;
-        if self.model == Model::Plain && path.parent() != Some(std::path::Path::new("/dev/shm")) {
+        if self.model == Model::Plain && path.parent() != Some(Path::new(naming::REGION_DIR)) {
             return Err(Error::Unsupported(format!(
-                "the <shmem> route always uses /dev/shm/NAME, but the region is {}; use the cmdline route for other paths",
+                "the <shmem> route always uses {}/NAME, but the region is {}; use the cmdline route for other paths",
+                naming::REGION_DIR,
                 path.display()
             )));
         }
@@ -195,35 +201,11 @@ fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-/// Check a region size: a power of two, at least [`MIN_SIZE`].
-pub fn check_size(size: u64) -> Result<()> {
-    if !size.is_power_of_two() {
-        return Err(Error::SizeNotPowerOfTwo(size));
-    }
-    if size < MIN_SIZE {
-        return Err(Error::SizeTooSmall(size));
-    }
-    Ok(())
-}
-
-/// Parse `8M`, `8MiB`, `4096`, `1G`, `64K` into bytes (binary units) and check it.
+/// Parse a region size given by the operator (`8M`, `8MiB`, `1G`,
+/// `1048576`; binary units) into bytes, with the protocol's limits: see
+/// [`RegionSize`].
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| Error::BadSize(s.to_string()))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" | "kb" => 10,
-        "m" | "mib" | "mb" => 20,
-        "g" | "gib" | "gb" => 30,
-        _ => return Err(Error::BadSize(s.to_string())),
-    };
-    let bytes = n
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| Error::BadSize(s.to_string()))?;
-    check_size(bytes)?;
-    Ok(bytes)
+    Ok(s.parse::<RegionSize>()?.bytes())
 }
 
 /// Parse a number the way libvirt does for PCI addresses: `0x` hex, leading `0` octal, else decimal.
@@ -267,23 +249,82 @@ pub fn parse_uuid(s: &str) -> Result<VmUuid> {
     VmUuid::parse_lenient(s).map_err(|_| Error::BadUuid(s.to_string()))
 }
 
+/// Region sizes at and past the protocol's limits, and whether each is
+/// valid: the cases every size check in this crate is tested with.
+#[cfg(test)]
+pub(crate) const SIZE_CASES: [(u64, bool); 8] = [
+    (4096, false),
+    (64 << 10, false),
+    (512 << 10, false),
+    (3 << 20, false),
+    (64 << 30, false),
+    (1 << 20, true),
+    (8 << 20, true),
+    (16 << 30, true),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use ivchan_protocol::naming::SizeError;
 
     #[test]
     fn sizes() {
         assert_eq!(parse_size("8M").unwrap(), 8 << 20);
         assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert!(matches!(parse_size("3M"), Err(Error::SizeNotPowerOfTwo(_))));
-        assert!(matches!(parse_size("1024"), Err(Error::SizeTooSmall(_))));
-        assert!(matches!(parse_size("8Q"), Err(Error::BadSize(_))));
+        assert_eq!(parse_size("16G").unwrap(), 16 << 30);
+        assert!(matches!(
+            parse_size("3M"),
+            Err(Error::Size(SizeError::NotPowerOfTwo { .. }))
+        ));
+        // The protocol refuses regions under 1 MiB and over 16 GiB.
+        for (small, bytes) in [("512K", 512u64 << 10), ("4096", 4096), ("1024", 1024)] {
+            let e = parse_size(small).unwrap_err();
+            assert!(
+                matches!(e, Error::Size(SizeError::TooSmall { bytes: b }) if b == bytes),
+                "{small}: {e}"
+            );
+            assert!(e.to_string().contains("below the 1 MiB minimum"), "{e}");
+        }
+        let e = parse_size("64G").unwrap_err();
+        assert!(
+            matches!(e, Error::Size(SizeError::TooLarge { bytes }) if bytes == 64 << 30),
+            "{e}"
+        );
+        assert!(e.to_string().contains("above the 16 GiB maximum"), "{e}");
+        assert!(matches!(
+            parse_size("8Q"),
+            Err(Error::Size(SizeError::Malformed { .. }))
+        ));
         assert!(matches!(
             parse_size("99999999999999999999G"),
-            Err(Error::BadSize(_))
+            Err(Error::Size(SizeError::Malformed { .. }))
         ));
+    }
+
+    #[test]
+    fn validate_applies_the_protocol_limits() {
+        for (size, ok) in SIZE_CASES {
+            let spec = Spec {
+                size,
+                ..Spec::default()
+            };
+            assert_eq!(spec.validate().is_ok(), ok, "{size}");
+        }
+    }
+
+    #[test]
+    fn default_region_is_the_protocols_path() {
+        let u = parse_uuid("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
+        assert_eq!(default_region(), "/dev/shm/fg_{uuid}");
+        assert_eq!(
+            Spec::default().region_path(&u),
+            naming::default_region_path(&u)
+        );
     }
 
     #[test]

@@ -192,6 +192,15 @@ mod tests {
         let c = WrapperConfig::from_lookup(|k| file.get(k).cloned()).unwrap();
         assert_eq!(c.spec.size, 16 << 20);
         assert_eq!(c.spec.slot, 0x10);
-        assert!(WrapperConfig::from_lookup(|k| (k == "IVCHAN_SIZE").then(|| "3M".into())).is_err());
+        let size = |v: &str| {
+            WrapperConfig::from_lookup(|k| (k == "IVCHAN_SIZE").then(|| v.into()))
+                .map(|c| c.spec.size)
+        };
+        assert_eq!(size("1M").unwrap(), 1 << 20);
+        assert_eq!(size("8M").unwrap(), 8 << 20);
+        for bad in ["3M", "512K", "4096", "64G"] {
+            let e = size(bad).unwrap_err();
+            assert!(matches!(e, Error::Size(_)), "{bad}: {e}");
+        }
     }
 }

@@ -74,6 +74,20 @@ fn filter_and_cmdline_taint_warning() {
 }
 
 #[test]
+fn sizes_within_the_protocol_limits_are_accepted() {
+    for (size, element) in [
+        ("1M", "<size unit='M'>1</size>"),
+        ("8M", "<size unit='M'>8</size>"),
+        ("16G", "<size unit='M'>16384</size>"),
+    ] {
+        let o = run(&["filter", "--size", size], Some(&minimal()));
+        assert!(o.status.success(), "{size}: {}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains(element), "{size}: {out}");
+    }
+}
+
+#[test]
 fn bad_input_gets_a_clear_message_and_nonzero_exit() {
     let cases: &[(&[&str], &str, &str)] = &[
         (&["filter"], "<domain>", "malformed XML"),
@@ -89,6 +103,8 @@ fn bad_input_gets_a_clear_message_and_nonzero_exit() {
             "invalid domain UUID",
         ),
         (&["filter", "--size", "3M"], "", "not a power of two"),
+        (&["filter", "--size", "512K"], "", "below the 1 MiB minimum"),
+        (&["filter", "--size", "64G"], "", "above the 16 GiB maximum"),
         (&["filter", "--model", "ivshmem-turbo"], "", "unknown model"),
         (&["filter", "--model", "ivshmem-doorbell"], "", "--server"),
         (&["filter", "--slot", "0x40"], "", "invalid PCI slot"),

@@ -177,7 +177,7 @@ prop_compose! {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (any::<bool>(), 0u8..=0x1f, 12u32..=30, any::<bool>()).prop_map(
+    (any::<bool>(), 0u8..=0x1f, 20u32..=34, any::<bool>()).prop_map(
         |(pick, slot, shift, legacy)| Spec {
             pick_free_slot: pick,
             slot: slot.max(3),

@@ -90,17 +90,20 @@ fn qmp_hot_add_against_real_qemu() {
     let mut vm = start(QEMU, &base_args(&sock), &[]);
     drop(connect(&mut vm, &sock));
     let region_t = format!("{}/fg_{{uuid}}", dir.path().display());
-    let out = Command::new(env!("CARGO_BIN_EXE_ivchan-provision"))
-        .args([
-            "qmp",
-            sock.to_str().unwrap(),
-            "--uuid",
-            UUID,
-            "--region",
-            &region_t,
-        ])
-        .output()
-        .unwrap();
+    let provision_qmp = || {
+        Command::new(env!("CARGO_BIN_EXE_ivchan-provision"))
+            .args([
+                "qmp",
+                sock.to_str().unwrap(),
+                "--uuid",
+                UUID,
+                "--region",
+                &region_t,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = provision_qmp();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("slot 0x1f (confirmed by query-pci)"), "{err}");
@@ -119,17 +122,7 @@ fn qmp_hot_add_against_real_qemu() {
     // QEMU serves one QMP client at a time.
     drop(q);
     // Idempotent: a second run adds nothing.
-    let again = Command::new(env!("CARGO_BIN_EXE_ivchan-provision"))
-        .args([
-            "qmp",
-            sock.to_str().unwrap(),
-            "--uuid",
-            UUID,
-            "--region",
-            &region_t,
-        ])
-        .output()
-        .unwrap();
+    let again = provision_qmp();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already present"));
     println!("QMP hot-add: {found:?}");

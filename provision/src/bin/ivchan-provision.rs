@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ivchan_provision::hook::{self, HookConfig, OnRelease, Owner, DEFAULT_CHANNEL_NAME};
 use ivchan_provision::qmp::{self, Qmp, VirshMonitor};
-use ivchan_provision::spec::{parse_bus, parse_size, parse_slot, parse_uuid, DEFAULT_REGION};
+use ivchan_provision::spec::{default_region, parse_bus, parse_size, parse_slot, parse_uuid};
 use ivchan_provision::virsh::{self, Virsh, DEFAULT_URI};
 use ivchan_provision::{fsutil, inject, ArgForm, Error, Model, Result, Route, Spec};
 
@@ -148,7 +148,7 @@ struct DeviceOpts {
     /// Interrupt vectors (ivshmem-doorbell only).
     #[arg(long, default_value_t = 1)]
     vectors: u32,
-    /// Region size, a power of two (e.g. 8M, 16M, 4096).
+    /// Region size, a power of two from 1M to 16G (e.g. 8M, 16M).
     #[arg(long, default_value = "8M")]
     size: String,
     /// PCI bus.
@@ -161,7 +161,7 @@ struct DeviceOpts {
     #[arg(long)]
     pick_free_slot: bool,
     /// Region path; {uuid} is replaced by the domain UUID.
-    #[arg(long, default_value = DEFAULT_REGION)]
+    #[arg(long, default_value_t = default_region())]
     region: String,
     /// Write -object/-device in legacy key=value form instead of JSON.
     #[arg(long)]
@@ -233,9 +233,9 @@ struct HookPlace {
 #[derive(Args, Clone)]
 struct HookOpts {
     /// Region path; its file name must end in {uuid}, replaced by the domain UUID.
-    #[arg(long, default_value = DEFAULT_REGION)]
+    #[arg(long, default_value_t = default_region())]
     region: String,
-    /// Region size, a power of two, at least 1M.
+    /// Region size, a power of two from 1M to 16G.
     #[arg(long, default_value = "8M")]
     size: String,
     /// File mode (octal).
