@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ivchan_host::{RegionFile, RegionOptions, VmUuid};
-use ivchan_protocol::{Header, Region, Side};
+use ivchan_protocol::{Header, Side};
 
 use crate::ivchan::{self, Api};
 use crate::limits::record;
@@ -469,14 +469,10 @@ fn child(name: &str) -> Result<(), AnyError> {
         Some(api) => {
             let path = arg()?;
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            // SAFETY: the region file is shared with the parent, which only
-            // touches it through the ring protocol; the map outlives every
-            // Region made from it.
-            let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
-            let len = map.len();
-            // SAFETY: as above; page-aligned, so 8-byte aligned.
-            let region = unsafe { Region::from_raw_parts(map.as_mut_ptr(), len)? };
-            let header = Header::open(region)?;
+            let len = usize::try_from(file.metadata()?.len())?;
+            // Shared with the parent, which holds the region file.
+            let map = ivchan_protocol::Mapping::shared(&file, len)?;
+            let header = Header::open(map.region())?;
             let (mut tx, mut rx) = header.split(Side::Guest)?;
             ready()?;
             while let Some((op, size, count, wait)) = next()? {

@@ -1,4 +1,4 @@
-//! The agents' conversation, over any [`Channel`]: the host sends one-line
+//! The agents' conversation, over any [`OwnedChannel`]: the host sends one-line
 //! commands, the guest carries them out and answers `ok …` or `err …`.
 //!
 //! | command | what happens |
@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ivchan_protocol::{Channel, ChannelError, Waiter};
+use ivchan_protocol::{ChannelError, OwnedChannel, SharedMemory, Waiter};
 
 use crate::{traffic, Checksum};
 
@@ -35,7 +35,7 @@ fn chan(e: ChannelError) -> AgentError {
 /// one direction). `echo` returns each received message instead of
 /// generating its own. Fails after `stall` without progress.
 pub fn exchange(
-    ch: &mut Channel<'_>,
+    ch: &mut OwnedChannel<impl SharedMemory>,
     n: u64,
     echo: bool,
     stall: Duration,
@@ -96,12 +96,19 @@ pub fn exchange(
 }
 
 /// Sends one line and waits for the guest's answer.
-pub fn command(ch: &mut Channel<'_>, line: &str, timeout: Duration) -> Result<String, AgentError> {
+pub fn command(
+    ch: &mut OwnedChannel<impl SharedMemory>,
+    line: &str,
+    timeout: Duration,
+) -> Result<String, AgentError> {
     ch.send(line.as_bytes(), Some(timeout)).map_err(chan)?;
     reply(ch, timeout)
 }
 
-fn reply(ch: &mut Channel<'_>, timeout: Duration) -> Result<String, AgentError> {
+fn reply(
+    ch: &mut OwnedChannel<impl SharedMemory>,
+    timeout: Duration,
+) -> Result<String, AgentError> {
     let mut buf = vec![0u8; 4096];
     let n = ch.recv(&mut buf, Some(timeout)).map_err(chan)?;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -114,7 +121,7 @@ fn reply(ch: &mut Channel<'_>, timeout: Duration) -> Result<String, AgentError> 
 /// Host side of `exchange`/`echo`: sends the command, streams, and waits
 /// for the guest's verdict.
 pub fn run_exchange(
-    ch: &mut Channel<'_>,
+    ch: &mut OwnedChannel<impl SharedMemory>,
     n: u64,
     echo: bool,
     stall: Duration,
@@ -130,7 +137,11 @@ pub fn run_exchange(
 
 /// Host side of `file`: streams `path` (any size: read and sent in
 /// pieces) and waits for the guest's check.
-pub fn send_file(ch: &mut Channel<'_>, path: &Path, timeout: Duration) -> Result<u64, AgentError> {
+pub fn send_file(
+    ch: &mut OwnedChannel<impl SharedMemory>,
+    path: &Path,
+    timeout: Duration,
+) -> Result<u64, AgentError> {
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
     let name = path
         .file_name()
@@ -179,7 +190,7 @@ fn tagged(tag: &[u8; 4], msg: &[u8]) -> Option<u64> {
 
 /// Sends through a peer's absence (it may be restarting): retries on
 /// timeouts, closed and silent peers; fails only on a fatal error.
-fn send_patiently(ch: &mut Channel<'_>, msg: &[u8]) -> Result<(), AgentError> {
+fn send_patiently(ch: &mut OwnedChannel<impl SharedMemory>, msg: &[u8]) -> Result<(), AgentError> {
     loop {
         match ch.send(msg, Some(Duration::from_millis(200))) {
             Ok(()) => return Ok(()),
@@ -193,7 +204,11 @@ fn send_patiently(ch: &mut Channel<'_>, msg: &[u8]) -> Result<(), AgentError> {
 /// stream messages whenever they come (also right after a restart, when
 /// the ring still holds the stream that was in flight). Received files go
 /// to `dir`, written to a temporary name and renamed once checked.
-pub fn serve(ch: &mut Channel<'_>, dir: &Path, stall: Duration) -> Result<(), AgentError> {
+pub fn serve(
+    ch: &mut OwnedChannel<impl SharedMemory>,
+    dir: &Path,
+    stall: Duration,
+) -> Result<(), AgentError> {
     let mut buf = vec![0u8; traffic::MAX_LEN + 64];
     // Next stream sequence number expected; unknown after a (re)start.
     let mut stream_next: Option<u64> = None;
@@ -265,7 +280,11 @@ pub fn serve(ch: &mut Channel<'_>, dir: &Path, stall: Duration) -> Result<(), Ag
 }
 
 /// Guest side of `ping`: returns each message as it comes.
-fn pong(ch: &mut Channel<'_>, count: u64, stall: Duration) -> Result<(), AgentError> {
+fn pong(
+    ch: &mut OwnedChannel<impl SharedMemory>,
+    count: u64,
+    stall: Duration,
+) -> Result<(), AgentError> {
     let mut buf = [0u8; 64];
     for _ in 0..count {
         let n = ch.recv(&mut buf, Some(stall)).map_err(chan)?;
@@ -277,7 +296,7 @@ fn pong(ch: &mut Channel<'_>, count: u64, stall: Duration) -> Result<(), AgentEr
 /// Host side of `ping`: `count` round trips of a 64-byte message, one at a
 /// time; returns each round trip's time.
 pub fn ping(
-    ch: &mut Channel<'_>,
+    ch: &mut OwnedChannel<impl SharedMemory>,
     count: u64,
     stall: Duration,
 ) -> Result<Vec<Duration>, AgentError> {
@@ -300,7 +319,7 @@ pub fn ping(
 }
 
 /// Consumes the message a `peek` just looked at.
-fn release_next(ch: &mut Channel<'_>) -> Result<(), AgentError> {
+fn release_next(ch: &mut OwnedChannel<impl SharedMemory>) -> Result<(), AgentError> {
     match ch.try_peek().map_err(chan)? {
         Some(msg) => {
             msg.release();
@@ -374,7 +393,7 @@ pub struct StreamStats {
 /// acknowledged, in order (repeats allowed, gaps not). Waits through guest
 /// reboots; resumes from `state` after a host restart.
 pub fn stream_host(
-    ch: &mut Channel<'_>,
+    ch: &mut OwnedChannel<impl SharedMemory>,
     count: u64,
     state: &mut StreamState,
     deadline: Duration,
@@ -447,7 +466,7 @@ pub fn stream_host(
 }
 
 fn receive_file(
-    ch: &mut Channel<'_>,
+    ch: &mut OwnedChannel<impl SharedMemory>,
     dir: &Path,
     name: &str,
     size: &str,

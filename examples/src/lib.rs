@@ -5,8 +5,53 @@
 //! (runs in the guest, or against a region file to simulate one) and
 //! `ivchan-demo` (both as two processes over one `/dev/shm` region).
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use ivchan_protocol::{
+    poll_until, Channel, ChannelError, ChannelOptions, Header, LayoutError, Mapping, OwnedChannel,
+    Side, WaitStrategy,
+};
+
 pub mod agent;
 pub mod traffic;
+
+/// Maps a host region file shared, the way a guest maps BAR2, and attaches
+/// as the guest once the host has written the header.
+pub fn attach_region_file(
+    path: &Path,
+    options: ChannelOptions,
+    wait: Duration,
+) -> Result<OwnedChannel<Mapping>, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        // A symlink planted at the path is refused, not followed.
+        .custom_flags(o_nofollow())
+        .open(path)
+        .map_err(|e| fail(&e))?;
+    let len = file.metadata().map_err(|e| fail(&e))?.len();
+    let len = usize::try_from(len).map_err(|e| fail(&e))?;
+    let mapping = Mapping::shared(&file, len).map_err(|e| fail(&e))?;
+    let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(50));
+    OwnedChannel::new(mapping, |region| {
+        let header = poll_until(strategy, Some(wait), || match Header::open(region) {
+            Ok(header) => Ok(Some(header)),
+            Err(LayoutError::NotInitialized) => Ok(None),
+            Err(e) => Err(ChannelError::Layout(e)),
+        })?
+        .ok_or(ChannelError::Timeout { waited: wait })?;
+        Channel::attach(header, Side::Guest, options)
+    })
+    .map_err(|e| fail(&e))
+}
+
+fn o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
 
 /// FNV-1a over 8-byte little-endian words, then the tail bytes: fast
 /// enough to check gigabytes. Same result as feeding [`Checksum`].

@@ -547,14 +547,11 @@ fn guest_channel_waits_for_a_hotplugged_device_and_talks_to_its_host() {
                 .unwrap_err();
             assert_eq!(err, ivchan_protocol::ChannelError::PeerClosed);
         });
-        let mut guest = ivchan_guest::GuestChannel::open(
-            sys.root(),
-            &Selector::Identity,
-            &MapOptions::default(),
-            ivchan_protocol::ChannelOptions::default(),
-            Duration::from_secs(10),
-        )
-        .expect("guest channel");
+        let mut guest = ivchan_guest::GuestChannel::builder()
+            .sysfs_root(sys.root())
+            .timeout(Duration::from_secs(10))
+            .open()
+            .expect("guest channel");
         assert_eq!(guest.address(), "0000:00:05.0");
         guest.send(b"hello", None).expect("send");
         let mut buf = [0u8; 16];
@@ -630,14 +627,11 @@ fn guest_channel_on_a_doorbell_device_publishes_its_peer_id_and_rings_when_asked
     let mut host =
         ivchan_protocol::Channel::attach(header, Side::Host, Default::default()).unwrap();
 
-    let mut guest = ivchan_guest::GuestChannel::open(
-        sys.root(),
-        &Selector::Identity,
-        &MapOptions::default(),
-        Default::default(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let mut guest = ivchan_guest::GuestChannel::builder()
+        .sysfs_root(sys.root())
+        .timeout(Duration::from_secs(5))
+        .open()
+        .unwrap();
     assert_eq!(
         header.doorbell(Side::Guest),
         Some(ivchan_protocol::DoorbellAddress {

@@ -45,6 +45,9 @@ use crate::doorbell::{DoorbellService, VmOptions};
 use crate::region_file::{list_regions, RegionError, RegionOptions};
 
 /// Something that happened to a VM's region.
+// A channel is handed out once per VM and then used for every message:
+// keeping it inline spares each call an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum VmEvent {
     /// A usable region appeared: its channel, attached as the host.
@@ -235,14 +238,12 @@ impl Supervisor {
     fn open(&self, uuid: &VmUuid) -> Result<VmChannel, HostError> {
         let file = self.regions.open(uuid)?;
         let bell = match &self.doorbells {
-            Some(d) => Some(
-                d.service
-                    .add(&file, (d.options)(uuid))
-                    .map_err(|source| HostError::Doorbell {
-                        uuid: *uuid,
-                        source,
-                    })?,
-            ),
+            Some(d) => Some(d.service.add(&file, (d.options)(uuid)).map_err(|source| {
+                HostError::Doorbell {
+                    uuid: *uuid,
+                    source,
+                }
+            })?),
             None => None,
         };
         let channel = attach_host(file, &self.name, self.options, bell);

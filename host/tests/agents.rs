@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ivchan_host::{
-    Channel, ChannelError, ChannelOptions, HostError, PeerEvent, PeerMapping, RegionOptions,
+    Channel, ChannelError, ChannelOptions, PeerEvent, PeerMapping, RegionOptions,
     Supervisor, VmChannel, VmEvent, VmUuid,
 };
 use ivchan_protocol::{Header, Side};
@@ -155,18 +155,17 @@ fn guest_receiver(region: &Path, reports: &Path) {
 
 /// Host sender incarnation: resumes after the last seq it recorded.
 fn host_sender(dir: &Path, progress: &Path) {
-    let mut ch = VmChannel::open(&uuid(1), &regions(dir), "agents", options()).unwrap();
+    let mut ch = VmChannel::builder(&uuid(1))
+        .regions(regions(dir))
+        .name("agents")
+        .options(options())
+        .open()
+        .unwrap();
     let start = read_u64s(progress).last().map_or(0, |l| l + 1);
     let mut log = OpenOptions::new().append(true).open(progress).unwrap();
     for seq in start..MESSAGES {
         let msg = message(seq);
-        patiently(|| {
-            ch.send(&msg, Some(Duration::from_millis(100)))
-                .map_err(|e| match e {
-                    HostError::Channel { source, .. } => source,
-                    other => panic!("{other}"),
-                })
-        });
+        patiently(|| ch.send(&msg, Some(Duration::from_millis(100))));
         append(&mut log, seq);
     }
 }
@@ -220,7 +219,12 @@ fn guest_restarts_while_host_runs_and_nothing_is_lost() {
     let dir = TempDir::new("guest-restart");
     let reports = dir.0.join("reports");
     File::create(&reports).unwrap();
-    let mut host = VmChannel::open(&uuid(1), &regions(&dir.0), "agents", options()).unwrap();
+    let mut host = VmChannel::builder(&uuid(1))
+        .regions(regions(&dir.0))
+        .name("agents")
+        .options(options())
+        .open()
+        .unwrap();
     let region = host.path().to_path_buf();
     let env = [
         ("IVCHAN_REGION", region.as_path()),
@@ -234,7 +238,7 @@ fn guest_restarts_while_host_runs_and_nothing_is_lost() {
         loop {
             match host.send(&msg, Some(Duration::from_millis(50))) {
                 Ok(()) => break,
-                Err(HostError::Channel { source, .. }) if !source.is_fatal() => {}
+                Err(e) if !e.is_fatal() => {}
                 Err(e) => panic!("{e}"),
             }
             if let Some(e) = host.poll_peer().unwrap() {
@@ -313,7 +317,12 @@ fn host_restarts_while_guest_runs_and_nothing_is_lost() {
 #[test]
 fn silent_guest_fires_the_timeout() {
     let dir = TempDir::new("silent");
-    let mut host = VmChannel::open(&uuid(2), &regions(&dir.0), "agents", options()).unwrap();
+    let mut host = VmChannel::builder(&uuid(2))
+        .regions(regions(&dir.0))
+        .name("agents")
+        .options(options())
+        .open()
+        .unwrap();
     let region = host.path().to_path_buf();
     let guest = spawn("guest-silent", &[("IVCHAN_REGION", region.as_path())]);
     let mut buf = [0u8; 16];
@@ -326,7 +335,7 @@ fn silent_guest_fires_the_timeout() {
         .recv(&mut buf, Some(Duration::from_secs(30)))
         .unwrap_err();
     assert!(
-        matches!(err, HostError::Channel { source: ChannelError::PeerSilent { since }, .. } if since >= Duration::from_millis(300)),
+        matches!(err, ChannelError::PeerSilent { since } if since >= Duration::from_millis(300)),
         "{err}"
     );
     assert!(start.elapsed() < Duration::from_secs(10));

@@ -88,7 +88,12 @@ fn regions_live_on_hugetlbfs() {
 
     // An 8 MiB region works end to end, host and peer.
     let opts = RegionOptions::new().dir(mount.path()).size(8 << 20);
-    let mut host = VmChannel::open(&uuid, &opts, "huge", ChannelOptions::default()).unwrap();
+    let mut host = VmChannel::builder(&uuid)
+        .regions(opts)
+        .name("huge")
+        .options(ChannelOptions::default())
+        .open()
+        .unwrap();
     let peer = PeerMapping::open(host.path()).unwrap();
     let header = Header::open(peer.region()).unwrap();
     assert_eq!(header.layout().region_size, 8 << 20);

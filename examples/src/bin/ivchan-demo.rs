@@ -1,20 +1,21 @@
 //! Both agents as two processes over one `/dev/shm` region, no VM needed.
 //!
 //! The host side creates `/dev/shm/fg_<uuid>` as the host agent does; the
-//! guest agent runs as a child process with `--region-file`, mapping the
-//! same file shared as a guest maps BAR2. The demo runs a checked exchange
+//! guest side is this same program run again as a child (`--guest-region`),
+//! mapping the same file shared as a guest maps BAR2, so the demo needs no
+//! other binary built first. The demo runs a checked exchange
 //! both ways, an echo and a file transfer, prints messages/s and MB/s, and
 //! removes the region and the files it made.
 //!
 //! `ivchan-demo [--exchange N] [--file-mib M]`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ivchan_examples::{agent, traffic};
-use ivchan_host::{ChannelOptions, PeerEvent, RegionOptions, VmChannel, VmUuid};
+use ivchan_examples::{agent, attach_region_file, traffic};
+use ivchan_host::{ChannelOptions, OwnedChannel, RegionFile, RegionOptions, VmChannel, VmUuid};
 
 #[derive(Parser)]
 #[command(about = "ivchan demo: host and guest agents over one /dev/shm region")]
@@ -28,6 +29,20 @@ struct Args {
     /// Size of the file transferred, in MiB.
     #[arg(long, default_value_t = 256)]
     file_mib: u64,
+    /// Run as the demo's guest side over this region file (the demo starts
+    /// itself this way).
+    #[arg(long, hide = true, requires = "guest_dir")]
+    guest_region: Option<PathBuf>,
+    /// Where the guest side puts received files.
+    #[arg(long, hide = true)]
+    guest_dir: Option<PathBuf>,
+}
+
+/// The guest side: the guest agent's loop over the host's region file.
+fn guest(region: &Path, dir: &Path) -> Result<(), String> {
+    let stall = Duration::from_secs(30);
+    let mut ch = attach_region_file(region, ChannelOptions::default(), stall)?;
+    agent::serve(&mut ch, dir, stall)
 }
 
 fn rate(what: &str, count: u64, bytes: u64, secs: f64) {
@@ -75,7 +90,10 @@ fn run(args: &Args) -> Result<(), String> {
         received.join("payload.bin"),
     ]);
 
-    let mut vm = VmChannel::open(&uuid, &regions, "demo", ChannelOptions::default())
+    let mut vm = VmChannel::builder(&uuid)
+        .regions(regions)
+        .name("demo")
+        .create()
         .map_err(|e| e.to_string())?;
     println!(
         "region {} ({} MiB)",
@@ -85,39 +103,25 @@ fn run(args: &Args) -> Result<(), String> {
             .len()
             >> 20
     );
-    let guest_bin = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .with_file_name("ivchan-guest-agent");
-    let mut guest = Command::new(&guest_bin)
-        .arg("--region-file")
+    let me = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    let mut guest = Command::new(&me)
+        .arg("--guest-region")
         .arg(vm.path())
-        .arg("--dir")
+        .arg("--guest-dir")
         .arg(&received)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "{}: {e} (build it with cargo build -p ivchan-examples)",
-                guest_bin.display()
-            )
-        })?;
+        .map_err(|e| format!("starting the guest side ({}): {e}", me.display()))?;
 
     let result = (|| -> Result<(), String> {
-        let start = Instant::now();
-        while !matches!(
-            vm.poll_peer().map_err(|e| e.to_string())?,
-            Some(PeerEvent::Attached { .. })
-        ) {
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err("the guest agent did not attach".into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        vm.wait_for_peer(Some(Duration::from_secs(30)))
+            .map_err(|e| format!("the guest side did not attach: {e}"))?;
         let data: Vec<u8> = (0..args.file_mib << 20)
             .map(|i| (i * 31 % 251) as u8)
             .collect();
         std::fs::write(&file, &data).map_err(|e| e.to_string())?;
         let stall = Duration::from_secs(30);
-        vm.with(|ch| -> Result<(), String> {
+        let ch: &mut OwnedChannel<RegionFile> = &mut vm;
+        {
             let bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
             let t = Instant::now();
             agent::run_exchange(ch, args.exchange, false, stall)?;
@@ -141,7 +145,7 @@ fn run(args: &Args) -> Result<(), String> {
             let what = format!("file transfer, {} MiB, checked", size >> 20);
             throughput(&what, size, t.elapsed().as_secs_f64());
             agent::command(ch, "quit", stall).map(drop)
-        })
+        }
     })();
     if result.is_err() {
         let _ = guest.kill();
@@ -161,7 +165,12 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run(&Args::parse()) {
+    let args = Args::parse();
+    let outcome = match (&args.guest_region, &args.guest_dir) {
+        (Some(region), Some(dir)) => guest(region, dir),
+        _ => run(&args),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ivchan-demo: {e}");

@@ -10,13 +10,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use ivchan_examples::agent;
 use ivchan_guest::{ChannelOptions, GuestChannel, MapOptions, Selector};
-use ivchan_host::PeerMapping;
-use ivchan_protocol::{Channel, Header, Side};
 
 #[derive(Parser)]
 #[command(about = "ivchan guest agent: serve the host agent's commands")]
@@ -53,16 +51,7 @@ fn run(args: &Args) -> Result<(), String> {
     let stall = Duration::from_secs(args.stall);
     let options = ChannelOptions::default();
     if let Some(path) = &args.region_file {
-        let map = PeerMapping::open(path).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let header = loop {
-            match Header::open(map.region()) {
-                Ok(h) => break h,
-                Err(_) if start.elapsed() < wait => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        };
-        let mut ch = Channel::attach(header, Side::Guest, options).map_err(|e| e.to_string())?;
+        let mut ch = ivchan_examples::attach_region_file(path, options, wait)?;
         return agent::serve(&mut ch, &args.dir, stall);
     }
     let selector = match (&args.address, &args.name) {
@@ -74,10 +63,16 @@ fn run(args: &Args) -> Result<(), String> {
         write_combining: args.wc,
         ..MapOptions::default()
     };
-    let mut ch = GuestChannel::open(&args.sysfs, &selector, &map, options, wait)
+    let mut ch = GuestChannel::builder()
+        .sysfs_root(&args.sysfs)
+        .selector(selector)
+        .map_options(map)
+        .options(options)
+        .timeout(wait)
+        .open()
         .map_err(|e| e.to_string())?;
     eprintln!("ivchan-guest-agent: attached to {}", ch.address());
-    ch.with(|c| agent::serve(c, &args.dir, stall))
+    agent::serve(&mut ch, &args.dir, stall)
 }
 
 fn main() -> ExitCode {

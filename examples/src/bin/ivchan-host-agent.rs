@@ -10,18 +10,17 @@
 //!   survives either side restarting; rerun with the same state file after
 //!   a kill and it resumes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ivchan_examples::{agent, traffic};
 use ivchan_host::{
-    ChannelBell, ChannelOptions, DoorbellServer, PeerEvent, RegionOptions, ServerEvent, Supervisor,
-    VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy, HOST_PEER_ID,
+    ChannelError, ChannelOptions, OwnedChannel, RegionFile, RegionOptions, ServerEvent, Supervisor,
+    VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy,
 };
-use ivchan_protocol::DoorbellAddress;
+use ivchan_protocol::poll_until;
 
 #[derive(Parser, Clone)]
 #[command(about = "ivchan host agent: talk to one VM's guest agent")]
@@ -111,75 +110,51 @@ fn regions(args: &Args) -> RegionOptions {
     regions
 }
 
-/// Waits for the guest agent to attach.
+/// Waits for a live guest agent (a stale "ready" left by a crash does not
+/// count).
 fn wait_for_guest(vm: &mut VmChannel, wait: Duration) -> Result<(), String> {
     let start = Instant::now();
-    loop {
-        match vm.poll_peer().map_err(|e| e.to_string())? {
-            Some(
-                PeerEvent::Attached { epoch }
-                | PeerEvent::Restarted {
-                    new_epoch: epoch, ..
-                },
-            ) => {
-                println!(
-                    "{}: guest attached (epoch {epoch}) after {:.2} s",
-                    vm.uuid(),
-                    start.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-            _ if start.elapsed() > wait => {
-                return Err(format!("{}: no guest agent within {wait:?}", vm.uuid()));
-            }
-            _ => std::thread::sleep(Duration::from_millis(10)),
+    match vm.wait_for_peer(Some(wait)) {
+        Ok(epoch) => {
+            println!(
+                "{}: guest attached (epoch {epoch}) after {:.2} s",
+                vm.uuid(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
+        Err(ChannelError::Timeout { .. }) => {
+            Err(format!("{}: no guest agent within {wait:?}", vm.uuid()))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
-/// The ivshmem server for this VM, run on its own thread; it hands over a
-/// [`ChannelBell`] each time a guest peer connects.
-fn start_doorbell(
-    vm: &VmChannel,
-    socket: &Path,
-    group: Option<&str>,
-) -> Result<mpsc::Receiver<ChannelBell>, String> {
-    let mut server: DoorbellServer<VmUuid> = DoorbellServer::new().map_err(|e| e.to_string())?;
-    let mut opts = VmOptions::new(socket);
-    if let Some(group) = group {
-        opts = opts.group_named(group).map_err(|e| e.to_string())?;
-    }
-    server
-        .add_region(vm.file(), opts)
-        .map_err(|e| e.to_string())?;
-    println!("{}: ivshmem server on {}", vm.uuid(), socket.display());
-    let (bells, received) = mpsc::channel();
-    std::thread::spawn(move || loop {
-        let events = match server.process(Some(Duration::from_millis(200))) {
-            Ok(events) => events,
-            Err(e) => {
-                eprintln!("ivchan-host-agent: ivshmem server: {e}");
-                return;
-            }
-        };
-        for event in events {
-            if let ServerEvent::PeerConnected { vm, peer } = event {
-                let bell = server
-                    .peer_eventfd(&vm, peer, 0)
-                    .and_then(|guest| ChannelBell::new(guest, server.host_eventfd(&vm, 0)?));
-                match bell {
-                    Ok(bell) => {
-                        if bells.send(bell).is_err() {
-                            return; // the agent is done
-                        }
-                        println!("{vm}: guest peer {peer} connected");
-                    }
-                    Err(e) => eprintln!("ivchan-host-agent: peer {peer}: {e}"),
+/// Reports the guest peers that connected to this VM's ivshmem server,
+/// waiting up to `wait` for the first.
+fn wait_for_doorbell(vm: &VmChannel, wait: Duration) -> Result<(), String> {
+    let Some(server) = vm.doorbell() else {
+        return Ok(());
+    };
+    let strategy = WaitStrategy::backoff(Duration::from_millis(5), Duration::from_millis(100));
+    let peer = poll_until(strategy, Some(wait), || -> Result<_, String> {
+        let mut connected = None;
+        for event in server.events() {
+            match event {
+                ServerEvent::PeerConnected { vm, peer } => {
+                    println!("{vm}: guest peer {peer} connected");
+                    connected = Some(peer);
                 }
+                other => println!("{}: ivshmem server: {other:?}", vm.uuid()),
             }
         }
-    });
-    Ok(received)
+        Ok(connected)
+    })?;
+    if peer.is_none() {
+        return Err("no guest connected to the ivshmem server".to_owned());
+    }
+    println!("{}: sleeping on the doorbell when idle", vm.uuid());
+    Ok(())
 }
 
 /// CPU time (user + system) this process has used, from /proc/self/stat.
@@ -203,10 +178,7 @@ fn idle(vm: &mut VmChannel, secs: u64) -> Result<Duration, String> {
     let before = cpu_time();
     let mut buf = [0u8; 64];
     match vm.recv(&mut buf, Some(Duration::from_secs(secs))) {
-        Err(ivchan_host::HostError::Channel {
-            source: ivchan_host::ChannelError::Timeout { .. },
-            ..
-        }) => Ok(cpu_time().saturating_sub(before)),
+        Err(ChannelError::Timeout { .. }) => Ok(cpu_time().saturating_sub(before)),
         Ok(n) => Err(format!("unexpected {n}-byte message while idle")),
         Err(e) => Err(e.to_string()),
     }
@@ -219,71 +191,57 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The conversation with one guest: exchange, echo, file, ping, idle, quit.
 fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
-    let bells = match &args.doorbell {
-        Some(socket) => {
-            vm.with(|ch| {
-                ch.publish_doorbell(Some(DoorbellAddress {
-                    peer: HOST_PEER_ID,
-                    vectors: 1,
-                }))
-            });
-            Some(start_doorbell(vm, socket, args.socket_group.as_deref())?)
-        }
-        None => None,
-    };
     wait_for_guest(vm, Duration::from_secs(args.wait))?;
-    if let Some(bells) = &bells {
-        let bell = bells
-            .recv_timeout(Duration::from_secs(args.wait))
-            .map_err(|_| "no guest connected to the ivshmem server".to_owned())?;
-        vm.with(|ch| ch.set_notifier(Some(Box::new(bell))));
-        println!("{}: sleeping on the doorbell when idle", vm.uuid());
-    }
+    wait_for_doorbell(vm, Duration::from_secs(args.wait))?;
     let stall = Duration::from_secs(30);
     let uuid = *vm.uuid();
-    vm.with(|ch| -> Result<(), String> {
-        let exchange_bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
-        let t = Instant::now();
-        agent::run_exchange(ch, args.exchange, false, stall)?;
-        let secs = t.elapsed().as_secs_f64();
-        let what = "exchange (each way, checked)";
-        rate(&uuid, what, 2 * args.exchange, 2 * exchange_bytes, secs);
+    let ch: &mut OwnedChannel<RegionFile> = vm;
+    let exchange_bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
+    let t = Instant::now();
+    agent::run_exchange(ch, args.exchange, false, stall)?;
+    let secs = t.elapsed().as_secs_f64();
+    let what = "exchange (each way, checked)";
+    rate(&uuid, what, 2 * args.exchange, 2 * exchange_bytes, secs);
 
-        let echo_bytes: u64 = (0..args.echo).map(|s| traffic::len(s) as u64).sum();
-        let t = Instant::now();
-        agent::run_exchange(ch, args.echo, true, stall)?;
-        let secs = t.elapsed().as_secs_f64();
-        rate(&uuid, "echo (round trips, checked)", args.echo, 2 * echo_bytes, secs);
+    let echo_bytes: u64 = (0..args.echo).map(|s| traffic::len(s) as u64).sum();
+    let t = Instant::now();
+    agent::run_exchange(ch, args.echo, true, stall)?;
+    let secs = t.elapsed().as_secs_f64();
+    rate(
+        &uuid,
+        "echo (round trips, checked)",
+        args.echo,
+        2 * echo_bytes,
+        secs,
+    );
 
-        // Each direction carried the exchange and the echo; the file went
-        // to the guest only.
-        let checked = exchange_bytes + echo_bytes;
-        let mut to_guest = checked;
-        if let Some(path) = &args.file {
-            let t = Instant::now();
-            let size = agent::send_file(ch, path, stall)?;
-            to_guest += size;
-            let secs = t.elapsed().as_secs_f64();
-            rate(&uuid, "file transfer (checksum ok)", 1, size, secs);
-        }
-        let messages = args.exchange + args.echo;
+    // Each direction carried the exchange and the echo; the file went
+    // to the guest only.
+    let checked = exchange_bytes + echo_bytes;
+    let mut to_guest = checked;
+    if let Some(path) = &args.file {
+        let t = Instant::now();
+        let size = agent::send_file(ch, path, stall)?;
+        to_guest += size;
+        let secs = t.elapsed().as_secs_f64();
+        rate(&uuid, "file transfer (checksum ok)", 1, size, secs);
+    }
+    let messages = args.exchange + args.echo;
+    println!(
+        "{uuid}: totals to-guest {messages} msgs {to_guest} bytes, from-guest {messages} msgs {checked} bytes"
+    );
+    if args.ping > 0 {
+        let mut times = agent::ping(ch, args.ping, stall)?;
+        times.sort();
         println!(
-            "{uuid}: totals to-guest {messages} msgs {to_guest} bytes, from-guest {messages} msgs {checked} bytes"
+            "{uuid}: ping 64 B x {}: p50 {:?} p99 {:?} p99.9 {:?} max {:?}",
+            args.ping,
+            percentile(&times, 0.50),
+            percentile(&times, 0.99),
+            percentile(&times, 0.999),
+            times.last().copied().unwrap_or_default()
         );
-        if args.ping > 0 {
-            let mut times = agent::ping(ch, args.ping, stall)?;
-            times.sort();
-            println!(
-                "{uuid}: ping 64 B x {}: p50 {:?} p99 {:?} p99.9 {:?} max {:?}",
-                args.ping,
-                percentile(&times, 0.50),
-                percentile(&times, 0.99),
-                percentile(&times, 0.999),
-                times.last().copied().unwrap_or_default()
-            );
-        }
-        Ok(())
-    })?;
+    }
     if args.idle > 0 {
         let cpu = idle(vm, args.idle)?;
         println!(
@@ -293,7 +251,7 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
         );
     }
     if args.busy_idle > 0 {
-        vm.with(|ch| ch.set_wait_strategy(WaitStrategy::busy_poll()));
+        vm.set_wait_strategy(WaitStrategy::busy_poll());
         let cpu = idle(vm, args.busy_idle)?;
         println!(
             "{uuid}: idle {} s (busy-poll): host cpu {} ms",
@@ -302,7 +260,7 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
         );
     }
     if !args.keep_guest {
-        vm.with(|ch| agent::command(ch, "quit", stall))?;
+        agent::command(vm, "quit", stall)?;
     }
     Ok(())
 }
@@ -323,7 +281,7 @@ fn stream(
     let deadline = Duration::from_secs(args.wait);
     let uuid = *vm.uuid();
     let t = Instant::now();
-    let stats = vm.with(|ch| agent::stream_host(ch, count, &mut state, deadline))?;
+    let stats = agent::stream_host(vm, count, &mut state, deadline)?;
     println!(
         "{uuid}: stream complete: {} sent by this process, {} duplicate acknowledgements, {} guest restarts seen, {:.2} s",
         stats.sent,
@@ -338,7 +296,7 @@ fn stream(
         12 * count
     );
     if !args.keep_guest {
-        vm.with(|ch| agent::command(ch, "quit", Duration::from_secs(30)))?;
+        agent::command(vm, "quit", Duration::from_secs(30))?;
     }
     Ok(())
 }
@@ -392,8 +350,18 @@ fn run(args: &Args) -> Result<(), String> {
         return supervise(args, count);
     }
     let uuid = args.uuid.ok_or("--uuid is required")?;
-    let mut vm = VmChannel::open(&uuid, &regions(args), &args.name, ChannelOptions::default())
-        .map_err(|e| e.to_string())?;
+    let mut builder = VmChannel::builder(&uuid)
+        .regions(regions(args))
+        .name(&args.name);
+    if let Some(socket) = &args.doorbell {
+        let mut server = VmOptions::new(socket);
+        if let Some(group) = &args.socket_group {
+            server = server.group_named(group).map_err(|e| e.to_string())?;
+        }
+        builder = builder.doorbell(server);
+        println!("{uuid}: ivshmem server on {}", socket.display());
+    }
+    let mut vm = builder.open().map_err(|e| e.to_string())?;
     println!("region {}", vm.path().display());
     match (args.stream, &args.state) {
         (Some(count), Some(state)) => stream(&mut vm, count, state, args),

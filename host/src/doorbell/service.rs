@@ -128,7 +128,11 @@ impl DoorbellService {
     /// goes to the VM's channel
     /// ([`set_notifier`](ivchan_protocol::OwnedChannel::set_notifier)).
     pub fn add(&self, file: &RegionFile, options: VmOptions) -> Result<HostBell, DoorbellError> {
-        let shm = file.file().as_fd().try_clone_to_owned().map_err(sys("dup"))?;
+        let shm = file
+            .file()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(sys("dup"))?;
         let (reply, answer) = mpsc::channel();
         self.send(Command::Add {
             uuid: *file.uuid(),

@@ -15,7 +15,11 @@ use super::error::io_err;
 use super::{RegionError, RegionOptions};
 
 /// Checks a size: power of two, at least 1 MiB, hugetlbfs page multiple.
-pub(super) fn check_size(path: &Path, size: u64, huge_page: Option<u64>) -> Result<(), RegionError> {
+pub(super) fn check_size(
+    path: &Path,
+    size: u64,
+    huge_page: Option<u64>,
+) -> Result<(), RegionError> {
     let path = path.to_path_buf();
     if size == 0 {
         return Err(RegionError::Unsized { path });
@@ -92,7 +96,11 @@ pub(super) fn lock(file: File, path: &Path) -> Result<Flock<File>, RegionError> 
 }
 
 /// Owner and mode checks on an open file (through its descriptor).
-pub(super) fn check_inode(file: &File, path: &Path, opts: &RegionOptions) -> Result<u64, RegionError> {
+pub(super) fn check_inode(
+    file: &File,
+    path: &Path,
+    opts: &RegionOptions,
+) -> Result<u64, RegionError> {
     let meta = file.metadata().map_err(io_err(path, "stat"))?;
     if !meta.file_type().is_file() {
         return Err(RegionError::NotRegular {
@@ -119,7 +127,6 @@ pub(super) fn check_inode(file: &File, path: &Path, opts: &RegionOptions) -> Res
     Ok(meta.len())
 }
 
-
 /// Opens a region file without the lock, for the views below: refuses
 /// symlinks, non-regular files and bad sizes; returns the file and its
 /// metadata.
@@ -137,4 +144,3 @@ pub(super) fn open_unlocked(
     check_size(path, meta.len(), huge_page_size(&file, path)?)?;
     Ok((file, meta))
 }
-

@@ -128,11 +128,13 @@ pub enum RegionError {
     },
 }
 
-pub(super) fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> RegionError + 'a {
+pub(super) fn io_err<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(io::Error) -> RegionError + 'a {
     move |source| RegionError::Io {
         path: path.to_path_buf(),
         op,
         source,
     }
 }
-

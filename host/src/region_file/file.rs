@@ -209,7 +209,6 @@ impl RegionFile {
     }
 }
 
-
 /// Maps a file of `size` bytes with `map`, reporting failures against `path`.
 pub(super) fn map_checked(
     path: &Path,

@@ -28,4 +28,3 @@ pub fn list_regions(dir: &Path, prefix: &str) -> Result<Vec<(VmUuid, PathBuf)>, 
     found.sort();
     Ok(found)
 }
-

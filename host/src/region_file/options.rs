@@ -161,4 +161,3 @@ impl RegionOptions {
         RegionFile::open_or_create(uuid, self)
     }
 }
-

@@ -91,7 +91,6 @@ impl PeerMapping {
     }
 }
 
-
 // SAFETY: the region is the owned `mapping`'s, in place wherever the value
 // moves. A peer mapping is the guest's side of a channel on the same host.
 unsafe impl SharedMemory for PeerMapping {
