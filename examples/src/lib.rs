@@ -18,6 +18,11 @@ use ivchan_protocol::{
 pub mod agent;
 pub mod traffic;
 
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 /// Maps a host region file shared, the way a guest maps BAR2, and attaches
 /// as the guest once the host has written the header.
 pub fn attach_region_file(

@@ -3,17 +3,21 @@
 //! ([`GuestChannel`]).
 //!
 //! ```no_run
-//! use std::path::Path;
+//! use ivchan_guest::GuestChannel;
 //! use std::time::Duration;
-//! use ivchan_guest::{select_waiting, MapOptions, Selector};
 //!
 //! // The device whose header carries this VM's UUID (product_uuid).
-//! let bar = select_waiting(Path::new("/sys"), &Selector::Identity,
-//!                          &MapOptions::default(), Duration::from_secs(30))?;
-//! let header = bar.header()?;
-//! println!("{}", ivchan_protocol::report::describe(&header));
-//! # Ok::<(), ivchan_guest::GuestError>(())
+//! let mut ch = GuestChannel::open()?;
+//! ch.send(b"hello from the guest", None)?;
+//! let mut buf = vec![0u8; ch.max_message()];
+//! let n = ch.recv(&mut buf, Some(Duration::from_secs(30)))?;
+//! # let _ = n;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! [`GuestChannel::builder`] selects by address or channel name, maps
+//! write-combining, and sets the timeout and the sysfs root; [`select()`] and
+//! [`MappedBar`] are the pieces underneath, for tools that only inspect.
 //!
 //! Mapping needs root (sysfs `resource2` is 0600) and a kernel that is not in
 //! lockdown mode. All `unsafe` code is in [`mapping`].

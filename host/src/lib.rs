@@ -3,18 +3,24 @@
 //! serves many VMs from one process.
 //!
 //! ```no_run
-//! use ivchan_host::{RegionOptions, VmUuid};
+//! use ivchan_host::{VmChannel, VmUuid};
+//! use std::time::Duration;
 //!
 //! let uuid: VmUuid = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c".parse()?;
 //! // /dev/shm/fg_<uuid>, 8 MiB, 0600; QEMU may have created it already.
-//! let file = RegionOptions::new().open_or_create(&uuid)?;
-//! let header = file.attach_or_init("agent")?;
-//! println!("{}", ivchan_protocol::report::describe(&header));
+//! let mut vm = VmChannel::open(&uuid)?;
+//! vm.wait_for_peer(Some(Duration::from_secs(60)))?;
+//! vm.send(b"hello", None)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! All `unsafe` code (the mappings) is in [`region_file`]. [`doorbell`] is
-//! an ivshmem server for QEMU's `ivshmem-doorbell` device and eventfd
+//! Many VMs: [`Supervisor`] (with [`Supervisor::serve_doorbells`] for
+//! `ivshmem-doorbell` devices); one VM with doorbells:
+//! [`VmChannelBuilder::doorbell`].
+//!
+//! The crate has no `unsafe` code: mappings are the protocol crate's
+//! [`Mapping`](ivchan_protocol::Mapping). [`doorbell`] is an ivshmem
+//! server for QEMU's `ivshmem-doorbell` device and eventfd
 //! waiting over many VMs.
 
 pub mod channel;

@@ -13,8 +13,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ivchan_host::{
-    Channel, ChannelError, ChannelOptions, PeerEvent, PeerMapping, RegionOptions,
-    Supervisor, VmChannel, VmEvent, VmUuid,
+    Channel, ChannelError, ChannelOptions, PeerEvent, PeerMapping, RegionOptions, Supervisor,
+    VmChannel, VmEvent, VmUuid,
 };
 use ivchan_protocol::{Header, Side};
 

@@ -34,7 +34,11 @@
 //! ```
 //!
 //! With the default `std` feature, [`Channel`] adds the handshake, liveness,
-//! blocking calls with timeouts and `std::io` adapters on top.
+//! blocking calls with timeouts and `std::io` adapters on top;
+//! [`OwnedChannel`] is a channel together with the memory it runs over (any
+//! [`SharedMemory`], such as a [`Mapping`]): what the host and guest crates
+//! hand out. [`naming`] says where a VM's region lives and how large it may
+//! be; [`poll_until`] is the one retry loop.
 //!
 //! `docs/PROTOCOL.md` specifies the format for other implementations.
 
