@@ -73,6 +73,25 @@ fn millis_left(deadline: Option<Instant>) -> Option<u16> {
     })
 }
 
+/// Waits on `epoll` until an event or `deadline` (`None`: forever); an
+/// interrupted wait counts as no event. Returns how many of `events` are
+/// filled.
+pub(super) fn epoll_wait_until(
+    epoll: &Epoll,
+    events: &mut [EpollEvent],
+    deadline: Option<Instant>,
+) -> Result<usize, DoorbellError> {
+    let timeout = millis_left(deadline).map_or(EpollTimeout::NONE, EpollTimeout::from);
+    match epoll.wait(events, timeout) {
+        Ok(n) => Ok(n),
+        Err(Errno::EINTR) => Ok(0),
+        Err(source) => Err(DoorbellError::Sys {
+            op: "epoll_wait",
+            source,
+        }),
+    }
+}
+
 /// One eventfd: one side rings it, the other waits on it and takes the
 /// count. Rings coalesce: several rings before a take are taken as one
 /// count, never lost.
@@ -254,18 +273,7 @@ impl<K: Clone + PartialEq> DoorbellSet<K> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut rang = Vec::new();
         loop {
-            let ms = millis_left(deadline);
-            let timeout = ms.map_or(EpollTimeout::NONE, EpollTimeout::from);
-            let n = match self.epoll.wait(&mut self.events, timeout) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => 0,
-                Err(e) => {
-                    return Err(DoorbellError::Sys {
-                        op: "epoll_wait",
-                        source: e,
-                    })
-                }
-            };
+            let n = epoll_wait_until(&self.epoll, &mut self.events, deadline)?;
             for event in &self.events[..n] {
                 let slot = usize::try_from(event.data()).unwrap_or(usize::MAX);
                 let Some(Some((key, fd))) = self.entries.get(slot) else {
@@ -278,7 +286,7 @@ impl<K: Clone + PartialEq> DoorbellSet<K> {
             }
             // Another reader may have drained a ready fd first: then wait
             // on for what is left of the timeout.
-            if !rang.is_empty() || ms == Some(0) {
+            if !rang.is_empty() || millis_left(deadline) == Some(0) {
                 return Ok(rang);
             }
         }

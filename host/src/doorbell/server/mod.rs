@@ -26,12 +26,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 pub use events::{LeaveReason, RefuseReason, ServerEvent};
 pub use options::VmOptions;
 
-use super::notify::ring_fd;
+use super::notify::{epoll_wait_until, ring_fd};
 use super::{sys, DoorbellError, HOST_PEER_ID, MAX_VECTORS};
 use crate::region_file::VmUuid;
 use socket::bind_socket;
@@ -259,21 +259,7 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
                 None => {}
             }
         }
-        let ms = deadline.map(|d| {
-            let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
-            u16::try_from(ms).unwrap_or(u16::MAX)
-        });
-        let timeout = ms.map_or(EpollTimeout::NONE, EpollTimeout::from);
-        let n = match self.epoll.wait(&mut self.events, timeout) {
-            Ok(n) => n,
-            Err(Errno::EINTR) => 0,
-            Err(e) => {
-                return Err(DoorbellError::Sys {
-                    op: "epoll_wait",
-                    source: e,
-                })
-            }
-        };
+        let n = epoll_wait_until(&self.epoll, &mut self.events, deadline)?;
         for i in 0..n {
             let event = self.events[i];
             let Some((slot, peer)) = parse_token(event.data()) else {
