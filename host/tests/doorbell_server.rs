@@ -970,3 +970,79 @@ fn qemu_ivshmem_doorbell_connects_and_leaves() {
     assert!(server.peers(&vm).unwrap().is_empty());
     eprintln!("qemu: ivshmem-doorbell connected as peer 1 with 2 vectors, left when killed");
 }
+
+/// The library's own doorbells: a supervisor serving doorbells hands out
+/// channels that publish the host's peer id, ring the guest peer that
+/// connected when it asked to be woken, and sleep on the host's eventfd.
+#[test]
+fn supervisor_doorbells_ring_the_connected_guest() {
+    use ivchan_host::{Channel, DoorbellAddress, PeerMapping, Supervisor, VmEvent};
+    use ivchan_protocol::{Header, Side};
+
+    let _serial = serial();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    drop(region(dir.path(), 7)); // made, then left for the supervisor
+    let sockets = dir.path().to_path_buf();
+    let regions = RegionOptions::new().dir(dir.path());
+    let mut sup = Supervisor::new(regions, "bells", Default::default())
+        .unwrap()
+        .serve_doorbells(move |uuid| VmOptions::new(sockets.join(format!("{uuid}.sock"))))
+        .unwrap();
+    let mut vm = match sup.poll(Some(Duration::from_secs(5))).unwrap().pop() {
+        Some(VmEvent::Appeared(vm)) => vm,
+        other => panic!("expected the region to appear: {other:?}"),
+    };
+    assert!(vm.has_notifier());
+
+    // QEMU's side of the server: the guest peer's handshake.
+    let sock = connect(&dir.path().join(format!("{}.sock", uuid(7))));
+    let hello = handshake(&sock, 1);
+    assert_eq!(
+        hello.peers.keys().copied().collect::<Vec<_>>(),
+        [HOST_PEER_ID]
+    );
+    let server = sup.doorbell().expect("serving doorbells");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e| matches!(e, ServerEvent::PeerConnected { peer, .. } if *peer == hello.id))
+    {
+        assert!(Instant::now() < deadline, "no PeerConnected: {seen:?}");
+        seen.extend(server.events());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // The guest side of the channel, over the same file.
+    let map = PeerMapping::open(vm.path()).unwrap();
+    let header = Header::open(map.region()).unwrap();
+    assert_eq!(
+        header.doorbell(Side::Host),
+        Some(DoorbellAddress {
+            peer: HOST_PEER_ID,
+            vectors: 1
+        })
+    );
+    let mut guest = Channel::attach(header, Side::Guest, Default::default()).unwrap();
+    // A guest about to sleep asks to be woken; the host's send rings it.
+    assert!(guest.prepare_to_sleep().unwrap());
+    vm.send(b"wake up", None).unwrap();
+    assert_eq!(eventfd_count(&hello.own[0], Duration::from_secs(5)), 1);
+    guest.finish_sleep();
+    // A guest that did not ask is not rung.
+    vm.send(b"again", None).unwrap();
+    assert_eq!(eventfd_count(&hello.own[0], Duration::from_millis(50)), 0);
+
+    // The host sleeps on its eventfd: the guest's ring (QEMU writes peer
+    // 0's eventfd) wakes a receive that is asleep.
+    let receiver = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        let n = vm.recv(&mut buf, Some(Duration::from_secs(10))).unwrap();
+        buf[..n].to_vec()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    guest.send(b"hello host", None).unwrap();
+    write_eventfd(&hello.peers[&HOST_PEER_ID][0]);
+    assert_eq!(receiver.join().unwrap(), b"hello host");
+    drop(guest);
+}
