@@ -429,3 +429,67 @@ fn owned_channels_carry_zero_copy_and_streams_directly() {
     assert!(Arc::ptr_eq(&memory_back, &memory));
     assert_eq!(host.poll_peer().unwrap(), Some(PeerEvent::Closed));
 }
+
+/// A notifier that counts its waits and never sleeps: a peer ringing
+/// without pause.
+#[derive(Debug, Default)]
+struct Storm {
+    waits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ivchan_protocol::Notifier for Storm {
+    fn ring(&self) {}
+    fn can_wait(&self) -> bool {
+        true
+    }
+    fn wait(&self, _timeout: Duration) {
+        self.waits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn an_invalid_peer_state_poisons_and_nothing_spins_on_it() {
+    use ivchan_protocol::layout::offsets::{GUEST_SIDE, SIDE_STATE};
+    use ivchan_protocol::Ordering;
+
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let region = Region::from_words(&mut words);
+    let header = Header::create(region, &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    std::mem::forget(guest);
+    // A hostile guest writes a state the spec does not have.
+    region.store(GUEST_SIDE + SIDE_STATE, 99, Ordering::Release);
+    let err = host.poll_peer().unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    // Poisoned: it stays broken even if the word is mended, and a
+    // blocking call fails at once instead of waiting out its timeout.
+    region.store(GUEST_SIDE + SIDE_STATE, 1, Ordering::Release);
+    let mut buf = [0u8; 8];
+    assert_eq!(host.recv(&mut buf, None).unwrap_err(), err);
+    assert_eq!(host.try_send(b"x").unwrap_err(), err);
+    assert_eq!(host.wait_for_peer(None).unwrap_err(), err);
+}
+
+#[test]
+fn a_ringing_storm_without_data_backs_off() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, ChannelOptions::default()).unwrap();
+    let _guest = Channel::attach(header, Side::Guest, ChannelOptions::default()).unwrap();
+    let storm = Storm::default();
+    let waits = storm.waits.clone();
+    host.set_notifier(Some(Box::new(storm)));
+    let mut buf = [0u8; 8];
+    let budget = Duration::from_millis(300);
+    assert!(matches!(
+        host.recv(&mut buf, Some(budget)),
+        Err(ChannelError::Timeout { .. })
+    ));
+    // Every wake returned at once with nothing to read. Without a back-off
+    // this is a busy loop of millions of wakes; with it, a few hundred.
+    let woken = waits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(woken < 2_000, "{woken} wakes in {budget:?}");
+    assert_eq!(host.spurious_wakes(), woken);
+}

@@ -88,7 +88,8 @@ pub enum PeerEvent {
 pub enum ChannelError {
     /// A ring error: a protocol violation (fatal) or a caller error.
     Ring(Error),
-    /// The peer's side block is invalid.
+    /// The peer's side block (or the header) is invalid: fatal, the
+    /// channel is poisoned.
     Layout(LayoutError),
     /// Nothing happened within the timeout.
     Timeout {
@@ -107,9 +108,14 @@ pub enum ChannelError {
 
 impl ChannelError {
     /// True when the channel cannot be used any more (the peer broke the
-    /// protocol). Timeouts and peer absences are not fatal.
+    /// protocol in a ring or in its side block). Timeouts and peer absences
+    /// are not fatal.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Ring(e) if e.is_fatal())
+        match self {
+            Self::Ring(e) => e.is_fatal(),
+            Self::Layout(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -204,7 +210,19 @@ pub struct Channel<'a> {
     notifier: Option<Box<dyn Notifier + 'a>>,
     /// The peer's block as `wait_for_peer` last read it.
     waited_for: Option<SideStatus>,
+    /// The peer's side block broke the protocol (a state outside the
+    /// spec's values): the channel is poisoned, and every call fails with
+    /// this at once.
+    broken: Option<LayoutError>,
+    /// Doorbell wakes that found nothing to read, since attach.
+    spurious_wakes: u64,
 }
+
+/// Empty doorbell wakes in a row taken without pausing.
+const STORM_GRACE: u32 = 4;
+/// First pause after the grace, doubling per empty wake up to the maximum.
+const STORM_PAUSE: Duration = Duration::from_micros(20);
+const STORM_PAUSE_MAX: Duration = Duration::from_millis(1);
 
 /// Peer events kept while the application is blocked elsewhere; older ones
 /// are dropped beyond this (the latest state is what matters).
@@ -239,6 +257,8 @@ impl<'a> Channel<'a> {
             events: std::collections::VecDeque::new(),
             notifier: None,
             waited_for: None,
+            broken: None,
+            spurious_wakes: 0,
         })
     }
 
@@ -284,6 +304,13 @@ impl<'a> Channel<'a> {
     /// Changes how blocking calls wait from now on.
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.options.wait = wait;
+    }
+
+    /// How many times a doorbell wake (or a doorbell sleep's timeout) found
+    /// nothing to read. A steady climb with no traffic means the peer rings
+    /// without sending; blocking calls back off from such a storm.
+    pub fn spurious_wakes(&self) -> u64 {
+        self.spurious_wakes
     }
 
     /// Whether a doorbell is attached.
@@ -346,12 +373,12 @@ impl<'a> Channel<'a> {
         let start = Instant::now();
         let first = match self.waited_for {
             Some(status) => status,
-            None => self.header.status(self.side.peer())?,
+            None => self.peer_block()?,
         };
         let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(10));
         let epoch = poll_until(strategy, timeout, || -> Result<_, ChannelError> {
             self.tick();
-            let now = self.header.status(self.side.peer())?;
+            let now = self.peer_block()?;
             // Remembered for the next call: a peer that attaches between
             // two calls counts as moved.
             self.waited_for = Some(now);
@@ -363,10 +390,28 @@ impl<'a> Channel<'a> {
         })
     }
 
+    /// Reads the peer's side block; a value outside the spec poisons the
+    /// channel (PROTOCOL.md, section 6).
+    fn peer_block(&mut self) -> Result<SideStatus, ChannelError> {
+        self.usable()?;
+        self.header.status(self.side.peer()).map_err(|e| {
+            self.broken = Some(e);
+            ChannelError::Layout(e)
+        })
+    }
+
+    /// Fails at once on a poisoned channel, so that no caller can spin on it.
+    fn usable(&self) -> Result<(), ChannelError> {
+        match self.broken {
+            Some(e) => Err(ChannelError::Layout(e)),
+            None => Ok(()),
+        }
+    }
+
     /// Reads the peer's block once and returns what changed.
     fn observe_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
         self.tick();
-        let status = self.header.status(self.side.peer())?;
+        let status = self.peer_block()?;
         Ok(self
             .peer
             .observe(Instant::now(), status, self.options.peer_timeout))
@@ -374,6 +419,7 @@ impl<'a> Channel<'a> {
 
     /// Sends without waiting; `Ok(false)` when the ring is full.
     pub fn try_send(&mut self, msg: &[u8]) -> Result<bool, ChannelError> {
+        self.usable()?;
         self.tick();
         let sent = self.tx.send(msg)?;
         if sent {
@@ -384,6 +430,7 @@ impl<'a> Channel<'a> {
 
     /// Receives without waiting; `Ok(None)` when nothing is queued.
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
+        self.usable()?;
         self.tick();
         Ok(self.rx.recv_into(buf)?)
     }
@@ -394,6 +441,7 @@ impl<'a> Channel<'a> {
         &mut self,
         len: usize,
     ) -> Result<Option<WriteGrant<'_, RegionRing<'a>>>, ChannelError> {
+        self.usable()?;
         self.tick();
         Ok(self.tx.reserve(len)?)
     }
@@ -401,6 +449,7 @@ impl<'a> Channel<'a> {
     /// Borrows the next message in place without waiting; `Ok(None)` when
     /// nothing is queued.
     pub fn try_peek(&mut self) -> Result<Option<ReadGrant<'_, RegionRing<'a>>>, ChannelError> {
+        self.usable()?;
         self.tick();
         Ok(self.rx.peek()?)
     }
@@ -474,13 +523,21 @@ impl<'a> Channel<'a> {
         on_receive: bool,
         mut attempt: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
     ) -> Result<T, ChannelError> {
+        self.usable()?;
         let start = Instant::now();
         let mut waiter = Waiter::new(self.options.wait);
         let mut polls = 0u32;
         let mut checked = start;
+        // Wakes from the doorbell in a row that found nothing to read.
+        let mut idle_wakes = 0u32;
+        let mut woke = false;
         loop {
             if let Some(value) = attempt(self)? {
                 return Ok(value);
+            }
+            if std::mem::take(&mut woke) {
+                idle_wakes += 1;
+                self.spurious_wakes += 1;
             }
             let waited = start.elapsed();
             if timeout.is_some_and(|t| waited >= t) {
@@ -518,9 +575,17 @@ impl<'a> Channel<'a> {
                 let nap = remaining.map_or(self.options.heartbeat_interval, |r| {
                     r.min(self.options.heartbeat_interval)
                 });
+                // A peer that rings without sending (a storm, hostile or
+                // broken) must not keep this side awake: after a few empty
+                // wakes, pause before listening again, doubling to 1 ms.
+                if idle_wakes > STORM_GRACE {
+                    let pause = STORM_PAUSE * (1 << (idle_wakes - STORM_GRACE - 1).min(6));
+                    std::thread::sleep(pause.min(STORM_PAUSE_MAX).min(nap));
+                }
                 if self.rx.prepare_to_sleep()? {
                     if let Some(notifier) = &self.notifier {
                         notifier.wait(nap);
+                        woke = true;
                     }
                     self.rx.finish_sleep();
                 }

@@ -126,6 +126,11 @@ impl<M: SharedMemory> OwnedChannel<M> {
         self.channel.has_notifier()
     }
 
+    /// See [`Channel::spurious_wakes`].
+    pub fn spurious_wakes(&self) -> u64 {
+        self.channel.spurious_wakes()
+    }
+
     /// Publishes how the peer can ring this side, or that it cannot.
     pub fn publish_doorbell(&self, address: Option<DoorbellAddress>) {
         self.channel.publish_doorbell(address);
