@@ -638,7 +638,7 @@ fn build_kit() -> Result<Kit, String> {
         "--bin",
         "ivchan-host-agent",
         "-p",
-        "ivchan-host",
+        "ivchan-cli",
         "--bin",
         "ivchan",
         "-p",
