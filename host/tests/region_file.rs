@@ -353,3 +353,33 @@ fn bad_uuids_never_become_paths() {
         Path::new("/dev/shm/fg_5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c")
     );
 }
+
+/// A FIFO planted at a VM's region path (anyone can create files in
+/// /dev/shm) must be refused, not block the open waiting for a writer.
+/// The opens run on a thread so that a regression fails instead of hanging.
+#[test]
+fn a_planted_fifo_is_refused_without_blocking() {
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let path = dir.path().join(format!("fg_{VM}"));
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (done, outcome) = std::sync::mpsc::channel();
+    let regions = opts(dir.path());
+    let fifo = path.clone();
+    std::thread::spawn(move || {
+        let opened = regions.open(&vm).map(drop);
+        let inspected = InspectedRegion::open(&fifo).map(drop);
+        let _ = done.send((opened, inspected));
+    });
+    let (opened, inspected) = outcome
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("opening a FIFO blocked");
+    assert!(
+        matches!(opened, Err(RegionError::NotRegular { .. })),
+        "{opened:?}"
+    );
+    assert!(
+        matches!(inspected, Err(RegionError::NotRegular { .. })),
+        "{inspected:?}"
+    );
+}

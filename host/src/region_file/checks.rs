@@ -63,7 +63,10 @@ pub(super) fn huge_page_size(file: &File, path: &Path) -> Result<Option<u64>, Re
 
 pub(super) fn open_flags(path: &Path, opts: &mut OpenOptions) -> Result<File, RegionError> {
     // O_CLOEXEC is always set by std.
-    opts.custom_flags(OFlag::O_NOFOLLOW.bits());
+    // O_NONBLOCK: a FIFO or device planted at the path must not block the
+    // open (a FIFO waits for a writer forever); it is refused as not a
+    // regular file right after. Regular files ignore the flag.
+    opts.custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits());
     opts.open(path).map_err(|e| {
         if e.raw_os_error() == Some(Errno::ELOOP as i32) {
             RegionError::Symlink {
