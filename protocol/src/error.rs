@@ -115,7 +115,7 @@ impl fmt::Display for Violation {
 
 /// Errors from ring operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
+pub enum RingError {
     /// The peer broke the protocol (see [`Violation`]). The ring is poisoned.
     Corrupt(Violation),
     /// The message is larger than the ring can ever carry.
@@ -147,7 +147,7 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl RingError {
     /// True when the ring is unusable from now on (the peer broke the
     /// protocol). Retrying a fatal error never succeeds.
     pub fn is_fatal(&self) -> bool {
@@ -155,13 +155,13 @@ impl Error {
     }
 }
 
-impl From<Violation> for Error {
+impl From<Violation> for RingError {
     fn from(v: Violation) -> Self {
         Self::Corrupt(v)
     }
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for RingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Corrupt(v) => write!(f, "ring poisoned by a protocol violation: {v}"),
@@ -319,6 +319,6 @@ impl fmt::Display for LayoutError {
 #[cfg(feature = "std")]
 impl std::error::Error for Violation {}
 #[cfg(feature = "std")]
-impl std::error::Error for Error {}
+impl std::error::Error for RingError {}
 #[cfg(feature = "std")]
 impl std::error::Error for LayoutError {}

@@ -6,7 +6,7 @@
 //! [`Layout`] and checked; rings and side blocks are located from that copy,
 //! never from the shared header again.
 
-use crate::error::{Error, LayoutError};
+use crate::error::{LayoutError, RingError};
 use crate::region::Region;
 use crate::ring::{Consumer, DirectMemory, Producer, RingMemory, Word, MAX_CAPACITY};
 use crate::sync::Ordering;
@@ -479,7 +479,7 @@ impl<'a> Header<'a> {
     pub fn split(
         &self,
         side: Side,
-    ) -> Result<(Producer<RegionRing<'a>>, Consumer<RegionRing<'a>>), Error> {
+    ) -> Result<(Producer<RegionRing<'a>>, Consumer<RegionRing<'a>>), RingError> {
         let (out, inc) = match side {
             Side::Host => (Direction::HostToGuest, Direction::GuestToHost),
             Side::Guest => (Direction::GuestToHost, Direction::HostToGuest),

@@ -71,7 +71,7 @@ pub use channel::{
     poll_until, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
     HeartbeatHandle, Notifier, OwnedChannel, PeerEvent, WaitStrategy, Waiter,
 };
-pub use error::{Error, LayoutError, Violation};
+pub use error::{LayoutError, RingError, Violation};
 pub use layout::{
     Direction, DoorbellAddress, Header, InitParams, Layout, PeerState, RegionRing, RingPlace, Side,
     SideStatus,

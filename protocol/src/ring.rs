@@ -18,9 +18,9 @@
 //! Each side keeps its own position and the geometry in private memory and
 //! treats every word it reads from shared memory as hostile: read once,
 //! checked, then used. A failed check poisons the ring: that call and every
-//! later one return [`Error::Corrupt`] without touching shared memory again.
+//! later one return [`RingError::Corrupt`] without touching shared memory again.
 
-use crate::error::{Error, Violation};
+use crate::error::{RingError, Violation};
 use crate::sync::{fence, Ordering};
 
 /// Size of a record header in bytes.
@@ -159,10 +159,10 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn of<M: RingMemory>(mem: &M) -> Result<Self, Error> {
+    fn of<M: RingMemory>(mem: &M) -> Result<Self, RingError> {
         let capacity = mem.capacity();
         if !capacity.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
-            return Err(Error::BadCapacity { capacity });
+            return Err(RingError::BadCapacity { capacity });
         }
         Ok(Self {
             capacity: capacity as u64,
@@ -217,7 +217,7 @@ pub struct Producer<M: RingMemory> {
 
 impl<M: RingMemory> Producer<M> {
     /// Attaches to a ring, resuming at the positions stored in it.
-    pub fn attach(mem: M) -> Result<Self, Error> {
+    pub fn attach(mem: M) -> Result<Self, RingError> {
         let geo = Geometry::of(&mem)?;
         // SYNC POINT: pairs with the consumer's Release store of head.
         let head = mem.load(Word::Head, Ordering::Acquire);
@@ -271,14 +271,14 @@ impl<M: RingMemory> Producer<M> {
         &self.mem
     }
 
-    fn fail(&mut self, v: Violation) -> Error {
+    fn fail(&mut self, v: Violation) -> RingError {
         self.poison = Some(v);
-        Error::Corrupt(v)
+        RingError::Corrupt(v)
     }
 
     /// Reloads the consumer position and checks it lies between the last
     /// one seen and what we published.
-    fn refresh_head(&mut self) -> Result<(), Error> {
+    fn refresh_head(&mut self) -> Result<(), RingError> {
         // SYNC POINT: pairs with the consumer's Release store of head, so its
         // reads of the records it released happen before we overwrite them.
         let head = self.mem.load(Word::Head, Ordering::Acquire);
@@ -299,12 +299,12 @@ impl<M: RingMemory> Producer<M> {
     /// Reserves room for a `len`-byte message. `Ok(None)` means the ring is
     /// full for now; the grant is written in place, then committed or staged.
     /// Dropping a grant abandons it.
-    pub fn reserve(&mut self, len: usize) -> Result<Option<WriteGrant<'_, M>>, Error> {
+    pub fn reserve(&mut self, len: usize) -> Result<Option<WriteGrant<'_, M>>, RingError> {
         if let Some(v) = self.poison {
-            return Err(Error::Corrupt(v));
+            return Err(RingError::Corrupt(v));
         }
         if len > self.geo.max_payload {
-            return Err(Error::TooLarge {
+            return Err(RingError::TooLarge {
                 len,
                 max: self.geo.max_payload,
             });
@@ -342,7 +342,7 @@ impl<M: RingMemory> Producer<M> {
 
     /// Copies `msg` into the ring and publishes it. `Ok(false)` means the ring
     /// is full for now.
-    pub fn send(&mut self, msg: &[u8]) -> Result<bool, Error> {
+    pub fn send(&mut self, msg: &[u8]) -> Result<bool, RingError> {
         match self.reserve(msg.len())? {
             None => Ok(false),
             Some(mut grant) => {
@@ -416,10 +416,10 @@ impl<M: RingMemory> WriteGrant<'_, M> {
     }
 
     /// Copies `src` into the payload at `at`.
-    pub fn write(&mut self, at: usize, src: &[u8]) -> Result<(), Error> {
+    pub fn write(&mut self, at: usize, src: &[u8]) -> Result<(), RingError> {
         let end = at.saturating_add(src.len());
         if end > self.len {
-            return Err(Error::OutOfGrant { end, len: self.len });
+            return Err(RingError::OutOfGrant { end, len: self.len });
         }
         // SAFETY: the range lies inside this grant's record (checked), which
         // the consumer cannot read until it is published and which no other
@@ -432,9 +432,9 @@ impl<M: RingMemory> WriteGrant<'_, M> {
         Ok(())
     }
 
-    fn finish(&mut self, len: usize) -> Result<(), Error> {
+    fn finish(&mut self, len: usize) -> Result<(), RingError> {
         if len > self.len {
-            return Err(Error::OutOfGrant {
+            return Err(RingError::OutOfGrant {
                 end: len,
                 len: self.len,
             });
@@ -453,7 +453,7 @@ impl<M: RingMemory> WriteGrant<'_, M> {
 
     /// Finishes the message with its first `len` bytes and publishes it
     /// (and every record staged before it).
-    pub fn commit(mut self, len: usize) -> Result<(), Error> {
+    pub fn commit(mut self, len: usize) -> Result<(), RingError> {
         self.finish(len)?;
         self.producer.publish();
         Ok(())
@@ -461,7 +461,7 @@ impl<M: RingMemory> WriteGrant<'_, M> {
 
     /// Finishes the message with its first `len` bytes without publishing;
     /// [`Producer::publish`] makes it visible, together with later ones.
-    pub fn stage(mut self, len: usize) -> Result<(), Error> {
+    pub fn stage(mut self, len: usize) -> Result<(), RingError> {
         self.finish(len)
     }
 }
@@ -506,7 +506,7 @@ pub struct Consumer<M: RingMemory> {
 
 impl<M: RingMemory> Consumer<M> {
     /// Attaches to a ring, resuming at the positions stored in it.
-    pub fn attach(mem: M) -> Result<Self, Error> {
+    pub fn attach(mem: M) -> Result<Self, RingError> {
         let geo = Geometry::of(&mem)?;
         let head = mem.load(Word::Head, Ordering::Relaxed);
         // SYNC POINT: pairs with the producer's Release store of tail.
@@ -547,14 +547,14 @@ impl<M: RingMemory> Consumer<M> {
         &self.mem
     }
 
-    fn fail(&mut self, v: Violation) -> Error {
+    fn fail(&mut self, v: Violation) -> RingError {
         self.poison = Some(v);
-        Error::Corrupt(v)
+        RingError::Corrupt(v)
     }
 
     /// Reloads the producer position and checks it did not move backwards
     /// nor more than a ring ahead of what we released.
-    fn refresh_tail(&mut self) -> Result<(), Error> {
+    fn refresh_tail(&mut self) -> Result<(), RingError> {
         // SYNC POINT: pairs with the producer's Release store of tail, so the
         // records it covers are fully written before we read them.
         let tail = self.mem.load(Word::Tail, Ordering::Acquire);
@@ -575,9 +575,9 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Looks at the next message without consuming it. `Ok(None)` means the
     /// ring is empty for now.
-    pub fn peek(&mut self) -> Result<Option<ReadGrant<'_, M>>, Error> {
+    pub fn peek(&mut self) -> Result<Option<ReadGrant<'_, M>>, RingError> {
         if let Some(v) = self.poison {
-            return Err(Error::Corrupt(v));
+            return Err(RingError::Corrupt(v));
         }
         // At most one padding record precedes a message, so this loop runs
         // at most twice; a second padding in a row is a violation.
@@ -645,14 +645,14 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Copies the next message into `buf` and releases it. Returns its
     /// length, or `Ok(None)` when the ring is empty. A message longer than
-    /// `buf` stays queued and yields [`Error::BufferTooSmall`].
-    pub fn recv_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+    /// `buf` stays queued and yields [`RingError::BufferTooSmall`].
+    pub fn recv_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         let Some(grant) = self.peek()? else {
             return Ok(None);
         };
         let len = grant.len();
         let available = buf.len();
-        let dst = buf.get_mut(..len).ok_or(Error::BufferTooSmall {
+        let dst = buf.get_mut(..len).ok_or(RingError::BufferTooSmall {
             needed: len,
             available,
         })?;
@@ -675,9 +675,9 @@ impl<M: RingMemory> Consumer<M> {
     /// next publish, then looks at the ring once more. `Ok(true)`: still
     /// empty, sleep until rung (then call [`finish_sleep`](Self::finish_sleep)).
     /// `Ok(false)`: a message arrived meanwhile; the request is withdrawn.
-    pub fn prepare_to_sleep(&mut self) -> Result<bool, Error> {
+    pub fn prepare_to_sleep(&mut self) -> Result<bool, RingError> {
         if let Some(v) = self.poison {
-            return Err(Error::Corrupt(v));
+            return Err(RingError::Corrupt(v));
         }
         if self.tail != self.head {
             return Ok(false);
@@ -734,10 +734,10 @@ impl<M: RingMemory> ReadGrant<'_, M> {
     }
 
     /// Copies payload bytes starting at `at` into `dst`.
-    pub fn read(&self, at: usize, dst: &mut [u8]) -> Result<(), Error> {
+    pub fn read(&self, at: usize, dst: &mut [u8]) -> Result<(), RingError> {
         let end = at.saturating_add(dst.len());
         if end > self.len {
-            return Err(Error::OutOfGrant { end, len: self.len });
+            return Err(RingError::OutOfGrant { end, len: self.len });
         }
         // SAFETY: inside this published, unreleased record (checked above),
         // which the producer does not reuse until we release it.

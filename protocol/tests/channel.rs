@@ -114,10 +114,12 @@ fn receive_times_out_and_closed_peer_is_an_error() {
     // Queued messages still arrive after the peer closed...
     assert_eq!(
         host.recv(&mut buf[..], None),
-        Err(ChannelError::Ring(ivchan_protocol::Error::BufferTooSmall {
-            needed: 10,
-            available: 8
-        }))
+        Err(ChannelError::Ring(
+            ivchan_protocol::RingError::BufferTooSmall {
+                needed: 10,
+                available: 8
+            }
+        ))
     );
     let mut big = [0u8; 16];
     assert_eq!(host.recv(&mut big, None).unwrap(), 10);

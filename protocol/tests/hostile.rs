@@ -2,7 +2,7 @@
 //! ever produce typed errors — no panic, no out-of-bounds access, no hang.
 
 use ivchan_protocol::{
-    Consumer, Error, Header, HeapRing, InitParams, LayoutError, Ordering, Producer, Region,
+    Consumer, Header, HeapRing, InitParams, LayoutError, Ordering, Producer, Region, RingError,
     RingMemory, Side, Violation, Word,
 };
 use proptest::prelude::*;
@@ -235,7 +235,7 @@ fn each_record_violation_is_typed() {
         ring.store_header(0, header_word);
         let mut rx = Consumer::attach(&ring).unwrap();
         ring.store(Word::Tail, tail, Ordering::Release);
-        assert_eq!(rx.recv_into(&mut buf), Err(Error::Corrupt(expected)));
+        assert_eq!(rx.recv_into(&mut buf), Err(RingError::Corrupt(expected)));
     }
 }
 
@@ -266,7 +266,7 @@ fn consumer_lying_about_head_poisons_the_producer() {
     ring.store(Word::Head, 1024, Ordering::Release);
     assert_eq!(
         tx.send(&[1; 8]),
-        Err(Error::Corrupt(Violation::HeadOutOfRange {
+        Err(RingError::Corrupt(Violation::HeadOutOfRange {
             head: 1024,
             min: 0,
             max: 64
@@ -326,7 +326,7 @@ fn concurrent_scribbler_only_causes_typed_errors() {
                     Ok(None) => {}
                     Err(e) => {
                         errors += 1;
-                        assert!(e.is_fatal() || matches!(e, Error::BufferTooSmall { .. }));
+                        assert!(e.is_fatal() || matches!(e, RingError::BufferTooSmall { .. }));
                         break;
                     }
                 }

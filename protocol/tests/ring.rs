@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use ivchan_protocol::ring::{max_payload, record_size};
 use ivchan_protocol::{
-    Consumer, Error, HeapRing, Ordering, Producer, Region, RingMemory, Violation, Word,
+    Consumer, HeapRing, Ordering, Producer, Region, RingError, RingMemory, Violation, Word,
 };
 use proptest::prelude::*;
 
@@ -70,12 +70,15 @@ fn oversized_message_and_small_buffer_are_caller_errors() {
     let ring = HeapRing::new(64).unwrap();
     let mut tx = Producer::attach(&ring).unwrap();
     let mut rx = Consumer::attach(&ring).unwrap();
-    assert_eq!(tx.send(&[0; 25]), Err(Error::TooLarge { len: 25, max: 24 }));
+    assert_eq!(
+        tx.send(&[0; 25]),
+        Err(RingError::TooLarge { len: 25, max: 24 })
+    );
     assert!(tx.send(&[9; 16]).unwrap());
     let mut small = [0u8; 8];
     assert_eq!(
         rx.recv_into(&mut small),
-        Err(Error::BufferTooSmall {
+        Err(RingError::BufferTooSmall {
             needed: 16,
             available: 8
         })
@@ -122,13 +125,13 @@ fn commit_can_shrink_but_not_grow_a_grant() {
     let mut g = tx.reserve(32).unwrap().unwrap();
     assert_eq!(
         g.write(30, &[0; 3]),
-        Err(Error::OutOfGrant { end: 33, len: 32 })
+        Err(RingError::OutOfGrant { end: 33, len: 32 })
     );
     g.write(0, b"abc").unwrap();
     g.commit(3).unwrap();
     assert_eq!(tx.position(), record_size(3) as u64);
     let g = tx.reserve(8).unwrap().unwrap();
-    assert_eq!(g.commit(9), Err(Error::OutOfGrant { end: 9, len: 8 }));
+    assert_eq!(g.commit(9), Err(RingError::OutOfGrant { end: 9, len: 8 }));
     let mut buf = [0u8; 8];
     assert_eq!(rx.recv_into(&mut buf).unwrap(), Some(3));
     assert_eq!(rx.recv_into(&mut buf).unwrap(), None);
@@ -271,7 +274,7 @@ fn poisoned_ring_fails_fast_without_touching_memory() {
     assert!(first.is_fatal());
     assert!(matches!(
         first,
-        Error::Corrupt(Violation::TailOutOfRange { tail: 4096, .. })
+        RingError::Corrupt(Violation::TailOutOfRange { tail: 4096, .. })
     ));
     let before = mem.accesses.get();
     for _ in 0..1000 {

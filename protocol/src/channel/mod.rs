@@ -17,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, LayoutError};
+use crate::error::{LayoutError, RingError};
 use crate::layout::{Header, PeerState, RegionRing, Side, SideStatus};
 use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
 
@@ -87,7 +87,7 @@ pub enum PeerEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelError {
     /// A ring error: a protocol violation (fatal) or a caller error.
-    Ring(Error),
+    Ring(RingError),
     /// The peer's side block (or the header) is invalid: fatal, the
     /// channel is poisoned.
     Layout(LayoutError),
@@ -135,8 +135,8 @@ impl fmt::Display for ChannelError {
 
 impl std::error::Error for ChannelError {}
 
-impl From<Error> for ChannelError {
-    fn from(e: Error) -> Self {
+impl From<RingError> for ChannelError {
+    fn from(e: RingError) -> Self {
         Self::Ring(e)
     }
 }
@@ -152,7 +152,7 @@ impl From<ChannelError> for io::Error {
         let kind = match e {
             ChannelError::Timeout { .. } => io::ErrorKind::TimedOut,
             ChannelError::PeerClosed | ChannelError::PeerSilent { .. } => io::ErrorKind::BrokenPipe,
-            ChannelError::Ring(Error::TooLarge { .. } | Error::BufferTooSmall { .. }) => {
+            ChannelError::Ring(RingError::TooLarge { .. } | RingError::BufferTooSmall { .. }) => {
                 io::ErrorKind::InvalidInput
             }
             _ => io::ErrorKind::InvalidData,
@@ -521,7 +521,7 @@ impl<'a> Channel<'a> {
         &mut self,
         timeout: Option<Duration>,
         on_receive: bool,
-        mut attempt: impl FnMut(&mut Self) -> Result<Option<T>, Error>,
+        mut attempt: impl FnMut(&mut Self) -> Result<Option<T>, RingError>,
     ) -> Result<T, ChannelError> {
         self.usable()?;
         let start = Instant::now();
