@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ivchan_host::{
@@ -17,6 +17,7 @@ use ivchan_host::{
     VmChannel, VmEvent, VmUuid,
 };
 use ivchan_protocol::{Header, Side};
+use ivchan_testkit::child::ChildTest;
 
 const MESSAGES: u64 = 100_000;
 
@@ -71,20 +72,13 @@ fn uuid(n: u64) -> VmUuid {
 }
 
 fn spawn(role: &str, env: &[(&str, &Path)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "child_entry",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--quiet",
-    ])
-    .env("IVCHAN_ROLE", role)
-    .stdout(std::process::Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
+    ChildTest::new("child_entry")
+        .env("IVCHAN_ROLE", role)
+        .envs(env.iter().copied())
+        .command()
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn read_u64s(path: &Path) -> Vec<u64> {

@@ -23,6 +23,7 @@ use ivchan_host::doorbell::{
     VmOptions, HOST_PEER_ID,
 };
 use ivchan_host::{RegionFile, RegionOptions, VmUuid};
+use ivchan_testkit::child::ChildTest;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
@@ -852,17 +853,11 @@ fn ping_pong_two_processes() {
     let pong = Doorbell::new().unwrap();
     set_cloexec(&ping, false);
     set_cloexec(&pong, false);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_entry",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
+    let mut child = ChildTest::new("child_entry")
         .env(PING_ENV, ping.as_fd().as_raw_fd().to_string())
         .env(PONG_ENV, pong.as_fd().as_raw_fd().to_string())
         .env(CYCLES_ENV, cycles.to_string())
+        .command()
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -8,6 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ivchan_testkit::child::ChildTest;
+
 const UUID: &str = "0E8C2F4A-3B5D-4C6E-8F70-91A2B3C4D5E6";
 const CANON: &str = "0e8c2f4a-3b5d-4c6e-8f70-91a2b3c4d5e6";
 
@@ -182,10 +184,11 @@ fn protocol_size_limits_and_refusal_messages() {
 fn execv_from_a_program_is_intercepted() {
     let dir = tempfile::tempdir().unwrap();
     let q = fake(dir.path(), "qemu-system-x86_64");
-    let o = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "execv_child", "--nocapture", "--test-threads=1"])
+    let o = ChildTest::new("execv_child")
         .env("LD_PRELOAD", shim())
         .env("IVCHAN_SHIM_CHILD", &q)
+        .command()
+        .arg("--test-threads=1")
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -197,6 +200,7 @@ fn execv_from_a_program_is_intercepted() {
 }
 
 #[test]
+#[ignore = "child process of execv_from_a_program_is_intercepted"]
 fn execv_child() {
     let Some(fake) = std::env::var_os("IVCHAN_SHIM_CHILD") else {
         return;

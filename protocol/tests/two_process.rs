@@ -3,10 +3,11 @@
 //! the same with the receiver SIGKILLed and restarted at random points.
 //!
 //! The test binary re-executes itself for the two roles (`child_entry`).
-//! Every message is a pure function of its sequence number: its length
-//! (log-uniform, 1 B to 64 KiB), its leading bytes (the low bytes of the
-//! sequence number), a checksum field and the payload pattern; so the
-//! receiver checks length, identity and contents.
+//! Every message is a pure function of its sequence number
+//! (`ivchan_testkit::traffic`): its length (log-uniform, 1 B to 64 KiB),
+//! its leading bytes (the low bytes of the sequence number), a checksum
+//! field and the payload pattern; so the receiver checks length, identity
+//! and contents.
 //!
 //! The receiver reports each sequence number to an append-only file *before*
 //! releasing the message (batches of up to `BATCH` releases per publish), so
@@ -19,123 +20,25 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ivchan_protocol::{Header, InitParams, Region, Side};
-use memmap2::MmapMut;
+use ivchan_protocol::{Header, InitParams, Mapping, Side};
+use ivchan_testkit::child::ChildTest;
+use ivchan_testkit::traffic::{self, mix};
 
 const REGION_SIZE: u64 = 8 << 20;
 const MESSAGES: u64 = 1_000_000;
 const BATCH: u64 = 32;
 
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Length of message `seq`: 1 B to 64 KiB, log-uniform.
-fn msg_len(seq: u64) -> usize {
-    let r = mix(seq);
-    let bits = (r % 17) as u32;
-    1 + ((r >> 8) % (1u64 << bits)) as usize
-}
-
-fn fill_pattern(seq: u64, dst: &mut [u8]) {
-    let base = mix(seq ^ 0x5555);
-    for (i, chunk) in dst.chunks_mut(8).enumerate() {
-        let w = (base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes();
-        chunk.copy_from_slice(&w[..chunk.len()]);
-    }
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x0100_0000_01b3);
-    }
-    for &b in chunks.remainder() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// Writes message `seq` into `dst` (exactly `msg_len(seq)` bytes).
-fn build(seq: u64, dst: &mut [u8]) {
-    let n = dst.len();
-    let head = n.min(8);
-    dst[..head].copy_from_slice(&seq.to_le_bytes()[..head]);
-    if n > 16 {
-        fill_pattern(seq, &mut dst[16..]);
-        let sum = checksum(&dst[16..]);
-        dst[8..16].copy_from_slice(&sum.to_le_bytes());
-    } else if n > 8 {
-        fill_pattern(seq, &mut dst[8..]);
-    }
-}
-
-/// Identifies and checks a received message. `window` is the sequence
-/// numbers it may have (consecutive; several only right after a restart).
-fn check(msg: &[u8], window: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
-    let n = msg.len();
-    let head = n.min(8);
-    let mut low = [0u8; 8];
-    low[..head].copy_from_slice(&msg[..head]);
-    let low = u64::from_le_bytes(low);
-    let mask = if head == 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * head)) - 1
-    };
-    let seq = window
-        .clone()
-        .find(|s| s & mask == low)
-        .ok_or_else(|| format!("message of {n} bytes (low 0x{low:x}) is none of {window:?}"))?;
-    if n != msg_len(seq) {
-        return Err(format!(
-            "message {seq} has {n} bytes, expected {}",
-            msg_len(seq)
-        ));
-    }
-    if n > 16 {
-        let field = u64::from_le_bytes(msg[8..16].try_into().unwrap());
-        if field != checksum(&msg[16..]) {
-            return Err(format!("message {seq}: checksum mismatch"));
-        }
-    }
-    let mut expect = vec![0u8; n];
-    build(seq, &mut expect);
-    if msg != &expect[..] {
-        return Err(format!("message {seq}: contents differ"));
-    }
-    Ok(seq)
-}
-
-struct Mapping {
-    map: MmapMut,
-}
-
-impl Mapping {
-    fn open(path: &Path) -> Self {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        // SAFETY: the file is a test-private /dev/shm file; other processes
-        // only touch it through ivchan's ring protocol.
-        let map = unsafe { MmapMut::map_mut(&file) }.unwrap();
-        Self { map }
-    }
-
-    fn region(&mut self) -> Region<'_> {
-        let len = self.map.len();
-        // SAFETY: the mapping lives as long as the returned borrow and is
-        // only accessed through Regions.
-        unsafe { Region::from_raw_parts(self.map.as_mut_ptr(), len) }.unwrap()
-    }
+/// Maps the test's region file shared, as each process does.
+fn map_region(path: &Path) -> Mapping {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    Mapping::shared(&file, REGION_SIZE as usize).unwrap()
 }
 
 fn spin_wait(spins: &mut u32) {
@@ -150,15 +53,15 @@ fn spin_wait(spins: &mut u32) {
 }
 
 fn run_sender(path: &Path) {
-    let mut map = Mapping::open(path);
-    let header = Header::open(map.region()).unwrap();
+    let mapping = map_region(path);
+    let header = Header::open(mapping.region()).unwrap();
     let (mut tx, _) = header.split(Side::Host).unwrap();
     for seq in 0..MESSAGES {
-        let len = msg_len(seq);
+        let len = traffic::len(seq);
         let mut spins = 0;
         loop {
             if let Some(mut g) = tx.reserve(len).unwrap() {
-                build(seq, &mut g);
+                traffic::build(seq, &mut g);
                 g.commit(len).unwrap();
                 break;
             }
@@ -168,8 +71,8 @@ fn run_sender(path: &Path) {
 }
 
 fn run_receiver(path: &Path, reports: &Path) {
-    let mut map = Mapping::open(path);
-    let header = Header::open(map.region()).unwrap();
+    let mapping = map_region(path);
+    let header = Header::open(mapping.region()).unwrap();
     let (_, mut rx) = header.split(Side::Guest).unwrap();
     let mut log = OpenOptions::new().append(true).open(reports).unwrap();
     let bytes = std::fs::read(reports).unwrap();
@@ -198,7 +101,7 @@ fn run_receiver(path: &Path, reports: &Path) {
             continue;
         };
         spins = 0;
-        let seq = match check(&msg, window.clone()) {
+        let seq = match traffic::identify(&msg, window.clone()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("receiver: {e}");
@@ -266,28 +169,22 @@ fn setup(tag: &str) -> Files {
         .unwrap();
     f.set_len(REGION_SIZE).unwrap();
     File::create(&files.reports).unwrap();
-    let mut map = Mapping::open(&files.region);
+    let mapping = map_region(&files.region);
     let params = InitParams {
         uuid: [0x42; 16],
         name: "two-process",
         ring_size: None,
     };
-    Header::create(map.region(), &params).unwrap();
+    Header::create(mapping.region(), &params).unwrap();
     files
 }
 
 fn spawn(role: &str, files: &Files) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_entry",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
+    ChildTest::new("child_entry")
         .env("IVCHAN_ROLE", role)
         .env("IVCHAN_REGION", &files.region)
         .env("IVCHAN_REPORTS", &files.reports)
+        .command()
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()

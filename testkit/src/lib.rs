@@ -1,0 +1,12 @@
+//! What ivchan's tests, examples and agents share: the test traffic
+//! ([`traffic`]), the checksum it carries ([`checksum`]) and re-running the
+//! current test binary as a child process ([`child`]).
+//!
+//! Unpublished and dependency-free, so any crate in the workspace may
+//! dev-depend on it without a cycle.
+
+#![forbid(unsafe_code)]
+
+pub mod checksum;
+pub mod child;
+pub mod traffic;
