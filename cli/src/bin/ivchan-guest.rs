@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ivchan_cli::say;
 use ivchan_guest::discovery::DEFAULT_SYSFS;
 use ivchan_guest::{
     discover, product_uuid, select, GuestError, IvshmemDevice, MapOptions, MappedBar, Selector,
@@ -14,24 +15,8 @@ use ivchan_guest::{
 };
 use ivchan_protocol::report::{describe, human_size, summary};
 
-/// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
-fn emit(text: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("ivchan-guest: cannot write output: {e}");
-        std::process::exit(1);
-    }
-}
-
-/// `println!` through [`emit`].
-macro_rules! say {
-    ($($arg:tt)*) => {
-        emit(format_args!("{}\n", format_args!($($arg)*)))
-    };
-}
+/// The name in error messages, for [`say!`].
+const PROGRAM: &str = "ivchan-guest";
 
 #[derive(Parser)]
 #[command(
@@ -157,6 +142,6 @@ fn inspect(sysfs: &Path, address: Option<String>) -> Result<(), GuestError> {
         },
         Err(e) => say!("identity  unknown ({e})"),
     }
-    emit(format_args!("{}", describe(&header)));
+    ivchan_cli::emit(PROGRAM, format_args!("{}", describe(&header)));
     Ok(())
 }

@@ -10,29 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ivchan_cli::say;
 use ivchan_host::region_file::{DEFAULT_DIR, DEFAULT_PREFIX};
 use ivchan_host::{list_regions, InspectedRegion, RegionError, RegionOptions, VmUuid};
 use ivchan_protocol::report::{describe, human_size, summary};
 use ivchan_protocol::{Header, LayoutError};
 
-/// Writes to stdout; a closed pipe (`| head`) ends the program quietly.
-fn emit(text: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("ivchan: cannot write output: {e}");
-        std::process::exit(1);
-    }
-}
-
-/// `println!` through [`emit`].
-macro_rules! say {
-    ($($arg:tt)*) => {
-        emit(format_args!("{}\n", format_args!($($arg)*)))
-    };
-}
+/// The name in error messages, for [`say!`].
+const PROGRAM: &str = "ivchan";
 
 #[derive(Parser)]
 #[command(
@@ -220,6 +205,6 @@ fn inspect(path: &Path) -> Result<(), RegionError> {
         path: path.to_path_buf(),
         source,
     })?;
-    emit(format_args!("{}", describe(&header)));
+    ivchan_cli::emit(PROGRAM, format_args!("{}", describe(&header)));
     Ok(())
 }
