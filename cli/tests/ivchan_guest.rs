@@ -2,84 +2,30 @@
 //! (a regular `resource2` file of the right length maps like a BAR).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ivchan_guest::{select, MapOptions, Selector, VmUuid};
 use ivchan_protocol::{Header, InitParams};
+use ivchan_testkit::sysfs::{Dev, FakeSysfs};
 
-const MIB: u64 = 1 << 20;
 const VM_A: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 const VM_B: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
-/// A sysfs root with ivshmem-plain devices (8 MiB BAR2, no BAR1) in it.
-struct FakeSysfs {
-    dir: tempfile::TempDir,
-}
-
-impl FakeSysfs {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(dir.path().join("bus/pci/devices")).expect("mkdir");
-        Self { dir }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn set_product_uuid(&self, text: &str) {
-        let dir = self.root().join("class/dmi/id");
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join("product_uuid"), format!("{text}\n")).expect("write");
-    }
-
-    /// Adds an ivshmem-plain device at `address`; returns its directory.
-    fn add_ivshmem(&self, address: &str, enabled: bool) -> PathBuf {
-        let bar2 = 8 * MIB;
-        let dir = self.root().join("bus/pci/devices").join(address);
-        fs::create_dir_all(&dir).expect("mkdir");
-        let w = |name: &str, text: String| fs::write(dir.join(name), text).expect("write");
-        w("vendor", "0x1af4\n".into());
-        w("device", "0x1110\n".into());
-        w("revision", "0x01\n".into());
-        w("subsystem_vendor", "0x1af4\n".into());
-        w("subsystem_device", "0x1100\n".into());
-        w("enable", if enabled { "1\n" } else { "0\n" }.into());
-        let line = |start: u64, size: u64, flags: u64| {
-            if size == 0 {
-                "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".to_owned()
-            } else {
-                format!("{start:#018x} {:#018x} {flags:#018x}\n", start + size - 1)
-            }
-        };
-        let mut resource = line(0xfebf_1000, 256, 0x40200);
-        resource += &line(0xfebf_2000, 0, 0x40200);
-        resource += &line(0xfe00_0000_0000, bar2, 0x14220c);
-        for _ in 3..7 {
-            resource += &line(0, 0, 0);
-        }
-        w("resource", resource);
-        let bar = fs::File::create(dir.join("resource2")).expect("create");
-        bar.set_len(bar2).expect("size");
-        dir
-    }
-
-    /// Writes an ivchan header into a device's fake BAR.
-    fn write_header(&self, address: &str, uuid: &str, name: &str) {
-        let bar = select(
-            self.root(),
-            &Selector::Address(address.into()),
-            &MapOptions::default(),
-        )
-        .expect("map");
-        let uuid: VmUuid = uuid.parse().expect("uuid");
-        let params = InitParams {
-            uuid: *uuid.as_bytes(),
-            name,
-            ring_size: None,
-        };
-        Header::create(bar.region(), &params).expect("header");
-    }
+/// Writes an ivchan header into a device's fake BAR.
+fn write_header(sys: &FakeSysfs, address: &str, uuid: &str, name: &str) {
+    let bar = select(
+        sys.root(),
+        &Selector::Address(address.into()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    let uuid: VmUuid = uuid.parse().expect("uuid");
+    let params = InitParams {
+        uuid: *uuid.as_bytes(),
+        name,
+        ring_size: None,
+    };
+    Header::create(bar.region(), &params).expect("header");
 }
 
 fn ivchan_guest(root: &Path, args: &[&str]) -> (bool, String, String) {
@@ -104,11 +50,14 @@ fn cli_lists_and_inspects() {
     assert!(err.starts_with("ivchan-guest: no ivshmem device"), "{err}");
 
     sys.set_product_uuid(VM_A);
-    sys.add_ivshmem("0000:00:1e.0", true);
-    sys.add_ivshmem("0000:00:1f.0", true);
-    let off_dir = sys.add_ivshmem("0000:00:10.0", false);
-    sys.write_header("0000:00:1e.0", VM_B, "theirs");
-    sys.write_header("0000:00:1f.0", VM_A, "ours");
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    let off_dir = sys.add(&Dev {
+        enabled: false,
+        ..Dev::ivshmem("0000:00:10.0")
+    });
+    write_header(&sys, "0000:00:1e.0", VM_B, "theirs");
+    write_header(&sys, "0000:00:1f.0", VM_A, "ours");
 
     let (ok, out, err) = ivchan_guest(sys.root(), &["list"]);
     assert!(ok, "{err}");

@@ -2,7 +2,6 @@
 //! files (a regular `resource2` file of the right length maps like a BAR).
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ivchan_guest::{
@@ -10,105 +9,27 @@ use ivchan_guest::{
     VmUuid,
 };
 use ivchan_protocol::{Header, InitParams, LayoutError, Side};
+use ivchan_testkit::sysfs::{Dev, FakeSysfs};
 
 const MIB: u64 = 1 << 20;
 const VM_A: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 const VM_B: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
-struct FakeSysfs {
-    dir: tempfile::TempDir,
-}
-
-struct Dev<'a> {
-    address: &'a str,
-    vendor: u16,
-    device: u16,
-    bar1: u64,
-    bar2: u64,
-    enabled: bool,
-    wc: bool,
-}
-
-impl<'a> Dev<'a> {
-    fn ivshmem(address: &'a str) -> Self {
-        Self {
-            address,
-            vendor: 0x1af4,
-            device: 0x1110,
-            bar1: 0,
-            bar2: 8 * MIB,
-            enabled: true,
-            wc: false,
-        }
-    }
-}
-
-impl FakeSysfs {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(dir.path().join("bus/pci/devices")).expect("mkdir");
-        Self { dir }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn set_product_uuid(&self, text: &str) {
-        let dir = self.root().join("class/dmi/id");
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join("product_uuid"), format!("{text}\n")).expect("write");
-    }
-
-    fn add(&self, dev: &Dev<'_>) -> PathBuf {
-        let dir = self.root().join("bus/pci/devices").join(dev.address);
-        fs::create_dir_all(&dir).expect("mkdir");
-        let w = |name: &str, text: String| fs::write(dir.join(name), text).expect("write");
-        w("vendor", format!("{:#06x}\n", dev.vendor));
-        w("device", format!("{:#06x}\n", dev.device));
-        w("revision", "0x01\n".into());
-        w("subsystem_vendor", "0x1af4\n".into());
-        w("subsystem_device", "0x1100\n".into());
-        w("enable", if dev.enabled { "1\n" } else { "0\n" }.into());
-        let line = |start: u64, size: u64, flags: u64| {
-            if size == 0 {
-                "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".to_owned()
-            } else {
-                format!("{start:#018x} {:#018x} {flags:#018x}\n", start + size - 1)
-            }
-        };
-        let mut resource = line(0xfebf_1000, 256, 0x40200);
-        resource += &line(0xfebf_2000, dev.bar1, 0x40200);
-        resource += &line(0xfe00_0000_0000, dev.bar2, 0x14220c);
-        for _ in 3..7 {
-            resource += &line(0, 0, 0);
-        }
-        w("resource", resource);
-        let bar = fs::File::create(dir.join("resource2")).expect("create");
-        bar.set_len(dev.bar2).expect("size");
-        if dev.wc {
-            let bar = fs::File::create(dir.join("resource2_wc")).expect("create");
-            bar.set_len(dev.bar2).expect("size");
-        }
-        dir
-    }
-
-    /// Writes an ivchan header into a device's fake BAR.
-    fn write_header(&self, address: &str, uuid: &str, name: &str) {
-        let bar = select(
-            self.root(),
-            &Selector::Address(address.into()),
-            &MapOptions::default(),
-        )
-        .expect("map");
-        let uuid: VmUuid = uuid.parse().expect("uuid");
-        let params = InitParams {
-            uuid: *uuid.as_bytes(),
-            name,
-            ring_size: None,
-        };
-        Header::create(bar.region(), &params).expect("header");
-    }
+/// Writes an ivchan header into a device's fake BAR.
+fn write_header(sys: &FakeSysfs, address: &str, uuid: &str, name: &str) {
+    let bar = select(
+        sys.root(),
+        &Selector::Address(address.into()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    let uuid: VmUuid = uuid.parse().expect("uuid");
+    let params = InitParams {
+        uuid: *uuid.as_bytes(),
+        name,
+        ring_size: None,
+    };
+    Header::create(bar.region(), &params).expect("header");
 }
 
 #[test]
@@ -191,8 +112,8 @@ fn identity_picks_the_right_device_among_several() {
     ] {
         sys.add(&Dev::ivshmem(address));
     }
-    sys.write_header("0000:00:1d.0", VM_A, "other-vm");
-    sys.write_header("0000:00:1e.0", VM_B, "mine");
+    write_header(&sys, "0000:00:1d.0", VM_A, "other-vm");
+    write_header(&sys, "0000:00:1e.0", VM_B, "mine");
     // 0000:00:1f.0 has no header; 0000:00:10.0 has garbage.
     fs::write(
         sys.root().join("bus/pci/devices/0000:00:10.0/resource2"),
@@ -222,8 +143,8 @@ fn several_matches_are_an_error() {
     sys.set_product_uuid(VM_A);
     sys.add(&Dev::ivshmem("0000:00:1e.0"));
     sys.add(&Dev::ivshmem("0000:00:1f.0"));
-    sys.write_header("0000:00:1e.0", VM_A, "a");
-    sys.write_header("0000:00:1f.0", VM_A, "b");
+    write_header(&sys, "0000:00:1e.0", VM_A, "a");
+    write_header(&sys, "0000:00:1f.0", VM_A, "b");
     let err = select(sys.root(), &Selector::Identity, &MapOptions::default()).unwrap_err();
     assert!(matches!(err, GuestError::Ambiguous { .. }), "{err}");
     assert!(
@@ -237,7 +158,7 @@ fn header_from_another_vm_is_refused() {
     let sys = FakeSysfs::new();
     sys.set_product_uuid(VM_A);
     sys.add(&Dev::ivshmem("0000:00:1f.0"));
-    sys.write_header("0000:00:1f.0", VM_B, "theirs");
+    write_header(&sys, "0000:00:1f.0", VM_B, "theirs");
 
     let err = select(sys.root(), &Selector::Identity, &MapOptions::default()).unwrap_err();
     let text = err.to_string();
@@ -275,7 +196,7 @@ fn too_small_bar_is_refused_and_skipped() {
 
     // Selection passes over it and still finds the good one.
     sys.add(&Dev::ivshmem("0000:00:1f.0"));
-    sys.write_header("0000:00:1f.0", VM_A, "ok");
+    write_header(&sys, "0000:00:1f.0", VM_A, "ok");
     let bar = select(sys.root(), &Selector::Identity, &MapOptions::default()).expect("select");
     assert_eq!(bar.device().address, "0000:00:1f.0");
 }
@@ -379,7 +300,7 @@ fn waiting_for_a_header_times_out_or_sees_it_arrive() {
     std::thread::scope(|s| {
         s.spawn(|| {
             std::thread::sleep(Duration::from_millis(20));
-            sys.write_header("0000:00:1f.0", VM_A, "late");
+            write_header(&sys, "0000:00:1f.0", VM_A, "late");
         });
         let header = bar.wait_for_header(Duration::from_secs(5)).expect("header");
         assert_eq!(header.layout().name_str(), Some("late"));
@@ -440,15 +361,15 @@ fn guest_channel_waits_for_a_hotplugged_device_and_talks_to_its_host() {
     sys.set_product_uuid(VM_A);
     // Another VM's device is there from the start; ours is hotplugged later.
     sys.add(&Dev::ivshmem("0000:00:1e.0"));
-    sys.write_header("0000:00:1e.0", VM_B, "other");
+    write_header(&sys, "0000:00:1e.0", VM_B, "other");
     std::fs::remove_dir_all(sys.root().join("bus/pci/devices/0000:00:1e.0")).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             std::thread::sleep(Duration::from_millis(50));
             sys.add(&Dev::ivshmem("0000:00:1e.0"));
-            sys.write_header("0000:00:1e.0", VM_B, "other");
+            write_header(&sys, "0000:00:1e.0", VM_B, "other");
             sys.add(&Dev::ivshmem("0000:00:05.0"));
-            sys.write_header("0000:00:05.0", VM_A, "ours");
+            write_header(&sys, "0000:00:05.0", VM_A, "ours");
             let bar = select(
                 sys.root(),
                 &Selector::Address("0000:00:05.0".into()),
@@ -528,7 +449,7 @@ fn guest_channel_on_a_doorbell_device_publishes_its_peer_id_and_rings_when_asked
     bar0[8..12].copy_from_slice(&5u32.to_le_bytes()); // IVPosition
     bar0[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // no ring yet
     fs::write(dir.join("resource0"), &bar0).unwrap();
-    sys.write_header("0000:00:1f.0", VM_A, "bell");
+    write_header(&sys, "0000:00:1f.0", VM_A, "bell");
     let doorbell = || {
         u32::from_le_bytes(
             fs::read(dir.join("resource0")).unwrap()[12..16]

@@ -1,12 +1,14 @@
 //! What ivchan's tests, examples and agents share: the test traffic
-//! ([`traffic`]), the checksum it carries ([`checksum`]) and re-running the
-//! current test binary as a child process ([`child`]).
+//! ([`traffic`]), the checksum it carries ([`checksum`]), re-running the
+//! current test binary as a child process ([`child`]) and fake sysfs trees
+//! for ivshmem discovery ([`sysfs`]).
 //!
-//! Unpublished and dependency-free, so any crate in the workspace may
+//! Unpublished and free of ivchan crates, so any crate in the workspace may
 //! dev-depend on it without a cycle.
 
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod child;
+pub mod sysfs;
 pub mod traffic;
