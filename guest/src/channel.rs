@@ -5,7 +5,7 @@
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ivchan_protocol::{
     poll_until, Channel, ChannelOptions, DoorbellAddress, Header, Notifier, OwnedChannel, Side,
@@ -15,7 +15,7 @@ use ivchan_protocol::{
 use crate::discovery::DeviceKind;
 use crate::error::GuestError;
 use crate::mapping::{MapOptions, MappedBar, Registers};
-use crate::select::{select_waiting, Selector};
+use crate::select::{select, Selector};
 
 /// How long [`GuestChannel::open`] waits, by default, for the device to
 /// appear and for the host to write its header.
@@ -112,23 +112,33 @@ impl GuestChannelBuilder {
     /// beside devices of other VMs: until the timeout, "no device" and "no
     /// match" mean "not yet".
     pub fn open(self) -> Result<GuestChannel, GuestError> {
-        let strategy = WaitStrategy::backoff(Duration::from_millis(10), Duration::from_millis(100));
-        let mut last = None;
+        // One deadline for all of it: the device, the match, the header.
+        let start = Instant::now();
+        let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(100));
+        let mut last = GuestError::NoDevice {
+            root: self.sysfs_root.clone(),
+        };
         let bar = poll_until(strategy, Some(self.timeout), || {
-            match select_waiting(&self.sysfs_root, &self.selector, &self.map, self.timeout) {
+            match select(&self.sysfs_root, &self.selector, &self.map) {
                 Err(e @ (GuestError::NoDevice { .. } | GuestError::NoMatch { .. })) => {
-                    last = Some(e);
+                    last = e;
                     Ok(None)
                 }
                 other => other.map(Some),
             }
         })?;
-        let bar = match (bar, last) {
-            (Some(bar), _) => bar,
-            (None, Some(e)) => return Err(e),
-            (None, None) => unreachable!("poll_until calls at least once"),
+        let Some(bar) = bar else {
+            return Err(match last {
+                // Devices were there, but the host never wrote a header.
+                GuestError::NoMatch { waiting, .. } if !waiting.is_empty() => GuestError::Timeout {
+                    address: waiting.join(", "),
+                    waited: self.timeout,
+                },
+                other => other,
+            });
         };
-        GuestChannel::from_bar(bar, self.options, self.timeout)
+        let left = self.timeout.saturating_sub(start.elapsed());
+        GuestChannel::from_bar(bar, self.options, left)
     }
 }
 
