@@ -1,7 +1,9 @@
-//! What the `ivchan` and `ivchan-guest` binaries share: writing their
-//! reports to stdout.
+//! What the operator tools and agents share: the region-file options
+//! ([`args`]) and writing reports to stdout.
 
 #![forbid(unsafe_code)]
+
+pub mod args;
 
 use std::fmt;
 use std::io::Write as _;

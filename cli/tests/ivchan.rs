@@ -123,3 +123,177 @@ fn init_creates_a_region_with_a_header_and_keeps_an_existing_one() {
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
     }
 }
+
+fn shm_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ivchan-cli-{tag}-"))
+        .tempdir_in("/dev/shm")
+        .expect("temp dir")
+}
+
+#[test]
+fn impossible_sizes_and_untrusted_modes_are_refused_before_anything_is_written() {
+    let dir = shm_dir("limits");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let path = dir.path().join(format!("fg_{VM}"));
+    let (ok, _, err) = ivchan(&["init", VM, "--dir", d, "--size", "68719476736"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: invalid value '68719476736' for '--size <SIZE>': region size 68719476736 \
+         is above the 16 GiB maximum\n\nFor more information, try '--help'.\n"
+    );
+    let (ok, _, err) = ivchan(&["init", VM, "--dir", d, "--mode", "666"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        format!(
+            "ivchan: {} has mode 0666: every local user may write it; remove that (chmod o-w), \
+             or pass --allow-other-write to accept it (not recommended)\n",
+            path.display()
+        )
+    );
+    assert!(!path.exists(), "nothing is left behind");
+    // With the option that the refusal names, the same command works, and
+    // the agents' options accept the file it made.
+    let (ok, _, err) = ivchan(&[
+        "init",
+        VM,
+        "--dir",
+        d,
+        "--mode",
+        "666",
+        "--allow-other-write",
+    ]);
+    assert!(ok, "{err}");
+    assert!(path.exists());
+}
+
+#[test]
+fn users_and_groups_are_taken_by_name() {
+    let dir = shm_dir("names");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, _, err) = ivchan(&[
+        "init", VM, "--dir", d, "--owner", "nobody", "--group", "nogroup", "--mode", "0660",
+    ]);
+    assert!(ok, "{err}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir.path().join(format!("fg_{VM}"))).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o660)
+    );
+    let (ok, _, err) = ivchan(&[
+        "init",
+        VM,
+        "--dir",
+        d,
+        "--allow-owner",
+        "no-such-user-ivchan",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "invalid value 'no-such-user-ivchan' for '--allow-owner <USER>': no user named \
+             \"no-such-user-ivchan\" (give a user name or a numeric uid)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn list_fails_when_a_region_cannot_be_read() {
+    let dir = shm_dir("list");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, _, err) = ivchan(&["init", VM, "--dir", d, "--size", "1M"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ivchan(&["list", "--dir", d]);
+    assert!(ok, "{err}");
+    assert!(out.contains("host   absent"), "{out}");
+    // A second region of an impossible size: still listed, but the exit
+    // status says something could not be read.
+    let bad = dir.path().join("fg_00000000-0000-4000-8000-000000000001");
+    std::fs::write(&bad, b"short").expect("write");
+    let (ok, out, err) = ivchan(&["list", "--dir", d]);
+    assert!(!ok);
+    assert!(out.contains(&format!("fg_{VM}")), "{out}");
+    assert!(out.contains("cannot open"), "{out}");
+    assert_eq!(err, "ivchan: 1 of 2 region files could not be read\n");
+}
+
+#[test]
+fn stale_sides_are_shown_and_reset_recovers_the_region_in_place() {
+    let dir = shm_dir("reset");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let vm: VmUuid = VM.parse().expect("uuid");
+    let options = RegionOptions::new().dir(dir.path()).size(1 << 20);
+    let inode = {
+        let file = options.create(&vm).expect("create");
+        let header = file.attach_or_init("wedged").expect("init");
+        // A host agent that died: ready, heartbeat still.
+        header.begin_session(Side::Host);
+        let (mut tx, _rx) = header.split(Side::Host).expect("split");
+        assert!(tx.send(b"left over").expect("send"));
+        use std::os::unix::fs::MetadataExt;
+        file.file().metadata().expect("stat").ino()
+    };
+    let (ok, out, err) = ivchan(&["inspect", "--dir", d, VM]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("host   stale: ready, but no heartbeat"),
+        "{out}"
+    );
+    assert!(out.contains("guest  absent"), "{out}");
+
+    // A live guest (its heartbeat moves) stops a reset unless forced.
+    let file = options.open(&vm).expect("open");
+    let header = file.attach_or_init("x").expect("attach");
+    header.begin_session(Side::Guest);
+    drop(file); // releases the lock: the beater below maps it as a guest would
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beater = {
+        let stop = stop.clone();
+        let options = options.clone();
+        std::thread::spawn(move || {
+            let view = ivchan_host::PeerMapping::open(options.path_for(&vm)).expect("map");
+            let header = ivchan_protocol::Header::open(view.region()).expect("header");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                header.heartbeat(Side::Guest);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let (ok, _, err) = ivchan(&["reset", VM, "--dir", d]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        format!(
+            "ivchan: {}: the guest agent is alive (its heartbeat moves); stop it first, \
+             or pass --force to reset under it\n",
+            dir.path().join(format!("fg_{VM}")).display()
+        )
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beater.join().expect("beater");
+
+    let (ok, out, err) = ivchan(&["reset", VM, "--dir", d]);
+    assert!(ok, "{err}");
+    assert!(out.contains("reset: \"wedged\""), "{out}");
+    let (ok, out, err) = ivchan(&["inspect", "--dir", d, VM]);
+    assert!(ok, "{err}");
+    assert!(out.contains("host->guest  head 0  tail 0"), "{out}");
+    assert!(
+        out.contains("host   absent") && out.contains("guest  absent"),
+        "{out}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let after = std::fs::metadata(dir.path().join(format!("fg_{VM}"))).expect("stat");
+    assert_eq!(after.ino(), inode, "the file is kept, not recreated");
+
+    // A host agent holding the region stops a reset.
+    let held = options.open(&vm).expect("hold");
+    let (ok, _, err) = ivchan(&["reset", VM, "--dir", d, "--force"]);
+    assert!(!ok);
+    assert!(err.contains("in use by another host agent"), "{err}");
+    drop(held);
+}

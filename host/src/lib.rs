@@ -38,7 +38,7 @@ pub use ivchan_protocol::{
     Channel, ChannelError, ChannelOptions, DoorbellAddress, OwnedChannel, PeerEvent, WaitStrategy,
 };
 pub use region_file::{
-    list_regions, InspectedRegion, PeerMapping, RegionError, RegionFile, RegionOptions, UuidError,
-    VmUuid,
+    list_regions, InspectedRegion, PeerMapping, RegionError, RegionFile, RegionOptions,
+    TrustPolicy, UuidError, VmUuid,
 };
 pub use supervisor::{Supervisor, VmEvent};

@@ -265,7 +265,7 @@ impl Supervisor {
             }
             // Still being made by its creator: wait for its next change.
             Err(HostError::Region(
-                RegionError::Unsized { path } | RegionError::SizeTooSmall { path, .. },
+                RegionError::Unsized { path } | RegionError::BadSize { path, .. },
             )) => {
                 self.waiting.insert(uuid, path);
             }

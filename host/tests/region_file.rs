@@ -4,8 +4,9 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use ivchan_host::{list_regions, InspectedRegion, RegionError, RegionOptions, VmUuid};
+use ivchan_host::{list_regions, InspectedRegion, RegionError, RegionOptions, TrustPolicy, VmUuid};
 use ivchan_protocol::layout::offsets;
+use ivchan_protocol::naming::SizeError;
 use ivchan_protocol::{Header, Ordering, Side};
 
 const VM: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
@@ -158,12 +159,24 @@ fn file_of_another_owner_is_refused_unless_allowed() {
     let err = opts(dir.path()).open(&vm).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, RegionError::UnexpectedOwner { uid: 65534, .. }),
+        matches!(err, RegionError::UntrustedOwner { uid: 65534, .. }),
         "{text}"
     );
-    assert!(
-        text.contains("65534") && text.contains(&format!("fg_{VM}")),
-        "{text}"
+    // The refusal names the user and the option that trusts it.
+    assert_eq!(
+        text,
+        format!(
+            "{} is owned by nobody(65534), who is not trusted (trusted owners: {}); \
+             if that user should be trusted, pass --allow-owner nobody",
+            path.display(),
+            opts(dir.path())
+                .trust_policy()
+                .owners()
+                .iter()
+                .map(|&u| ivchan_host::region_file::user_name(u).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     );
     opts(dir.path())
         .allow_owner(65534)
@@ -180,14 +193,29 @@ fn group_or_other_writable_file_is_refused_by_default() {
         .expect("create")
         .path()
         .to_path_buf();
-    for mode in [0o620, 0o602, 0o666] {
+    // Group root is trusted (the libvirt hook's files are 0660 root-group);
+    // nogroup is not.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).expect("chmod");
+    opts(dir.path()).open(&vm).expect("group root may write");
+    std::os::unix::fs::chown(&path, None, Some(65534)).expect("chgrp (tests run as root)");
+    for mode in [0o620, 0o660] {
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
         let err = opts(dir.path()).open(&vm).unwrap_err();
-        assert!(matches!(err, RegionError::WritableByOthers { .. }), "{err}");
+        assert!(
+            matches!(err, RegionError::UntrustedGroup { gid: 65534, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--allow-group nogroup"), "{err}");
+    }
+    for mode in [0o602, 0o666] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+        let err = opts(dir.path()).open(&vm).unwrap_err();
+        assert!(matches!(err, RegionError::OtherWritable { .. }), "{err}");
+        assert!(err.to_string().contains("--allow-other-write"), "{err}");
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).expect("chmod");
     opts(dir.path())
-        .allow_group_write(true)
+        .allow_group(65534)
         .open(&vm)
         .expect("group write allowed");
 }
@@ -224,11 +252,14 @@ fn created_owner_is_set_before_sizing_and_accepted_when_reopening() {
     }
     let err = opts(dir.path()).open(&vm).unwrap_err();
     assert!(
-        matches!(err, RegionError::UnexpectedOwner { uid: 65534, .. }),
+        matches!(err, RegionError::UntrustedOwner { uid: 65534, .. }),
         "{err}"
     );
-    // Accepted even when the owners list is replaced after `owner`.
-    let file = with_owner().owners([0]).open(&vm).expect("reopen");
+    // Accepted even when the policy is replaced after `owner`.
+    let file = with_owner()
+        .trust(TrustPolicy::owner_only())
+        .open(&vm)
+        .expect("reopen");
     assert_eq!(
         file.attach_or_init("ignored")
             .expect("attach")
@@ -236,7 +267,13 @@ fn created_owner_is_set_before_sizing_and_accepted_when_reopening() {
             .name_str(),
         Some("owned")
     );
-    assert_eq!(with_owner().owners([0]).allowed_owners(), vec![0, 65534]);
+    assert_eq!(
+        with_owner()
+            .trust(TrustPolicy::owner_only())
+            .trust_policy()
+            .owners(),
+        [0, 65534]
+    );
 }
 
 #[test]
@@ -245,11 +282,41 @@ fn bad_sizes_are_refused_and_leave_nothing_behind() {
     let vm = uuid(VM);
     let err = opts(dir.path()).size(3 * MIB).create(&vm).unwrap_err();
     assert!(
-        matches!(err, RegionError::SizeNotPowerOfTwo { size, .. } if size == 3 * MIB),
+        matches!(err, RegionError::BadSize { source: SizeError::NotPowerOfTwo { bytes }, .. } if bytes == 3 * MIB),
         "{err}"
     );
     let err = opts(dir.path()).size(MIB / 2).create(&vm).unwrap_err();
-    assert!(matches!(err, RegionError::SizeTooSmall { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RegionError::BadSize {
+                source: SizeError::TooSmall { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Above the layout's limit: refused before anything is written.
+    let err = opts(dir.path()).size(64 << 30).create(&vm).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: region size 68719476736 is above the 16 GiB maximum",
+            dir.path().join(format!("fg_{VM}")).display()
+        )
+    );
+    // Within the limits but beyond the file system's free space.
+    let free = nix::sys::statvfs::statvfs(dir.path()).expect("statvfs");
+    let available = free.blocks_available() * free.fragment_size();
+    let too_big = (available + 1).next_power_of_two();
+    if too_big <= 16 << 30 {
+        let err = opts(dir.path()).size(too_big).create(&vm).unwrap_err();
+        assert!(matches!(err, RegionError::NoSpace { .. }), "{err}");
+        assert!(err.to_string().contains("choose a smaller --size"), "{err}");
+    }
+    // Modes the trust policy would refuse to open are not created.
+    let err = opts(dir.path()).mode(0o666).create(&vm).unwrap_err();
+    assert!(matches!(err, RegionError::OtherWritable { .. }), "{err}");
     assert!(!dir.path().join(format!("fg_{VM}")).exists());
 
     // Existing files with a bad or no size.

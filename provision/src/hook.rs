@@ -48,34 +48,11 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// Parse `USER`, `USER:GROUP`, `:GROUP`, names or numbers.
+    /// Parse `USER`, `USER:GROUP`, `:GROUP`, names or numbers (the host
+    /// crate's one parser, shared with `ivchan` and the agents).
     pub fn parse(s: &str) -> Result<Owner> {
-        let (u, g) = match s.split_once(':') {
-            Some((u, g)) => (u, Some(g)),
-            None => (s, None),
-        };
-        let bad = |m: String| Error::Hook(format!("owner {s:?}: {m}"));
-        let uid = if u.is_empty() {
-            None
-        } else if let Ok(n) = u.parse() {
-            Some(n)
-        } else {
-            let user = nix::unistd::User::from_name(u)
-                .map_err(|e| bad(e.to_string()))?
-                .ok_or_else(|| bad(format!("no user {u}")))?;
-            Some(user.uid.as_raw())
-        };
-        let gid = match g {
-            None | Some("") => None,
-            Some(g) => Some(match g.parse() {
-                Ok(n) => n,
-                Err(_) => nix::unistd::Group::from_name(g)
-                    .map_err(|e| bad(e.to_string()))?
-                    .ok_or_else(|| bad(format!("no group {g}")))?
-                    .gid
-                    .as_raw(),
-            }),
-        };
+        let (uid, gid) = ivchan_host::region_file::parse_owner(s)
+            .map_err(|e| Error::Hook(format!("owner {s:?}: {e}")))?;
         Ok(Owner { uid, gid })
     }
 }

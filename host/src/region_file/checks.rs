@@ -3,45 +3,72 @@
 //! owners and modes, sizes the layout accepts.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use ivchan_protocol::layout::MIN_REGION_SIZE;
+use ivchan_protocol::naming::RegionSize;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::statfs::{fstatfs, HUGETLBFS_MAGIC};
+use nix::sys::statvfs::statvfs;
 
 use super::error::io_err;
 use super::{RegionError, RegionOptions};
 
-/// Checks a size: power of two, at least 1 MiB, hugetlbfs page multiple.
+/// Checks a size: a [`RegionSize`] (power of two, 1 MiB to 16 GiB), and a
+/// multiple of the huge page size on hugetlbfs.
 pub(super) fn check_size(
     path: &Path,
     size: u64,
     huge_page: Option<u64>,
 ) -> Result<(), RegionError> {
-    let path = path.to_path_buf();
     if size == 0 {
-        return Err(RegionError::Unsized { path });
-    }
-    if size < MIN_REGION_SIZE as u64 {
-        return Err(RegionError::SizeTooSmall {
-            path,
-            size,
-            min: MIN_REGION_SIZE as u64,
+        return Err(RegionError::Unsized {
+            path: path.to_path_buf(),
         });
     }
-    if !size.is_power_of_two() {
-        return Err(RegionError::SizeNotPowerOfTwo { path, size });
-    }
+    RegionSize::new(size).map_err(|source| RegionError::BadSize {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if let Some(page_size) = huge_page {
         if page_size == 0 || size % page_size != 0 {
             return Err(RegionError::NotHugePageMultiple {
-                path,
+                path: path.to_path_buf(),
                 size,
                 page_size,
             });
         }
+    }
+    Ok(())
+}
+
+/// Checks that the directory's file system has room for a new region of
+/// `size` bytes. tmpfs would create a sparse file of any size and fail
+/// later, at the first write to a page it cannot back (SIGBUS).
+pub(super) fn check_space(path: &Path, size: u64) -> Result<(), RegionError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let stat = statvfs(dir).map_err(|e| RegionError::Io {
+        path: dir.to_path_buf(),
+        op: "statvfs",
+        source: e.into(),
+    })?;
+    #[allow(clippy::useless_conversion)]
+    let available =
+        u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    // hugetlbfs reports its pool; a file system that reports nothing
+    // (0 blocks in total) is not checked.
+    #[allow(clippy::useless_conversion)]
+    if u64::from(stat.blocks()) != 0 && size > available {
+        return Err(RegionError::NoSpace {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            size,
+            available,
+        });
     }
     Ok(())
 }
@@ -98,7 +125,8 @@ pub(super) fn lock(file: File, path: &Path) -> Result<Flock<File>, RegionError> 
     })
 }
 
-/// Owner and mode checks on an open file (through its descriptor).
+/// Type, owner and mode checks on an open file (through its descriptor),
+/// under the options' [`TrustPolicy`](super::TrustPolicy). Returns the size.
 pub(super) fn check_inode(
     file: &File,
     path: &Path,
@@ -110,23 +138,7 @@ pub(super) fn check_inode(
             path: path.to_path_buf(),
         });
     }
-    let allowed = opts.allowed_owners();
-    if !allowed.contains(&meta.uid()) {
-        return Err(RegionError::UnexpectedOwner {
-            path: path.to_path_buf(),
-            uid: meta.uid(),
-            allowed,
-        });
-    }
-    let mode = meta.mode() & 0o7777;
-    if (mode & 0o020 != 0 && !opts.allow_group_write)
-        || (mode & 0o002 != 0 && !opts.allow_other_write)
-    {
-        return Err(RegionError::WritableByOthers {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
+    opts.trust_policy().check(path, &meta)?;
     Ok(meta.len())
 }
 

@@ -3,7 +3,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use ivchan_protocol::naming::SizeError;
+use ivchan_protocol::report::human_size;
 use ivchan_protocol::{LayoutError, UuidError, VmUuid};
+
+use super::trust::IdName;
 
 /// Errors opening, creating, checking or mapping a region file.
 #[derive(Debug, thiserror::Error)]
@@ -24,22 +28,48 @@ pub enum RegionError {
         /// The path.
         path: PathBuf,
     },
-    /// The file is owned by a uid that is not allowed.
-    #[error("{path} is owned by uid {uid}, expected one of {allowed:?}")]
-    UnexpectedOwner {
+    /// The file's owner is not trusted ([`TrustPolicy`](super::TrustPolicy)).
+    #[error(
+        "{path} is owned by {owner}, who is not trusted (trusted owners: {}); \
+         if that user should be trusted, pass --allow-owner {}",
+        super::trust::list(trusted),
+        owner.argument()
+    )]
+    UntrustedOwner {
         /// The path.
         path: PathBuf,
         /// The owner found.
         uid: u32,
-        /// The owners allowed.
-        allowed: Vec<u32>,
+        /// The owner, with its name.
+        owner: IdName,
+        /// The trusted owners.
+        trusted: Vec<IdName>,
     },
-    /// Group or others may write the file and the options do not allow it.
-    #[error("{path} has mode {mode:04o}: writable by group or others")]
-    WritableByOthers {
+    /// The file's group may write it, and that group is not trusted.
+    #[error(
+        "{path} has mode {mode:04o}: group {group} may write it and is not trusted; \
+         pass --allow-group {} to trust it, or remove the group's write bit (chmod g-w)",
+        group.argument()
+    )]
+    UntrustedGroup {
         /// The path.
         path: PathBuf,
-        /// Permission bits found.
+        /// Permission bits found (or about to be set).
+        mode: u32,
+        /// The file's group.
+        gid: u32,
+        /// The group, with its name.
+        group: IdName,
+    },
+    /// Every local user may write the file.
+    #[error(
+        "{path} has mode {mode:04o}: every local user may write it; remove that \
+         (chmod o-w), or pass --allow-other-write to accept it (not recommended)"
+    )]
+    OtherWritable {
+        /// The path.
+        path: PathBuf,
+        /// Permission bits found (or about to be set).
         mode: u32,
     },
     /// A zero-length file: its creator (e.g. QEMU) has not sized it yet.
@@ -48,23 +78,30 @@ pub enum RegionError {
         /// The path.
         path: PathBuf,
     },
-    /// A size that is not a power of two.
-    #[error("{path}: size {size} is not a power of two")]
-    SizeNotPowerOfTwo {
+    /// A size the layout cannot use: not a power of two, below 1 MiB or
+    /// above 16 GiB.
+    #[error("{path}: {source}")]
+    BadSize {
         /// The path.
         path: PathBuf,
-        /// The size in bytes.
-        size: u64,
+        /// What is wrong with it.
+        source: SizeError,
     },
-    /// A size below ivchan's minimum region.
-    #[error("{path}: size {size} is smaller than the {min}-byte minimum")]
-    SizeTooSmall {
+    /// Not enough free space in the file system for a new region.
+    #[error(
+        "{path}: a {} region does not fit: {} has {} free; \
+         choose a smaller --size or free some space",
+        human_size(*size), dir.display(), human_size(*available)
+    )]
+    NoSpace {
         /// The path.
         path: PathBuf,
-        /// The size in bytes.
+        /// The directory.
+        dir: PathBuf,
+        /// The size asked for.
         size: u64,
-        /// The minimum.
-        min: u64,
+        /// Bytes available to this user.
+        available: u64,
     },
     /// On hugetlbfs, a size that is not a multiple of the huge page size.
     #[error("{path}: size {size} is not a multiple of the {page_size}-byte huge page size")]
@@ -83,7 +120,7 @@ pub enum RegionError {
         path: PathBuf,
     },
     /// Another process holds the region's lock.
-    #[error("{path} is in use by another host agent (flock held)")]
+    #[error("{path} is in use by another host agent (it holds the region's lock); stop that agent first")]
     Busy {
         /// The path.
         path: PathBuf,

@@ -9,7 +9,7 @@ use ivchan_protocol::{Header, InitParams, LayoutError, Mapping, Region, SharedMe
 use nix::fcntl::Flock;
 use nix::unistd::{Gid, Uid};
 
-use super::checks::{check_inode, check_size, huge_page_size, lock, open_flags};
+use super::checks::{check_inode, check_size, check_space, huge_page_size, lock, open_flags};
 use super::error::io_err;
 use super::{RegionError, RegionOptions, VmUuid};
 
@@ -52,6 +52,9 @@ impl RegionFile {
         opts: &RegionOptions,
     ) -> Result<Self, RegionError> {
         check_size(&path, opts.size, None)?;
+        let gid = opts.group.unwrap_or_else(nix::unistd::getegid).as_raw();
+        opts.trust.check_mode(&path, opts.mode, gid)?;
+        check_space(&path, opts.size)?;
         let file = open_flags(
             &path,
             OpenOptions::new()
@@ -193,6 +196,23 @@ impl RegionFile {
             });
         }
         Ok(header)
+    }
+
+    /// Writes a fresh header (empty rings, both sides absent) over the
+    /// region, whatever it held: recovers a region whose agents died or
+    /// whose header is damaged, without recreating the file, so a running
+    /// QEMU keeps its mapping. The caller makes sure no agent is using it:
+    /// this value holds the lock, so no host agent is.
+    pub fn reset(&self, name: &str) -> Result<Header<'_>, RegionError> {
+        let params = InitParams {
+            uuid: *self.uuid.as_bytes(),
+            name,
+            ring_size: None,
+        };
+        Header::create(self.region(), &params).map_err(|source| RegionError::Layout {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Unlinks the file, if the path still names this file (and not

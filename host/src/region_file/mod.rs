@@ -3,9 +3,9 @@
 //!
 //! `/dev/shm` is world-writable, so nothing found there is trusted: the file
 //! is opened with `O_NOFOLLOW` (a symlink is refused), then its inode is
-//! checked through the descriptor (`fstat`): a regular file, owned by an
-//! allowed uid, not group/other-writable unless allowed, and a power-of-two
-//! size of at least 1 MiB. An exclusive `flock` keeps a second host agent
+//! checked through the descriptor (`fstat`): a regular file whose owner and
+//! writers the [`TrustPolicy`] trusts, and a power-of-two size from 1 MiB to
+//! 16 GiB. An exclusive `flock` keeps a second host agent
 //! off the same region. The one `unsafe` operation, the mapping, is in this
 //! module (`map_shared`, `map_private` and `region_of`).
 //!
@@ -18,6 +18,7 @@ mod error;
 mod file;
 mod list;
 mod options;
+mod trust;
 mod views;
 
 pub use error::RegionError;
@@ -28,4 +29,8 @@ pub use ivchan_protocol::naming::{
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use list::list_regions;
 pub use options::RegionOptions;
+pub use trust::{
+    group_name, parse_group, parse_owner, parse_user, user_name, IdError, IdName, TrustPolicy,
+    QEMU_USERS,
+};
 pub use views::{InspectedRegion, PeerMapping};

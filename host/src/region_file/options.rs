@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid};
 
-use super::{RegionError, RegionFile, VmUuid, DEFAULT_DIR, DEFAULT_PREFIX, DEFAULT_SIZE};
+use super::{
+    RegionError, RegionFile, TrustPolicy, VmUuid, DEFAULT_DIR, DEFAULT_PREFIX, DEFAULT_SIZE,
+};
 
 /// Where region files live and what they may look like.
 #[derive(Debug, Clone)]
@@ -15,9 +17,7 @@ pub struct RegionOptions {
     pub(super) mode: u32,
     pub(super) group: Option<Gid>,
     pub(super) owner: Option<Uid>,
-    pub(super) owners: Vec<Uid>,
-    pub(super) allow_group_write: bool,
-    pub(super) allow_other_write: bool,
+    pub(super) trust: TrustPolicy,
 }
 
 impl Default for RegionOptions {
@@ -27,7 +27,8 @@ impl Default for RegionOptions {
 }
 
 impl RegionOptions {
-    /// `/dev/shm`, `fg_`, 8 MiB, mode 0600, owned by the current euid.
+    /// `/dev/shm`, `fg_`, 8 MiB, mode 0600, owned by the current euid;
+    /// existing files checked under [`TrustPolicy::system`].
     pub fn new() -> Self {
         Self {
             dir: PathBuf::from(DEFAULT_DIR),
@@ -36,9 +37,7 @@ impl RegionOptions {
             mode: 0o600,
             group: None,
             owner: None,
-            owners: vec![nix::unistd::geteuid()],
-            allow_group_write: false,
-            allow_other_write: false,
+            trust: TrustPolicy::system(),
         }
     }
 
@@ -61,60 +60,70 @@ impl RegionOptions {
         self
     }
 
-    /// Permission bits of newly created files (default 0600). Group write
-    /// here (e.g. 0660) also allows group write when opening.
+    /// Permission bits of newly created files (default 0600). A mode the
+    /// [trust policy](Self::trust) would refuse to open is refused at
+    /// creation too (e.g. 0666 without
+    /// [`allow_other_write`](Self::allow_other_write)).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode & 0o777;
-        if self.mode & 0o020 != 0 {
-            self.allow_group_write = true;
-        }
-        if self.mode & 0o002 != 0 {
-            self.allow_other_write = true;
-        }
         self
     }
 
-    /// Group given to newly created files (e.g. QEMU's group with mode 0660).
+    /// Group given to newly created files (e.g. QEMU's group with mode
+    /// 0660); trusted to write the files it is given.
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(Gid::from_raw(gid));
+        self.trust = self.trust.allow_group(gid);
         self
     }
 
     /// Owner given to newly created files (e.g. libvirt-qemu, when root
     /// prepares a region for QEMU): `fchown` on the new file's descriptor
     /// right after it is created, before it is sized. Changing the owner to
-    /// another uid needs `CAP_CHOWN` (root). `uid` is also accepted as an
-    /// owner when opening an existing file, whatever [`owners`](Self::owners)
-    /// says, so the file this creates can be opened again.
+    /// another uid needs `CAP_CHOWN` (root). `uid` is also trusted as the
+    /// owner of existing files, so the file this creates can be opened
+    /// again.
     pub fn owner(mut self, uid: u32) -> Self {
         self.owner = Some(Uid::from_raw(uid));
+        self.trust = self.trust.allow_owner(uid);
         self
     }
 
-    /// Owners accepted when opening an existing file, replacing the default
-    /// (the current euid). E.g. root and libvirt-qemu, since QEMU may
-    /// create the file.
-    pub fn owners(mut self, uids: impl IntoIterator<Item = u32>) -> Self {
-        self.owners = uids.into_iter().map(Uid::from_raw).collect();
+    /// Replaces the trust policy for existing files (default
+    /// [`TrustPolicy::system`]).
+    pub fn trust(mut self, policy: TrustPolicy) -> Self {
+        self.trust = policy;
+        if let Some(owner) = self.owner {
+            self.trust = self.trust.allow_owner(owner.as_raw());
+        }
+        if let Some(group) = self.group {
+            self.trust = self.trust.allow_group(group.as_raw());
+        }
         self
     }
 
-    /// Adds an accepted owner.
+    /// Also trusts files owned by `uid` ([`TrustPolicy::allow_owner`]).
     pub fn allow_owner(mut self, uid: u32) -> Self {
-        self.owners.push(Uid::from_raw(uid));
+        self.trust = self.trust.allow_owner(uid);
         self
     }
 
-    /// Accept existing files that their group may write.
-    pub fn allow_group_write(mut self, allow: bool) -> Self {
-        self.allow_group_write = allow;
+    /// Also trusts files that group `gid` may write
+    /// ([`TrustPolicy::allow_group`]).
+    pub fn allow_group(mut self, gid: u32) -> Self {
+        self.trust = self.trust.allow_group(gid);
         self
     }
 
-    /// Accept existing files that anyone may write (not recommended).
+    /// Trusts files anyone may write (not recommended).
     pub fn allow_other_write(mut self, allow: bool) -> Self {
-        self.allow_other_write = allow;
+        self.trust = self.trust.allow_other_write(allow);
         self
+    }
+
+    /// The trust policy for existing files.
+    pub fn trust_policy(&self) -> &TrustPolicy {
+        &self.trust
     }
 
     /// The directory.
@@ -125,19 +134,6 @@ impl RegionOptions {
     /// The file-name prefix.
     pub fn name_prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// The uids accepted as the owner of an existing file: the
-    /// [`owners`](Self::owners) list plus the [`owner`](Self::owner) of
-    /// created files, if set.
-    pub fn allowed_owners(&self) -> Vec<u32> {
-        let mut uids: Vec<u32> = self.owners.iter().map(|u| u.as_raw()).collect();
-        if let Some(owner) = self.owner {
-            if !uids.contains(&owner.as_raw()) {
-                uids.push(owner.as_raw());
-            }
-        }
-        uids
     }
 
     /// `<dir>/<prefix><uuid>`.
