@@ -68,7 +68,7 @@ mod uuid;
 
 #[cfg(feature = "std")]
 pub use channel::{
-    poll_until, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
+    poll_until, CancelToken, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
     HeartbeatHandle, Notifier, OwnedChannel, PeerEvent, WaitStrategy, Waiter,
 };
 pub use error::{LayoutError, RingError, Violation};

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use ivchan_protocol::{
-    Channel, ChannelError, ChannelOptions, Header, InitParams, PeerEvent, Region, Side,
-    WaitStrategy,
+    CancelToken, Channel, ChannelError, ChannelOptions, Header, InitParams, PeerEvent, Region,
+    Side, WaitStrategy,
 };
 
 fn params() -> InitParams<'static> {
@@ -206,7 +206,7 @@ fn zero_copy_through_a_channel() {
 }
 
 #[test]
-fn a_restart_seen_inside_a_blocking_call_is_still_reported() {
+fn a_restart_inside_a_blocking_call_ends_it_and_keeps_the_messages() {
     let mut words = vec![0u64; (1 << 20) / 8];
     let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
     let options = ChannelOptions {
@@ -229,19 +229,55 @@ fn a_restart_seen_inside_a_blocking_call_is_still_reported() {
             std::mem::forget(again);
         });
         let mut buf = [0u8; 8];
-        // The restart happens while this call waits (it polls the peer).
+        // The restart happens while this call waits (it polls the peer):
+        // the wait ends with it, so the caller can resynchronise.
+        assert_eq!(
+            host.recv(&mut buf, Some(Duration::from_secs(30))),
+            Err(ChannelError::PeerRestarted {
+                old_epoch: 1,
+                new_epoch: 2
+            })
+        );
+        // What the new session sends is kept, and read next.
         assert_eq!(
             host.recv(&mut buf, Some(Duration::from_secs(30))).unwrap(),
             4
         );
+        assert_eq!(&buf[..4], b"back");
     });
-    assert_eq!(
-        host.poll_peer().unwrap(),
-        Some(PeerEvent::Restarted {
-            old_epoch: 1,
-            new_epoch: 2
-        })
-    );
+    // Reported once, as the error.
+    assert_eq!(host.poll_peer().unwrap(), None);
+}
+
+#[test]
+fn a_cancelled_token_stops_blocked_calls() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    let mut host = Channel::attach(header, Side::Host, options).unwrap();
+    let _guest = Channel::attach(header, Side::Guest, options).unwrap();
+    let token = CancelToken::new();
+    host.set_cancel(Some(token.clone()));
+    let mut buf = [0u8; 8];
+    assert!(matches!(
+        host.recv(&mut buf, Some(Duration::from_millis(1))),
+        Err(ChannelError::Timeout { .. })
+    ));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(if cfg!(miri) { 20 } else { 50 }));
+            token.cancel();
+        });
+        // No timeout: only the token ends this wait.
+        assert_eq!(host.recv(&mut buf, None), Err(ChannelError::Cancelled));
+    });
+    assert_eq!(host.wait_for_peer(None), Err(ChannelError::Cancelled));
+    assert_eq!(host.poll_peer(), Err(ChannelError::Cancelled));
+    // Non-blocking calls still work: the caller can drain before it leaves.
+    assert_eq!(host.try_recv(&mut buf), Ok(None));
 }
 
 /// An in-process doorbell: a flag and a condvar per side, counting rings

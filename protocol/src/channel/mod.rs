@@ -9,9 +9,12 @@
 //! a new epoch is a (re)attach, `closed` a clean exit, a heartbeat that has
 //! not moved for [`ChannelOptions::peer_timeout`] a silent peer. Each change
 //! is reported once by [`Channel::poll_peer`]; blocking calls that wait on a
-//! closed or silent peer return that as an error instead of waiting out their
-//! timeout. None of these poison the channel: when the peer comes back, the
-//! rings carry on from the positions stored in the region.
+//! closed, silent or restarted peer return that as an error instead of
+//! waiting out their timeout (a restart ends whatever exchange the caller was
+//! in the middle of: it is the caller's cue to resynchronise). None of these
+//! poison the channel: when the peer comes back, the rings carry on from the
+//! positions stored in the region. A [`CancelToken`] stops blocked calls from
+//! outside (a signal handler).
 
 use std::fmt;
 use std::io;
@@ -21,11 +24,13 @@ use crate::error::{LayoutError, RingError};
 use crate::layout::{Header, PeerState, RegionRing, Side, SideStatus};
 use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
 
+mod cancel;
 mod owned;
 mod peer;
 mod stream;
 mod wait;
 
+pub use cancel::CancelToken;
 pub use owned::OwnedChannel;
 pub use stream::{ChannelReader, ChannelWriter};
 pub use wait::{poll_until, WaitStrategy, Waiter};
@@ -104,6 +109,16 @@ pub enum ChannelError {
         /// Time since the heartbeat last moved.
         since: Duration,
     },
+    /// The peer attached again (a new epoch) while we waited on it: what
+    /// the caller was in the middle of is over; resynchronise.
+    PeerRestarted {
+        /// Epoch of the session that ended.
+        old_epoch: u64,
+        /// Epoch of the new session.
+        new_epoch: u64,
+    },
+    /// The channel's [`CancelToken`] was cancelled.
+    Cancelled,
 }
 
 impl ChannelError {
@@ -129,6 +144,11 @@ impl fmt::Display for ChannelError {
             Self::PeerSilent { since } => {
                 write!(f, "the peer has been silent for {since:?}")
             }
+            Self::PeerRestarted {
+                old_epoch,
+                new_epoch,
+            } => write!(f, "the peer restarted (epoch {old_epoch} -> {new_epoch})"),
+            Self::Cancelled => write!(f, "cancelled"),
         }
     }
 }
@@ -152,6 +172,9 @@ impl From<ChannelError> for io::Error {
         let kind = match e {
             ChannelError::Timeout { .. } => io::ErrorKind::TimedOut,
             ChannelError::PeerClosed | ChannelError::PeerSilent { .. } => io::ErrorKind::BrokenPipe,
+            ChannelError::PeerRestarted { .. } => io::ErrorKind::ConnectionReset,
+            // Not `Interrupted`: `std::io` retries that.
+            ChannelError::Cancelled => io::ErrorKind::Other,
             ChannelError::Ring(RingError::TooLarge { .. } | RingError::BufferTooSmall { .. }) => {
                 io::ErrorKind::InvalidInput
             }
@@ -216,6 +239,8 @@ pub struct Channel<'a> {
     broken: Option<LayoutError>,
     /// Doorbell wakes that found nothing to read, since attach.
     spurious_wakes: u64,
+    /// Set from outside to stop blocked calls.
+    cancel: Option<CancelToken>,
 }
 
 /// Empty doorbell wakes in a row taken without pausing.
@@ -259,6 +284,7 @@ impl<'a> Channel<'a> {
             waited_for: None,
             broken: None,
             spurious_wakes: 0,
+            cancel: None,
         })
     }
 
@@ -340,6 +366,25 @@ impl<'a> Channel<'a> {
         self.rx.finish_sleep();
     }
 
+    /// Watches `token`: once it is cancelled, blocking calls, `wait_for_peer`
+    /// and `poll_peer` return [`ChannelError::Cancelled`] (within one
+    /// heartbeat interval when asleep).
+    pub fn set_cancel(&mut self, token: Option<CancelToken>) {
+        self.cancel = token;
+    }
+
+    /// The token this channel watches, if any.
+    pub fn cancel_token(&self) -> Option<&CancelToken> {
+        self.cancel.as_ref()
+    }
+
+    fn check_cancel(&self) -> Result<(), ChannelError> {
+        match &self.cancel {
+            Some(token) if token.is_cancelled() => Err(ChannelError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
     /// The peer's side block, as last read.
     pub fn peer_status(&self) -> Option<SideStatus> {
         self.peer.last
@@ -358,6 +403,7 @@ impl<'a> Channel<'a> {
     /// Reports the next change in the peer's life: one seen earlier inside
     /// a blocking call, or else what a fresh read of its block shows.
     pub fn poll_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
+        self.check_cancel()?;
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));
         }
@@ -377,6 +423,7 @@ impl<'a> Channel<'a> {
         };
         let strategy = WaitStrategy::backoff(Duration::from_millis(1), Duration::from_millis(10));
         let epoch = poll_until(strategy, timeout, || -> Result<_, ChannelError> {
+            self.check_cancel()?;
             self.tick();
             let now = self.peer_block()?;
             // Remembered for the next call: a peer that attaches between
@@ -410,6 +457,7 @@ impl<'a> Channel<'a> {
 
     /// Reads the peer's block once and returns what changed.
     fn observe_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
+        self.check_cancel()?;
         self.tick();
         let status = self.peer_block()?;
         Ok(self
@@ -549,13 +597,25 @@ impl<'a> Channel<'a> {
             polls = polls.wrapping_add(1);
             if polls % 64 == 0 || checked.elapsed() >= self.options.heartbeat_interval {
                 checked = Instant::now();
-                // Keep what changed for `poll_peer`: a blocking call must
-                // not swallow a restart the application wants to see.
-                if let Some(event) = self.observe_peer()? {
-                    if self.events.len() == KEPT_EVENTS {
-                        self.events.pop_front();
+                // A restart ends the wait: whatever the caller was in the
+                // middle of is over. Other changes are kept for `poll_peer`.
+                match self.observe_peer()? {
+                    Some(PeerEvent::Restarted {
+                        old_epoch,
+                        new_epoch,
+                    }) => {
+                        return Err(ChannelError::PeerRestarted {
+                            old_epoch,
+                            new_epoch,
+                        })
                     }
-                    self.events.push_back(event);
+                    Some(event) => {
+                        if self.events.len() == KEPT_EVENTS {
+                            self.events.pop_front();
+                        }
+                        self.events.push_back(event);
+                    }
+                    None => {}
                 }
                 if let Some(status) = self.peer.last {
                     if status.state == PeerState::Closed {

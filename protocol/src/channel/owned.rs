@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::channel::{
-    Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter, HeartbeatHandle, Notifier,
-    PeerEvent, WaitStrategy,
+    CancelToken, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
+    HeartbeatHandle, Notifier, PeerEvent, WaitStrategy,
 };
 use crate::layout::{DoorbellAddress, Header, RegionRing, Side, SideStatus};
 use crate::mapping::SharedMemory;
@@ -124,6 +124,16 @@ impl<M: SharedMemory> OwnedChannel<M> {
     /// Whether a doorbell is attached.
     pub fn has_notifier(&self) -> bool {
         self.channel.has_notifier()
+    }
+
+    /// See [`Channel::set_cancel`].
+    pub fn set_cancel(&mut self, token: Option<CancelToken>) {
+        self.channel.set_cancel(token);
+    }
+
+    /// See [`Channel::cancel_token`].
+    pub fn cancel_token(&self) -> Option<&CancelToken> {
+        self.channel.cancel_token()
     }
 
     /// See [`Channel::spurious_wakes`].
