@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ivchan_protocol::{
-    poll_until, Channel, ChannelError, ChannelOptions, Header, LayoutError, Mapping, OwnedChannel,
-    Side, WaitStrategy,
+    poll_until, CancelToken, Channel, ChannelError, ChannelOptions, Header, LayoutError, Mapping,
+    OwnedChannel, Side, WaitStrategy,
 };
 
 pub mod agent;
@@ -27,6 +27,32 @@ pub use ivchan_testkit::checksum::{checksum, Checksum};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
+
+/// Exit status of an agent stopped by a signal (128 + SIGINT, as shells
+/// report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// A token that SIGINT, SIGTERM and SIGHUP cancel: channels that carry it
+/// ([`OwnedChannel::set_cancel`]) end their blocking calls with
+/// `Cancelled`, and the agent unwinds: its channel is dropped (its side
+/// marked closed), what it created is removed, its children are stopped. A
+/// second signal ends the process at once.
+pub fn cancel_on_signals() -> Result<CancelToken, String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let token = CancelToken::new();
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // Registered first, so it sees the flag as the previous signal left
+        // it: set means this is the second one.
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            i32::from(EXIT_INTERRUPTED),
+            token.flag().clone(),
+        )
+        .and_then(|_| signal_hook::flag::register(signal, token.flag().clone()))
+        .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    Ok(token)
+}
 
 /// Maps a host region file shared, the way a guest maps BAR2, and attaches
 /// as the guest once the host has written the header.

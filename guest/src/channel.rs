@@ -120,7 +120,11 @@ impl GuestChannelBuilder {
         };
         let bar = poll_until(strategy, Some(self.timeout), || {
             match select(&self.sysfs_root, &self.selector, &self.map) {
-                Err(e @ (GuestError::NoDevice { .. } | GuestError::NoMatch { .. })) => {
+                Err(
+                    e @ (GuestError::NoDevice { .. }
+                    | GuestError::NoMatch { .. }
+                    | GuestError::NoSuchAddress { .. }),
+                ) => {
                     last = e;
                     Ok(None)
                 }

@@ -12,6 +12,12 @@ use crate::VmUuid;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GuestError {
+    /// Not a PCI address.
+    #[error("{text:?} is not a PCI address: expected DOMAIN:BUS:SLOT.FUNCTION in hex, e.g. 0000:00:1f.0")]
+    BadAddress {
+        /// What was given.
+        text: String,
+    },
     /// An I/O error on a sysfs file.
     #[error("cannot {op} {path}: {source}")]
     Io {

@@ -36,4 +36,4 @@ pub use ivchan_protocol::{
 };
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
-pub use select::{select, select_waiting, Selector};
+pub use select::{parse_pci_address, select, select_waiting, Selector};

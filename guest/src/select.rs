@@ -36,6 +36,37 @@ impl Selector {
     }
 }
 
+/// Checks and normalises a PCI address: `0000:00:1f.0`, or `00:1f.0` (domain
+/// 0), hex digits in either case; returned as sysfs spells it (lower case,
+/// with the domain).
+pub fn parse_pci_address(text: &str) -> Result<String, GuestError> {
+    let bad = || GuestError::BadAddress {
+        text: text.to_owned(),
+    };
+    let lower = text.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split(':').collect();
+    let (domain, bus, rest) = match parts.as_slice() {
+        [domain, bus, rest] => (*domain, *bus, *rest),
+        [bus, rest] => ("0000", *bus, *rest),
+        _ => return Err(bad()),
+    };
+    let (slot, function) = rest.split_once('.').ok_or_else(bad)?;
+    let field = |s: &str, width: usize, max: u32| -> Result<u32, GuestError> {
+        if s.is_empty() || s.len() > width || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(s, 16)
+            .ok()
+            .filter(|v| *v <= max)
+            .ok_or_else(bad)
+    };
+    let domain = field(domain, 4, 0xffff)?;
+    let bus = field(bus, 2, 0xff)?;
+    let slot = field(slot, 2, 0x1f)?;
+    let function = field(function, 1, 7)?;
+    Ok(format!("{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"))
+}
+
 /// Finds and maps the device `selector` names (see the module docs).
 ///
 /// [`GuestError::NoMatch`] lists why each device was passed over; its
@@ -45,13 +76,18 @@ pub fn select(
     selector: &Selector,
     options: &MapOptions,
 ) -> Result<MappedBar, GuestError> {
+    // A malformed address is the caller's mistake, not a missing device.
+    let wanted_address = match selector {
+        Selector::Address(text) => Some(parse_pci_address(text)?),
+        _ => None,
+    };
     let devices = discover(sysfs_root)?;
     if devices.is_empty() {
         return Err(GuestError::NoDevice {
             root: sysfs_root.to_path_buf(),
         });
     }
-    if let Selector::Address(address) = selector {
+    if let Some(address) = &wanted_address {
         let available = devices
             .iter()
             .map(|d| d.address.as_str())
@@ -158,4 +194,31 @@ pub fn select_waiting(
         address: last_waiting.join(", "),
         waited: timeout,
     })
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn pci_addresses_are_checked_and_normalised() {
+        assert_eq!(parse_pci_address("0000:00:1f.0").unwrap(), "0000:00:1f.0");
+        assert_eq!(parse_pci_address("00:1F.0").unwrap(), "0000:00:1f.0");
+        assert_eq!(parse_pci_address("0001:0a:03.7").unwrap(), "0001:0a:03.7");
+        for bad in [
+            "garbage",
+            "",
+            "0000:00:1f",
+            "0000:00:20.0",
+            "00:1f.8",
+            "0:0:0:0.0",
+            "00:1g.0",
+        ] {
+            let err = parse_pci_address(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{bad:?} is not a PCI address: expected DOMAIN:BUS:SLOT.FUNCTION in hex, e.g. 0000:00:1f.0")
+            );
+        }
+    }
 }

@@ -7,6 +7,10 @@
 //! both ways, an echo and a file transfer, prints messages/s and MB/s, and
 //! removes the region and the files it made.
 //!
+//! Ctrl-C (SIGINT) or SIGTERM stops it cleanly, at any point: both sides
+//! unwind, the guest child is stopped and waited for, and the region and
+//! the private work directory (random name, mode 0700) are removed.
+//!
 //! `ivchan-demo [--exchange N] [--file-mib M]`
 
 use std::path::{Path, PathBuf};
@@ -14,11 +18,15 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ivchan_examples::{agent, attach_region_file, traffic};
+use ivchan_examples::{agent, attach_region_file, cancel_on_signals, traffic, EXIT_INTERRUPTED};
 use ivchan_host::{ChannelOptions, OwnedChannel, RegionFile, RegionOptions, VmChannel, VmUuid};
+use ivchan_protocol::CancelToken;
 
 #[derive(Parser)]
-#[command(about = "ivchan demo: host and guest agents over one /dev/shm region")]
+#[command(
+    version,
+    about = "ivchan demo: host and guest agents over one /dev/shm region"
+)]
 struct Args {
     /// Checked messages (1 B to 64 KiB) each way.
     #[arg(long, default_value_t = 100_000)]
@@ -39,9 +47,10 @@ struct Args {
 }
 
 /// The guest side: the guest agent's loop over the host's region file.
-fn guest(region: &Path, dir: &Path) -> Result<(), String> {
+fn guest(region: &Path, dir: &Path, token: &CancelToken) -> Result<(), String> {
     let stall = Duration::from_secs(30);
     let mut ch = attach_region_file(region, ChannelOptions::default(), stall)?;
+    ch.set_cancel(Some(token.clone()));
     agent::serve(&mut ch, dir, stall)
 }
 
@@ -61,40 +70,69 @@ fn throughput(what: &str, bytes: u64, secs: f64) {
     );
 }
 
-/// Removes what the demo made, however it ends.
-struct Cleanup(Vec<PathBuf>);
+/// Removes the region file however the demo ends.
+struct RemoveOnDrop(PathBuf);
 
-impl Drop for Cleanup {
+impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+/// The guest child: stopped (SIGTERM, then SIGKILL) and waited for however
+/// the demo ends, so it is never orphaned.
+struct GuestChild(Option<std::process::Child>);
+
+impl GuestChild {
+    /// Waits for a normal exit.
+    fn wait(&mut self) -> Result<std::process::ExitStatus, String> {
+        let mut child = self.0.take().ok_or("the guest side was already reaped")?;
+        child.wait().map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for GuestChild {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..100 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
     let uuid: VmUuid = format!("00000000-0000-4000-8000-{:012x}", std::process::id())
         .parse()
         .map_err(|e| format!("{e}"))?;
     let regions = RegionOptions::new();
     // Work in /dev/shm too, so the file transfer measures the channel, not
-    // a disk.
-    let work = std::path::Path::new("/dev/shm").join(format!("ivchan-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let file = work.join("payload.bin");
-    let received = work.join("received");
+    // a disk; in a private directory of unpredictable name, removed on drop.
+    let work = tempfile::Builder::new()
+        .prefix("ivchan-demo-")
+        .tempdir_in("/dev/shm")
+        .map_err(|e| format!("creating a work directory in /dev/shm: {e}"))?;
+    let file = work.path().join("payload.bin");
+    let received = work.path().join("received");
     std::fs::create_dir_all(&received).map_err(|e| e.to_string())?;
-    let _cleanup = Cleanup(vec![
-        regions.path_for(&uuid),
-        file.clone(),
-        received.join("payload.bin"),
-    ]);
 
     let mut vm = VmChannel::builder(&uuid)
-        .regions(regions)
+        .regions(regions.clone())
         .name("demo")
         .create()
         .map_err(|e| e.to_string())?;
+    let _region = RemoveOnDrop(regions.path_for(&uuid));
+    vm.set_cancel(Some(token.clone()));
     println!(
         "region {} ({} MiB)",
         vm.path().display(),
@@ -104,13 +142,15 @@ fn run(args: &Args) -> Result<(), String> {
             >> 20
     );
     let me = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
-    let mut guest = Command::new(&me)
-        .arg("--guest-region")
-        .arg(vm.path())
-        .arg("--guest-dir")
-        .arg(&received)
-        .spawn()
-        .map_err(|e| format!("starting the guest side ({}): {e}", me.display()))?;
+    let mut guest = GuestChild(Some(
+        Command::new(&me)
+            .arg("--guest-region")
+            .arg(vm.path())
+            .arg("--guest-dir")
+            .arg(&received)
+            .spawn()
+            .map_err(|e| format!("starting the guest side ({}): {e}", me.display()))?,
+    ));
 
     let result = (|| -> Result<(), String> {
         vm.wait_for_peer(Some(Duration::from_secs(30)))
@@ -119,6 +159,9 @@ fn run(args: &Args) -> Result<(), String> {
             .map(|i| (i * 31 % 251) as u8)
             .collect();
         std::fs::write(&file, &data).map_err(|e| e.to_string())?;
+        if token.is_cancelled() {
+            return Err(ivchan_host::ChannelError::Cancelled.to_string());
+        }
         let stall = Duration::from_secs(30);
         let ch: &mut OwnedChannel<RegionFile> = &mut vm;
         {
@@ -147,11 +190,9 @@ fn run(args: &Args) -> Result<(), String> {
             agent::command(ch, "quit", stall).map(drop)
         }
     })();
-    if result.is_err() {
-        let _ = guest.kill();
-    }
-    let status = guest.wait().map_err(|e| e.to_string())?;
+    // On failure the guest child is stopped when `guest` drops.
     result?;
+    let status = guest.wait()?;
     if !status.success() {
         return Err(format!("guest agent failed: {status}"));
     }
@@ -159,17 +200,32 @@ fn run(args: &Args) -> Result<(), String> {
     if copy != std::fs::read(&file).map_err(|e| e.to_string())? {
         return Err("the received file differs".into());
     }
-    let _ = std::fs::remove_dir_all(&work);
+    drop(vm);
+    drop(_region);
+    drop(work);
     println!("all messages and the file checked; region removed");
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let outcome = match (&args.guest_region, &args.guest_dir) {
-        (Some(region), Some(dir)) => guest(region, dir),
-        _ => run(&args),
+    let token = match cancel_on_signals() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("ivchan-demo: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let outcome = match (&args.guest_region, &args.guest_dir) {
+        (Some(region), Some(dir)) => guest(region, dir, &token),
+        _ => run(&args, &token),
+    };
+    if token.is_cancelled() {
+        if args.guest_region.is_none() {
+            eprintln!("ivchan-demo: interrupted; stopped the guest side, removed the region and work files");
+        }
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

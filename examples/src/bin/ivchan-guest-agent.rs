@@ -13,18 +13,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ivchan_examples::agent;
-use ivchan_guest::{ChannelOptions, GuestChannel, MapOptions, Selector};
+use ivchan_examples::{agent, cancel_on_signals, EXIT_INTERRUPTED};
+use ivchan_guest::{
+    parse_pci_address, ChannelOptions, GuestChannel, MapOptions, OwnedChannel, Selector,
+};
+use ivchan_protocol::{CancelToken, PeerState, SharedMemory};
 
 #[derive(Parser)]
-#[command(about = "ivchan guest agent: serve the host agent's commands")]
+#[command(version, about = "ivchan guest agent: serve the host agent's commands")]
 struct Args {
     /// sysfs root.
     #[arg(long, default_value = "/sys")]
     sysfs: PathBuf,
     /// Use the device at this PCI address (default: the one whose header
     /// carries this VM's UUID).
-    #[arg(long, conflicts_with = "name")]
+    #[arg(long, conflicts_with = "name", value_parser = address_arg)]
     address: Option<String>,
     /// Use the device whose channel has this name.
     #[arg(long)]
@@ -46,13 +49,42 @@ struct Args {
     stall: u64,
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn address_arg(text: &str) -> Result<String, String> {
+    parse_pci_address(text).map_err(|e| e.to_string())
+}
+
+/// Says where the guest side stands before it starts serving: a guest
+/// agent that waits must say what for.
+fn serve(
+    ch: &mut OwnedChannel<impl SharedMemory>,
+    what: &str,
+    args: &Args,
+    token: &CancelToken,
+) -> Result<(), String> {
+    ch.set_cancel(Some(token.clone()));
+    let _ = ch.poll_peer();
+    let host = match ch.peer_status().map(|s| s.state) {
+        Some(PeerState::Ready) => "the host side is ready",
+        Some(PeerState::Closed) => "the host agent has closed its side",
+        _ => "no host agent has attached yet",
+    };
+    eprintln!(
+        "ivchan-guest-agent: attached to {what} as the guest (epoch {}); {host}: waiting for the host agent's commands",
+        ch.epoch()
+    );
+    agent::serve(ch, &args.dir, Duration::from_secs(args.stall))
+}
+
+fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
     let wait = Duration::from_secs(args.wait);
-    let stall = Duration::from_secs(args.stall);
     let options = ChannelOptions::default();
     if let Some(path) = &args.region_file {
+        eprintln!(
+            "ivchan-guest-agent: waiting up to {wait:?} for {} to carry a host's header",
+            path.display()
+        );
         let mut ch = ivchan_examples::attach_region_file(path, options, wait)?;
-        return agent::serve(&mut ch, &args.dir, stall);
+        return serve(&mut ch, &path.display().to_string(), args, token);
     }
     let selector = match (&args.address, &args.name) {
         (Some(a), _) => Selector::Address(a.clone()),
@@ -63,6 +95,12 @@ fn run(args: &Args) -> Result<(), String> {
         write_combining: args.wc,
         ..MapOptions::default()
     };
+    let looking_for = match &selector {
+        Selector::Address(a) => format!("the ivshmem device at {a}"),
+        Selector::Name(n) => format!("an ivshmem device whose channel is named {n:?}"),
+        Selector::Identity => "the ivshmem device whose header carries this VM's UUID".to_owned(),
+    };
+    eprintln!("ivchan-guest-agent: waiting up to {wait:?} for {looking_for}");
     let mut ch = GuestChannel::builder()
         .sysfs_root(&args.sysfs)
         .selector(selector)
@@ -71,13 +109,25 @@ fn run(args: &Args) -> Result<(), String> {
         .timeout(wait)
         .open()
         .map_err(|e| e.to_string())?;
-    eprintln!("ivchan-guest-agent: attached to {}", ch.address());
-    agent::serve(&mut ch, &args.dir, stall)
+    let address = ch.address().to_owned();
+    serve(&mut ch, &address, args, token)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    let token = match cancel_on_signals() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("ivchan-guest-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(&args, &token);
+    if token.is_cancelled() {
+        eprintln!("ivchan-guest-agent: interrupted; the guest side is closed");
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ivchan-guest-agent: {e}");

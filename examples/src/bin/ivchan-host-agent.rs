@@ -9,21 +9,29 @@
 //! - `ivchan-host-agent --uuid U --stream 20000 --state FILE`: a stream that
 //!   survives either side restarting; rerun with the same state file after
 //!   a kill and it resumes.
+//!
+//! Region files are trusted as `ivchan` trusts them (`--allow-owner`,
+//! `--allow-group`; the hook's, QEMU's and `ivchan init`'s files open with
+//! no flag). SIGINT or SIGTERM stops the agent cleanly: its side is marked
+//! closed, so a guest agent waits for the next host agent instead of
+//! trusting a dead one; a second signal ends it at once. A new host agent
+//! on the same region resynchronises with the running guest agent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ivchan_examples::{agent, traffic};
+use ivchan_cli::args::RegionArgs;
+use ivchan_examples::{agent, cancel_on_signals, traffic, EXIT_INTERRUPTED};
 use ivchan_host::{
     ChannelError, ChannelOptions, OwnedChannel, RegionFile, RegionOptions, ServerEvent, Supervisor,
     VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy,
 };
-use ivchan_protocol::poll_until;
+use ivchan_protocol::{poll_until, CancelToken};
 
 #[derive(Parser, Clone)]
-#[command(about = "ivchan host agent: talk to one VM's guest agent")]
+#[command(version, about = "ivchan host agent: talk to one VM's guest agent")]
 struct Args {
     /// The VM's UUID (its region is DIR/PREFIXUUID, by default /dev/shm/fg_UUID).
     #[arg(long, required_unless_present = "supervise")]
@@ -39,19 +47,8 @@ struct Args {
     /// Progress file of --stream.
     #[arg(long)]
     state: Option<PathBuf>,
-    /// Directory of region files.
-    #[arg(long, default_value = "/dev/shm")]
-    dir: PathBuf,
-    /// Region file name prefix.
-    #[arg(long, default_value = "fg_")]
-    prefix: String,
-    /// Region size in bytes when creating it.
-    #[arg(long, default_value_t = 8 << 20)]
-    size: u64,
-    /// Also accept a region file owned by this uid (e.g. the libvirt-qemu
-    /// user when QEMU created it); repeatable.
-    #[arg(long)]
-    allow_owner: Vec<u32>,
+    #[command(flatten)]
+    region: RegionArgs,
     /// Channel name written into a new header.
     #[arg(long, default_value = "ivchan")]
     name: String,
@@ -100,14 +97,7 @@ fn rate(uuid: &VmUuid, what: &str, count: u64, bytes: u64, secs: f64) {
 }
 
 fn regions(args: &Args) -> RegionOptions {
-    let mut regions = RegionOptions::new()
-        .dir(&args.dir)
-        .prefix(args.prefix.clone())
-        .size(args.size);
-    for uid in &args.allow_owner {
-        regions = regions.allow_owner(*uid);
-    }
-    regions
+    args.region.options()
 }
 
 /// Waits for a live guest agent (a stale "ready" left by a crash does not
@@ -133,11 +123,15 @@ fn wait_for_guest(vm: &mut VmChannel, wait: Duration) -> Result<(), String> {
 /// Reports the guest peers that connected to this VM's ivshmem server,
 /// waiting up to `wait` for the first.
 fn wait_for_doorbell(vm: &VmChannel, wait: Duration) -> Result<(), String> {
+    let cancelled = || vm.cancel_token().is_some_and(CancelToken::is_cancelled);
     let Some(server) = vm.doorbell() else {
         return Ok(());
     };
     let strategy = WaitStrategy::backoff(Duration::from_millis(5), Duration::from_millis(100));
     let peer = poll_until(strategy, Some(wait), || -> Result<_, String> {
+        if cancelled() {
+            return Err(ChannelError::Cancelled.to_string());
+        }
         let mut connected = None;
         for event in server.events() {
             match event {
@@ -191,21 +185,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The conversation with one guest: exchange, echo, file, ping, idle, quit.
 fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
-    wait_for_guest(vm, Duration::from_secs(args.wait))?;
-    wait_for_doorbell(vm, Duration::from_secs(args.wait))?;
+    let wait = Duration::from_secs(args.wait);
+    wait_for_guest(vm, wait)?;
+    wait_for_doorbell(vm, wait)?;
     let stall = Duration::from_secs(30);
     let uuid = *vm.uuid();
     let ch: &mut OwnedChannel<RegionFile> = vm;
+    // A new conversation: whatever an earlier host agent left in the rings
+    // is discarded, and the guest agent drops what it was doing.
+    let mut session = agent::hello(ch, wait)?;
+    println!("{uuid}: in session with the guest agent (epoch {session})");
     let exchange_bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
     let t = Instant::now();
-    agent::run_exchange(ch, args.exchange, false, stall)?;
+    agent::step(ch, &mut session, wait, "exchange", |ch| {
+        agent::run_exchange(ch, args.exchange, false, stall)
+    })?;
     let secs = t.elapsed().as_secs_f64();
     let what = "exchange (each way, checked)";
     rate(&uuid, what, 2 * args.exchange, 2 * exchange_bytes, secs);
 
     let echo_bytes: u64 = (0..args.echo).map(|s| traffic::len(s) as u64).sum();
     let t = Instant::now();
-    agent::run_exchange(ch, args.echo, true, stall)?;
+    agent::step(ch, &mut session, wait, "echo", |ch| {
+        agent::run_exchange(ch, args.echo, true, stall)
+    })?;
     let secs = t.elapsed().as_secs_f64();
     rate(
         &uuid,
@@ -221,7 +224,9 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
     let mut to_guest = checked;
     if let Some(path) = &args.file {
         let t = Instant::now();
-        let size = agent::send_file(ch, path, stall)?;
+        let size = agent::step(ch, &mut session, wait, "file", |ch| {
+            agent::send_file(ch, path, stall)
+        })?;
         to_guest += size;
         let secs = t.elapsed().as_secs_f64();
         rate(&uuid, "file transfer (checksum ok)", 1, size, secs);
@@ -231,7 +236,9 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
         "{uuid}: totals to-guest {messages} msgs {to_guest} bytes, from-guest {messages} msgs {checked} bytes"
     );
     if args.ping > 0 {
-        let mut times = agent::ping(ch, args.ping, stall)?;
+        let mut times = agent::step(ch, &mut session, wait, "ping", |ch| {
+            agent::ping(ch, args.ping, stall)
+        })?;
         times.sort();
         println!(
             "{uuid}: ping 64 B x {}: p50 {:?} p99 {:?} p99.9 {:?} max {:?}",
@@ -260,7 +267,9 @@ fn converse(vm: &mut VmChannel, args: &Args) -> Result<(), String> {
         );
     }
     if !args.keep_guest {
-        agent::command(vm, "quit", stall)?;
+        agent::step(vm, &mut session, wait, "quit", |ch| {
+            agent::command(ch, "quit", stall)
+        })?;
     }
     Ok(())
 }
@@ -301,13 +310,19 @@ fn stream(
     Ok(())
 }
 
-fn supervise(args: &Args, count: usize) -> Result<(), String> {
+fn supervise(args: &Args, count: usize, token: &CancelToken) -> Result<(), String> {
     let mut sup = Supervisor::new(regions(args), &args.name, ChannelOptions::default())
         .map_err(|e| e.to_string())?;
-    println!("supervising {} for {count} VMs", args.dir.display());
+    println!(
+        "supervising {} for {count} VMs",
+        args.region.place.dir.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(args.wait);
     let mut workers = Vec::new();
     while workers.len() < count {
+        if token.is_cancelled() {
+            return Err(ChannelError::Cancelled.to_string());
+        }
         if Instant::now() > deadline {
             return Err(format!("only {} of {count} VMs appeared", workers.len()));
         }
@@ -318,6 +333,7 @@ fn supervise(args: &Args, count: usize) -> Result<(), String> {
             match event {
                 VmEvent::Appeared(mut vm) => {
                     println!("{}: region appeared", vm.uuid());
+                    vm.set_cancel(Some(token.clone()));
                     let args = args.clone();
                     workers.push(std::thread::spawn(move || {
                         let uuid = *vm.uuid();
@@ -345,9 +361,9 @@ fn supervise(args: &Args, count: usize) -> Result<(), String> {
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
     if let Some(count) = args.supervise {
-        return supervise(args, count);
+        return supervise(args, count, token);
     }
     let uuid = args.uuid.ok_or("--uuid is required")?;
     let mut builder = VmChannel::builder(&uuid)
@@ -362,16 +378,30 @@ fn run(args: &Args) -> Result<(), String> {
         println!("{uuid}: ivshmem server on {}", socket.display());
     }
     let mut vm = builder.open().map_err(|e| e.to_string())?;
+    vm.set_cancel(Some(token.clone()));
     println!("region {}", vm.path().display());
     match (args.stream, &args.state) {
         (Some(count), Some(state)) => stream(&mut vm, count, state, args),
         _ => converse(&mut vm, args),
     }
+    // `vm` is dropped here, on every path: the host side is marked closed.
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    let token = match cancel_on_signals() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("ivchan-host-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(&args, &token);
+    if token.is_cancelled() {
+        eprintln!("ivchan-host-agent: interrupted; the host side is closed");
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ivchan-host-agent: {e}");

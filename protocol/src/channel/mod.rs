@@ -572,6 +572,7 @@ impl<'a> Channel<'a> {
         mut attempt: impl FnMut(&mut Self) -> Result<Option<T>, RingError>,
     ) -> Result<T, ChannelError> {
         self.usable()?;
+        self.check_cancel()?;
         let start = Instant::now();
         let mut waiter = Waiter::new(self.options.wait);
         let mut polls = 0u32;
