@@ -197,7 +197,8 @@ pub fn hello(
             msg.release();
             progress = true;
             if ours {
-                ch.poll_peer().map_err(chan)?;
+                // Take in every change of the guest up to its answer.
+                while ch.poll_peer().map_err(chan)?.is_some() {}
                 let epoch = ch.peer_status().map_or(0, |s| s.epoch);
                 return Ok(epoch);
             }
@@ -398,6 +399,10 @@ pub fn serve(
                     continue;
                 }
                 last_hello = (*nonce).to_owned();
+                // The host attached (a new epoch) before it said hello:
+                // take that change in now, so it does not end the first
+                // command of the new session as a "restart".
+                while ch.poll_peer().map_err(chan)?.is_some() {}
                 Ok(format!("ok hello {nonce}"))
             }
             ["quit"] => {
