@@ -24,6 +24,7 @@ use ivchan_protocol::CancelToken;
 
 #[derive(Parser)]
 #[command(
+    name = "ivchan-demo",
     version,
     about = "ivchan demo: host and guest agents over one /dev/shm region"
 )]

@@ -20,7 +20,11 @@ use ivchan_guest::{
 use ivchan_protocol::{CancelToken, PeerState, SharedMemory};
 
 #[derive(Parser)]
-#[command(version, about = "ivchan guest agent: serve the host agent's commands")]
+#[command(
+    name = "ivchan-guest-agent",
+    version,
+    about = "ivchan guest agent: serve the host agent's commands"
+)]
 struct Args {
     /// sysfs root.
     #[arg(long, default_value = "/sys")]

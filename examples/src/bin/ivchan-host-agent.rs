@@ -31,7 +31,11 @@ use ivchan_host::{
 use ivchan_protocol::{poll_until, CancelToken};
 
 #[derive(Parser, Clone)]
-#[command(version, about = "ivchan host agent: talk to one VM's guest agent")]
+#[command(
+    name = "ivchan-host-agent",
+    version,
+    about = "ivchan host agent: talk to one VM's guest agent"
+)]
 struct Args {
     /// The VM's UUID (its region is DIR/PREFIXUUID, by default /dev/shm/fg_UUID).
     #[arg(long, required_unless_present = "supervise")]

@@ -1,0 +1,121 @@
+//! The agents' command lines: what a script can rely on (versions, exit
+//! codes) and the exact message for each malformed argument.
+
+use std::process::Command;
+
+fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin).args(args).output().expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const HOST: &str = env!("CARGO_BIN_EXE_ivchan-host-agent");
+const GUEST: &str = env!("CARGO_BIN_EXE_ivchan-guest-agent");
+const DEMO: &str = env!("CARGO_BIN_EXE_ivchan-demo");
+
+#[test]
+fn every_binary_has_a_version() {
+    for (bin, name) in [
+        (HOST, "ivchan-host-agent"),
+        (GUEST, "ivchan-guest-agent"),
+        (DEMO, "ivchan-demo"),
+    ] {
+        let (code, out, _) = run(bin, &["--version"]);
+        assert_eq!(code, Some(0));
+        assert_eq!(out, format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn malformed_arguments_get_exact_messages() {
+    let uuid = "00000000-0000-4000-8000-000000000001";
+    for (bin, args, message) in [
+        (
+            HOST,
+            vec!["--uuid", uuid, "--size", "3M"],
+            "error: invalid value '3M' for '--size <SIZE>': region size 3145728 is not a power \
+             of two (1 MiB to 16 GiB, e.g. 8M)\n\nFor more information, try '--help'.\n",
+        ),
+        (
+            HOST,
+            vec!["--uuid", uuid, "--allow-owner", "no-such-user-ivchan"],
+            "error: invalid value 'no-such-user-ivchan' for '--allow-owner <USER>': no user \
+             named \"no-such-user-ivchan\" (give a user name or a numeric uid)\n\nFor more \
+             information, try '--help'.\n",
+        ),
+        (
+            HOST,
+            vec!["--uuid", uuid, "--allow-group", "no-such-group-ivchan"],
+            "error: invalid value 'no-such-group-ivchan' for '--allow-group <GROUP>': no group \
+             named \"no-such-group-ivchan\" (give a group name or a numeric gid)\n\nFor more \
+             information, try '--help'.\n",
+        ),
+        (
+            HOST,
+            vec!["--uuid", "not-a-uuid"],
+            "error: invalid value 'not-a-uuid' for '--uuid <UUID>': \"not-a-uuid\" is not a \
+             UUID (expected 8-4-4-4-12 hex digits, e.g. \
+             5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c)\n\nFor more information, try '--help'.\n",
+        ),
+        (
+            GUEST,
+            vec!["--address", "garbage"],
+            "error: invalid value 'garbage' for '--address <ADDRESS>': \"garbage\" is not a PCI \
+             address: expected DOMAIN:BUS:SLOT.FUNCTION in hex, e.g. 0000:00:1f.0\n\nFor more \
+             information, try '--help'.\n",
+        ),
+    ] {
+        let (code, _, err) = run(bin, &args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err, message, "{args:?}");
+    }
+}
+
+#[test]
+fn names_are_accepted_where_numbers_are() {
+    // Parsing succeeds (root and its group exist everywhere); the run then
+    // stops at the missing directory, after the arguments were accepted.
+    let (code, _, err) = run(
+        HOST,
+        &[
+            "--uuid",
+            "00000000-0000-4000-8000-000000000001",
+            "--dir",
+            "/nonexistent-ivchan-dir",
+            "--allow-owner",
+            "root",
+            "--allow-group",
+            "root",
+            "--size",
+            "2M",
+            "--wait",
+            "1",
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("/nonexistent-ivchan-dir"), "{err}");
+}
+
+#[test]
+fn a_guest_agent_says_what_it_waits_for() {
+    let (code, _, err) = run(
+        GUEST,
+        &[
+            "--sysfs",
+            "/nonexistent-ivchan-sysfs",
+            "--address",
+            "00:1f.0",
+            "--wait",
+            "0",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    let first = err.lines().next().unwrap_or("");
+    assert_eq!(
+        first,
+        "ivchan-guest-agent: waiting up to 0ns for the ivshmem device at 0000:00:1f.0"
+    );
+}
