@@ -260,15 +260,13 @@ console:\n{}",
             dom.console()
         )
     })?;
-    let uid = libvirt::qemu_uid()?.to_string();
+    // No trust flags: QEMU's user (libvirt-qemu) is trusted by default.
     let mut host = HostAgent::spawn(
         kit,
         &dom.name,
         &[
             "--uuid",
             uuid,
-            "--allow-owner",
-            &uid,
             "--exchange",
             "10000",
             "--echo",
@@ -309,6 +307,80 @@ fn libvirt_shmem(kit: &Kit) -> Result<Outcome, String> {
         || !cmdline.contains(&naming::region_file_name(&vm_uuid(uuid)))
     {
         return Err(format!("QEMU command line lacks the device: {cmdline}"));
+    }
+    serve_libvirt_guest(kit, &dom, uuid)
+}
+
+/// Removes the libvirt hook and restarts libvirtd without it, however the
+/// hook scenario ends: the other scenarios expect QEMU to create regions.
+struct HookInstalled(PathBuf);
+
+impl Drop for HookInstalled {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.0).arg("uninstall-hook").status();
+        if let Err(e) = libvirt::restart() {
+            eprintln!("e2e: restarting libvirtd without the hook: {e}");
+        }
+    }
+}
+
+/// 2b. The operator's path through libvirt's hook: `ivchan-provision
+///     install-hook` in a real libvirtd (restarted to see it); at the VM's
+///     start the hook creates the region (0660, owned by libvirt-qemu) with
+///     an ivchan header before QEMU maps it; the host agent attaches with no
+///     extra flags, and the guest exchanges checked traffic.
+fn libvirt_hook(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e20b";
+    let region = region_for(uuid);
+    let _cleanup = Cleanup(vec![region.clone()]);
+    let _ = fs::remove_file(&region);
+    let installed = Command::new(&kit.provision)
+        .args(["install-hook", "--force"])
+        .output()
+        .map_err(|e| format!("install-hook: {e}"))?;
+    if !installed.status.success() {
+        return Err(format!(
+            "install-hook failed: {}",
+            String::from_utf8_lossy(&installed.stderr)
+        ));
+    }
+    let _hook = HookInstalled(kit.provision.clone());
+    libvirt::restart()?;
+    let dom = Domain::new(
+        "ivchan-e2e-hook",
+        uuid,
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    run(Command::new(&kit.provision).arg("inject").arg(&dom.xml));
+    dom.define_and_start()?;
+    // The hook made the file before QEMU ran: its mode, owner and header
+    // are the hook's (QEMU keeps an existing file as it is).
+    let meta = fs::metadata(&region).map_err(|e| format!("{}: {e}", region.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    let qemu = libvirt::qemu_uid()?;
+    if meta.mode() & 0o777 != 0o660 || meta.uid() != qemu {
+        return Err(format!(
+            "{}: mode {:o} owner {}, expected the hook's 0660 and libvirt-qemu ({qemu})",
+            region.display(),
+            meta.mode() & 0o777,
+            meta.uid()
+        ));
+    }
+    let inspect = Command::new(&kit.ivchan)
+        .arg("inspect")
+        .arg(&region)
+        .output()
+        .map_err(|e| format!("ivchan inspect: {e}"))?;
+    let report = String::from_utf8_lossy(&inspect.stdout);
+    if !report.contains("name      \"ivchan\"") {
+        return Err(format!(
+            "{}: no header from the hook:\n{report}{}",
+            region.display(),
+            String::from_utf8_lossy(&inspect.stderr)
+        ));
     }
     serve_libvirt_guest(kit, &dom, uuid)
 }
@@ -614,6 +686,7 @@ type Scenario = fn(&Kit) -> Result<Outcome, String>;
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("raw-qemu", raw_qemu),
     ("libvirt", libvirt_shmem),
+    ("libvirt-hook", libvirt_hook),
     ("hotplug", hotplug),
     ("two-devices", two_devices),
     ("restarts", restarts),

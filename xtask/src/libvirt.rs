@@ -70,6 +70,19 @@ pub fn ensure() -> Result<(), String> {
     Ok(())
 }
 
+/// Restarts `libvirtd`, which reads its hooks only when it starts.
+pub fn restart() -> Result<(), String> {
+    sh("pkill -x libvirtd");
+    let start = Instant::now();
+    while sh("pgrep -x libvirtd >/dev/null") {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("libvirtd did not stop".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure()
+}
+
 /// The uid of the user libvirt runs QEMU as.
 pub fn qemu_uid() -> Result<u32, String> {
     let out = Command::new("id")
