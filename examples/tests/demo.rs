@@ -119,3 +119,54 @@ fn stream_survives_the_guest_and_then_the_host_being_killed() {
     assert_eq!(acked(&state), 30_000);
     assert!(guest.wait().unwrap().success(), "guest agent failed");
 }
+
+/// Ctrl-C or SIGTERM at any point: exit 130, the guest child stopped, the
+/// region removed (and the work directory, a `tempfile::TempDir`, with it).
+#[test]
+fn demo_stopped_by_a_signal_cleans_up_and_stops_its_child() {
+    use std::io::{BufRead, BufReader};
+    for (sig, wait_ms) in [
+        (nix::sys::signal::Signal::SIGINT, 0),
+        (nix::sys::signal::Signal::SIGTERM, 0),
+        (nix::sys::signal::Signal::SIGINT, 300),
+        (nix::sys::signal::Signal::SIGTERM, 300),
+    ] {
+        let mut demo = Command::new(env!("CARGO_BIN_EXE_ivchan-demo"))
+            .args(["--exchange", "5000000", "--file-mib", "8"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start demo");
+        let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+        let region = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| {
+                l.strip_prefix("region ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(std::path::PathBuf::from)
+            })
+            .expect("region line");
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(demo.id()).expect("pid"));
+        nix::sys::signal::kill(pid, sig).expect("signal");
+        let out = demo.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{sig:?}: {stderr}");
+        assert!(
+            stderr.contains("interrupted; stopped the guest side, removed the region"),
+            "{stderr}"
+        );
+        assert!(!region.exists(), "{} left behind", region.display());
+        // The child ran as `ivchan-demo --guest-region <region>`.
+        let children = Command::new("pgrep")
+            .args(["-f", &format!("--guest-region {}", region.display())])
+            .output()
+            .expect("pgrep");
+        assert!(
+            children.stdout.is_empty(),
+            "guest child left running: {}",
+            String::from_utf8_lossy(&children.stdout)
+        );
+    }
+}
