@@ -29,6 +29,7 @@ pub struct RegionDirArgs {
 /// files all pass.
 #[derive(Args, Debug, Clone)]
 pub struct RegionArgs {
+    /// Where region files are.
     #[command(flatten)]
     pub place: RegionDirArgs,
     /// Size of a new region: a power of two from 1M to 16G (K, M, G

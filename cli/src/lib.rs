@@ -1,6 +1,7 @@
 //! What the operator tools and agents share: the region-file options
 //! ([`args`]) and writing reports to stdout.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod args;

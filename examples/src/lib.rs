@@ -5,6 +5,8 @@
 //! (runs in the guest, or against a region file to simulate one) and
 //! `ivchan-demo` (both as two processes over one `/dev/shm` region).
 
+#![warn(missing_docs)]
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;

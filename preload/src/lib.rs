@@ -32,6 +32,8 @@
 //! | `IVCHAN_SLOT` | `0x1f` (bus 0) |
 //! | `IVCHAN_ARG_FORM` | `json`, or `legacy` for `key=value` arguments |
 
+#![warn(missing_docs)]
+
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

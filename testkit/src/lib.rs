@@ -6,6 +6,7 @@
 //! Unpublished and free of ivchan crates, so any crate in the workspace may
 //! dev-depend on it without a cycle.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod checksum;
