@@ -25,6 +25,10 @@ use crate::{GuestError, VmUuid};
 pub const IVSHMEM_VENDOR: u16 = 0x1af4;
 /// PCI device id of ivshmem (all variants).
 pub const IVSHMEM_DEVICE: u16 = 0x1110;
+/// The PCI ID repository's name for [`IVSHMEM_VENDOR`].
+pub const IVSHMEM_VENDOR_NAME: &str = "Red Hat, Inc.";
+/// The PCI ID repository's name for [`IVSHMEM_DEVICE`] of that vendor.
+pub const IVSHMEM_DEVICE_NAME: &str = "QEMU Inter-VM shared memory device";
 /// The default sysfs mount point.
 pub const DEFAULT_SYSFS: &str = "/sys";
 
@@ -76,16 +80,15 @@ pub struct IvshmemDevice {
 }
 
 impl IvshmemDevice {
-    /// Vendor name from the PCI ID repository.
+    /// Vendor name, as the PCI ID repository has it ([`IVSHMEM_VENDOR_NAME`]:
+    /// discovery only returns ivshmem devices, so it is always that one).
     pub fn vendor_name(&self) -> &'static str {
-        pci_ids::Device::from_vid_pid(IVSHMEM_VENDOR, IVSHMEM_DEVICE)
-            .map_or("unknown vendor", |d| d.vendor().name())
+        IVSHMEM_VENDOR_NAME
     }
 
-    /// Device name from the PCI ID repository.
+    /// Device name, as the PCI ID repository has it ([`IVSHMEM_DEVICE_NAME`]).
     pub fn device_name(&self) -> &'static str {
-        pci_ids::Device::from_vid_pid(IVSHMEM_VENDOR, IVSHMEM_DEVICE)
-            .map_or("unknown device", |d| d.name())
+        IVSHMEM_DEVICE_NAME
     }
 
     /// Path of the BAR2 resource file (`resource2`, or `resource2_wc`).
