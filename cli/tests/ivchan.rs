@@ -3,7 +3,10 @@
 use std::process::Command;
 
 use ivchan_host::{RegionOptions, VmUuid};
+
+mod support;
 use ivchan_protocol::Side;
+use support::golden;
 
 const VM: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 
@@ -296,4 +299,48 @@ fn stale_sides_are_shown_and_reset_recovers_the_region_in_place() {
     assert!(!ok);
     assert!(err.contains("in use by another host agent"), "{err}");
     drop(held);
+}
+
+#[test]
+fn json_output_has_stable_fields() {
+    let dir = shm_dir("json");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let vm: VmUuid = VM.parse().expect("uuid");
+    let file = RegionOptions::new()
+        .dir(dir.path())
+        .size(1 << 20)
+        .create(&vm)
+        .expect("create");
+    let header = file.attach_or_init("telemetry").expect("init");
+    // A host agent that sent 100 bytes, has a doorbell and then died
+    // (ready, heartbeat still: stale); no guest yet.
+    header.begin_session(Side::Host);
+    header.heartbeat(Side::Host);
+    header.set_doorbell(
+        Side::Host,
+        Some(ivchan_protocol::DoorbellAddress {
+            peer: 0,
+            vectors: 1,
+        }),
+    );
+    let (mut tx, _rx) = header.split(Side::Host).expect("split");
+    assert!(tx.send(&[7u8; 100]).expect("send"));
+    drop(file);
+    // A file too short to be a region.
+    std::fs::write(
+        dir.path().join("fg_00000000-0000-4000-8000-000000000001"),
+        b"x",
+    )
+    .expect("write");
+
+    let (ok, out, err) = ivchan(&["inspect", "--json", "--dir", d, VM]);
+    assert!(ok, "{err}");
+    golden("inspect.json", &out.replace(d, "DIR"));
+    let (ok, out, err) = ivchan(&["list", "--json", "--dir", d]);
+    assert!(!ok, "one region cannot be read");
+    assert_eq!(err, "ivchan: 1 of 2 region files could not be read\n");
+    golden("list.json", &out.replace(d, "DIR"));
+    // Valid JSON, whatever the formatting.
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(parsed["regions"][1]["liveness"]["host"], "stale");
 }

@@ -8,6 +8,9 @@ use ivchan_guest::{select, MapOptions, Selector, VmUuid};
 use ivchan_protocol::{Header, InitParams};
 use ivchan_testkit::sysfs::{Dev, FakeSysfs};
 
+mod support;
+use support::golden;
+
 const VM_A: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 const VM_B: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
@@ -100,4 +103,28 @@ fn cli_lists_and_inspects() {
     let (ok, _, err) = ivchan_guest(sys.root(), &["inspect", "--address", "0000:00:02.0"]);
     assert!(!ok);
     assert!(err.contains("no ivshmem device at 0000:00:02.0"), "{err}");
+}
+
+#[test]
+fn json_output_has_stable_fields() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    sys.add(&Dev {
+        enabled: false,
+        ..Dev::ivshmem("0000:00:10.0")
+    });
+    write_header(&sys, "0000:00:1e.0", VM_B, "theirs");
+    write_header(&sys, "0000:00:1f.0", VM_A, "ours");
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["list", "--json"]);
+    assert!(ok, "{err}");
+    golden("guest-list.json", &out);
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(parsed["devices"][2]["identity"], "this-vm");
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["inspect", "--json"]);
+    assert!(ok, "{err}");
+    golden("guest-inspect.json", &out);
 }
