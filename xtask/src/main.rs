@@ -1,8 +1,10 @@
 //! `cargo xtask <command>`: ivchan's automation, in Rust.
 //!
-//! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, tests,
-//!   loom models and Miri. `.ci/run` calls this.
-//! - `loom`, `miri`: one of those steps alone.
+//! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, the
+//!   publish dry run, tests, loom models and Miri. `.ci/run` calls this.
+//! - `loom`, `miri`, `publish-check`: one of those steps alone
+//!   (`publish-check`: `cargo publish --workspace --dry-run` and the files
+//!   each published crate packages).
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
 
@@ -155,6 +157,30 @@ fn miri() {
         .env("MIRIFLAGS", "-Zmiri-strict-provenance"));
 }
 
+/// Packages every publishable crate and builds each package as crates.io
+/// would, its ivchan dependencies taken from the packages just made (cargo
+/// puts them in a temporary local registry), so nothing needs to be
+/// published first. Prints cargo's packaging report and each crate's files.
+fn publish_check() {
+    step("publish dry run (cargo publish --workspace --dry-run)");
+    // --allow-dirty: this checks what would be packaged, not whether the
+    // working tree is committed (CI's clone always is).
+    run(cargo().args(["publish", "--workspace", "--dry-run", "--allow-dirty"]));
+    for krate in PUBLISHED {
+        step(&format!("files packaged for {krate}"));
+        run(cargo().args(["package", "--list", "--allow-dirty", "-p", krate]));
+    }
+}
+
+/// The crates published to crates.io (everything else has `publish = false`).
+const PUBLISHED: &[&str] = &[
+    "ivchan-protocol",
+    "ivchan-host",
+    "ivchan-guest",
+    "ivchan-cli",
+    "ivchan-provision",
+];
+
 fn ci() {
     packages();
     step("fmt");
@@ -172,6 +198,7 @@ fn ci() {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"));
+    publish_check();
     step("libvirt daemon for the real-component tests");
     if let Err(e) = libvirt::ensure() {
         eprintln!("xtask: {e}");
@@ -213,10 +240,11 @@ fn main() {
             }
         }
         Some("packages") => packages(),
+        Some("publish-check") => publish_check(),
         Some("bench-report") => bench_report::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]|{}>",
+                "usage: cargo xtask <ci|loom|miri|packages|publish-check|smoke|e2e [NAME…]|{}>",
                 bench_report::USAGE
             );
             exit(2);
