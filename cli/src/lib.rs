@@ -1,11 +1,12 @@
 //! What the operator tools and agents share: the region-file options
-//! ([`args`]), the `--json` reports ([`json`]) and writing reports to
-//! stdout.
+//! ([`args`]), the `--json` reports ([`json`]), shell completions and man
+//! pages ([`generate`]) and writing reports to stdout.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod generate;
 pub mod json;
 
 use std::fmt;

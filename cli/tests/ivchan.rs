@@ -344,3 +344,58 @@ fn json_output_has_stable_fields() {
     let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(parsed["regions"][1]["liveness"]["host"], "stale");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_clap_definitions() {
+    // bash: a script bash accepts, completing every subcommand and option.
+    let (ok, script, err) = ivchan(&["completions", "bash"]);
+    assert!(ok, "{err}");
+    for word in [
+        "list",
+        "inspect",
+        "init",
+        "reset",
+        "--json",
+        "--allow-owner",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ivchan.bash");
+    std::fs::write(&path, &script).expect("write");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let (ok, script, err) = ivchan(&["completions", shell]);
+        assert!(ok && script.contains("inspect"), "{shell}: {err}");
+    }
+    let (ok, _, err) = ivchan(&["completions", "tcsh"]);
+    assert!(!ok && err.contains("invalid value 'tcsh'"), "{err}");
+
+    // man: one page per command, roff that names the options.
+    let (ok, page, err) = ivchan(&["man"]);
+    assert!(ok, "{err}");
+    assert!(page.starts_with(".ie \\n(.g .ds Aq"), "{page}");
+    assert!(page.contains(".TH ivchan 1"), "{page}");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, _, err) = ivchan(&["man", "--dir", d]);
+    assert!(ok, "{err}");
+    let inspect = std::fs::read_to_string(dir.path().join("ivchan-inspect.1")).expect("page");
+    assert!(inspect.contains("\\-\\-json"), "{inspect}");
+    for page in [
+        "ivchan.1",
+        "ivchan-list.1",
+        "ivchan-init.1",
+        "ivchan-reset.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "{page} missing");
+    }
+}

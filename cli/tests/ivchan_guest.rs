@@ -128,3 +128,14 @@ fn json_output_has_stable_fields() {
     assert!(ok, "{err}");
     golden("guest-inspect.json", &out);
 }
+
+#[test]
+fn completions_and_man_pages() {
+    let sys = FakeSysfs::new();
+    let (ok, script, err) = ivchan_guest(sys.root(), &["completions", "bash"]);
+    assert!(ok, "{err}");
+    assert!(script.contains("inspect") && script.contains("--address"));
+    let (ok, page, err) = ivchan_guest(sys.root(), &["man"]);
+    assert!(ok, "{err}");
+    assert!(page.contains(".TH ivchan-guest 1"), "{page}");
+}

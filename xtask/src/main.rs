@@ -1,10 +1,12 @@
 //! `cargo xtask <command>`: ivchan's automation, in Rust.
 //!
 //! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, the
-//!   publish dry run, tests, loom models and Miri. `.ci/run` calls this.
+//!   publish dry run, the CLI assets, tests, loom models and Miri. `.ci/run` calls this.
 //! - `loom`, `miri`, `publish-check`: one of those steps alone
 //!   (`publish-check`: `cargo publish --workspace --dry-run` and the files
 //!   each published crate packages).
+//! - `cli-assets`: the tools' completions and man pages, generated from
+//!   their clap definitions into `target/assets/` and checked.
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
 
@@ -26,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "libvirt-daemon-driver-qemu",
     "libvirt-clients",
     "libxml2-utils",
+    // groff checks the generated man pages (cli-assets).
+    "groff-base",
 ];
 
 fn project_root() -> PathBuf {
@@ -172,6 +176,82 @@ fn publish_check() {
     }
 }
 
+/// The operator tools whose completions, man pages and `--help` are
+/// generated from their clap definitions.
+const TOOLS: &[&str] = &["ivchan", "ivchan-guest"];
+
+/// Builds the tools and generates what a package installs beside them,
+/// into `target/assets/`: completions for bash, zsh and fish, and man
+/// pages; checks them (bash parses the script, groff formats every page
+/// without a warning) and prints each tool's `--help`.
+fn cli_assets() {
+    step("CLI assets: completions, man pages, --help (target/assets)");
+    run(cargo().args(["build", "-p", "ivchan-cli", "--bins"]));
+    let root = project_root();
+    let assets = root.join("target/assets");
+    let man = assets.join("man/man1");
+    let _ = std::fs::remove_dir_all(&assets);
+    for dir in [&man, &assets.join("completions")] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("xtask: cannot create {}: {e}", dir.display());
+            exit(1);
+        }
+    }
+    for tool in TOOLS {
+        let bin = root.join("target/debug").join(tool);
+        run(Command::new(&bin).arg("--help"));
+        run(Command::new(&bin).args(["man", "--dir"]).arg(&man));
+        for (shell, file) in [
+            ("bash", format!("{tool}.bash")),
+            ("zsh", format!("_{tool}")),
+            ("fish", format!("{tool}.fish")),
+        ] {
+            let out = assets.join("completions").join(file);
+            let output = Command::new(&bin).args(["completions", shell]).output();
+            match output {
+                Ok(o) if o.status.success() && !o.stdout.is_empty() => {
+                    if let Err(e) = std::fs::write(&out, &o.stdout) {
+                        eprintln!("xtask: cannot write {}: {e}", out.display());
+                        exit(1);
+                    }
+                }
+                other => {
+                    eprintln!("xtask: {tool} completions {shell} failed: {other:?}");
+                    exit(1);
+                }
+            }
+        }
+        run(Command::new("bash")
+            .arg("-n")
+            .arg(assets.join(format!("completions/{tool}.bash"))));
+    }
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&man)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    pages.sort();
+    for page in &pages {
+        // -ww: all warnings; -z: format, print nothing. groff exits 0 even
+        // with warnings, so any output on stderr fails the step.
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(page)
+            .output();
+        match out {
+            Ok(o) if o.status.success() && o.stderr.is_empty() => {}
+            other => {
+                eprintln!("xtask: groff rejects {}: {other:?}", page.display());
+                exit(1);
+            }
+        }
+    }
+    eprintln!(
+        "{} man pages and {} completion scripts in {}",
+        pages.len(),
+        TOOLS.len() * 3,
+        assets.display()
+    );
+}
+
 /// The crates published to crates.io (everything else has `publish = false`).
 const PUBLISHED: &[&str] = &[
     "ivchan-protocol",
@@ -199,6 +279,7 @@ fn ci() {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"));
     publish_check();
+    cli_assets();
     step("libvirt daemon for the real-component tests");
     if let Err(e) = libvirt::ensure() {
         eprintln!("xtask: {e}");
@@ -241,10 +322,11 @@ fn main() {
         }
         Some("packages") => packages(),
         Some("publish-check") => publish_check(),
+        Some("cli-assets") => cli_assets(),
         Some("bench-report") => bench_report::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|loom|miri|packages|publish-check|smoke|e2e [NAME…]|{}>",
+                "usage: cargo xtask <ci|loom|miri|packages|publish-check|cli-assets|smoke|e2e [NAME…]|{}>",
                 bench_report::USAGE
             );
             exit(2);

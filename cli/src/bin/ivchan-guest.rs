@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ivchan_cli::generate::{self, Shell};
 use ivchan_cli::{json, say};
 use ivchan_guest::discovery::DEFAULT_SYSFS;
 use ivchan_guest::{
@@ -50,6 +51,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: Shell,
+    },
+    /// Print the man page (roff; `ivchan-guest man | man -l -`), or write the
+    /// pages of ivchan-guest and its subcommands into DIR.
+    Man {
+        /// Directory to write `ivchan-guest.1` and `ivchan-guest-<subcommand>.1` into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +70,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::List { json } => list(&cli.sysfs, json),
         Command::Inspect { address, json } => inspect(&cli.sysfs, address, json),
+        Command::Completions { shell } => {
+            generate::completions::<Cli>(PROGRAM, shell);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            generate::man::<Cli>(PROGRAM, dir.as_deref());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

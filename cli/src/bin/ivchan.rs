@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ivchan_cli::args::{RegionArgs, RegionDirArgs};
+use ivchan_cli::generate::{self, Shell};
 use ivchan_cli::{json, say};
 use ivchan_host::region_file::{user_name, IdName};
 use ivchan_host::{list_regions, InspectedRegion, RegionError, VmUuid};
@@ -89,6 +90,19 @@ enum Command {
         force: bool,
         #[command(flatten)]
         region: RegionArgs,
+    },
+    /// Print the shell completion script for SHELL (e.g. `ivchan completions
+    /// bash > /usr/share/bash-completion/completions/ivchan`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: Shell,
+    },
+    /// Print the man page (roff; `ivchan man | man -l -`), or write the
+    /// pages of ivchan and its subcommands into DIR.
+    Man {
+        /// Directory to write `ivchan.1` and `ivchan-<subcommand>.1` into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -188,6 +202,14 @@ fn main() -> ExitCode {
             force,
             region,
         } => reset(&uuid, name.as_deref(), force, &region),
+        Command::Completions { shell } => {
+            generate::completions::<Cli>(PROGRAM, shell);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            generate::man::<Cli>(PROGRAM, dir.as_deref());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
