@@ -1,12 +1,14 @@
 //! `cargo xtask <command>`: ivchan's automation, in Rust.
 //!
 //! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, the
-//!   publish dry run, the CLI assets, tests, loom models and Miri. `.ci/run` calls this.
+//!   publish dry run, the CLI assets, the install check, tests, loom models and Miri. `.ci/run` calls this.
 //! - `loom`, `miri`, `publish-check`: one of those steps alone
 //!   (`publish-check`: `cargo publish --workspace --dry-run` and the files
 //!   each published crate packages).
 //! - `cli-assets`: the tools' completions and man pages, generated from
 //!   their clap definitions into `target/assets/` and checked.
+//! - `install-check`: `cargo install` of the tools and agents into a clean
+//!   root, with the systemd units verified there by `systemd-analyze`.
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
 
@@ -30,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "libxml2-utils",
     // groff checks the generated man pages (cli-assets).
     "groff-base",
+    // systemd-analyze verifies the units (install-check).
+    "systemd",
 ];
 
 fn project_root() -> PathBuf {
@@ -252,6 +256,125 @@ fn cli_assets() {
     );
 }
 
+/// The binaries `cargo install --path cli` and `--path examples` install.
+const INSTALLED: &[&str] = &[
+    "ivchan",
+    "ivchan-guest",
+    "ivchan-host-agent",
+    "ivchan-guest-agent",
+    "ivchan-demo",
+];
+
+/// Installs the tools and agents as the README says, into a clean
+/// directory laid out like a system (`target/install-root`, prefix
+/// `/usr/local`), adds the systemd units, the udev rule, the man pages and
+/// completions, and verifies the units there with `systemd-analyze verify
+/// --root`: their ExecStart binaries and Documentation man pages must be
+/// the installed ones.
+fn install_check() {
+    step("install: cargo install --path cli, --path examples into target/install-root");
+    let root = project_root().join("target/install-root");
+    let _ = std::fs::remove_dir_all(&root);
+    let prefix = root.join("usr/local");
+    for path in ["cli", "examples"] {
+        // The workspace's target directory: release artifacts are shared
+        // with the e2e build instead of compiled again in a temporary one.
+        run(cargo()
+            .args(["install", "--locked", "--path", path, "--root"])
+            .arg(&prefix)
+            .args(["--target-dir", "target"]));
+    }
+    for bin in INSTALLED {
+        let path = prefix.join("bin").join(bin);
+        let out = Command::new(&path).arg("--version").output();
+        match out {
+            Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with(bin) => {
+                eprint!("{}", String::from_utf8_lossy(&o.stdout));
+            }
+            other => {
+                eprintln!("xtask: {} --version: {other:?}", path.display());
+                exit(1);
+            }
+        }
+    }
+    step("install: man pages, completions, systemd units and the udev rule");
+    let units = root.join("etc/systemd/system");
+    let man = prefix.join("share/man/man1");
+    let bash = prefix.join("share/bash-completion/completions");
+    let rules = root.join("etc/udev/rules.d");
+    let system = root.join("usr/lib/systemd/system");
+    for dir in [&units, &man, &bash, &rules, &system] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("xtask: cannot create {}: {e}", dir.display());
+            exit(1);
+        }
+    }
+    for tool in TOOLS {
+        let bin = prefix.join("bin").join(tool);
+        run(Command::new(&bin).args(["man", "--dir"]).arg(&man));
+        run(Command::new("sh").arg("-c").arg(format!(
+            "'{}' completions bash > '{}'",
+            bin.display(),
+            bash.join(tool).display()
+        )));
+    }
+    let packaging = project_root().join("packaging");
+    let mut verify = Vec::new();
+    for (from, to) in [("systemd", &units), ("udev", &rules)] {
+        let entries = std::fs::read_dir(packaging.join(from)).map(|d| {
+            let mut v: Vec<PathBuf> = d.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            v.sort();
+            v
+        });
+        for file in entries.unwrap_or_default() {
+            let name = file.file_name().expect("a file name");
+            let dest = to.join(name);
+            if let Err(e) = std::fs::copy(&file, &dest) {
+                eprintln!("xtask: cannot install {}: {e}", file.display());
+                exit(1);
+            }
+            if from == "systemd" {
+                verify.push(dest);
+            }
+        }
+    }
+    // The units' dependencies (multi-user.target, sysinit.target, ...) come
+    // from the machine's own systemd.
+    run(Command::new("cp")
+        .args(["-r", "--no-preserve=mode", "/lib/systemd/system/."])
+        .arg(&system));
+    step("install: systemd-analyze verify --root target/install-root");
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(&verify)
+        // Documentation=man:… is checked with man(1): against the pages
+        // just installed, not the machine's.
+        .env("MANPATH", prefix.join("share/man"))
+        .current_dir(project_root());
+    eprintln!("$ {cmd:?}");
+    match cmd.output() {
+        // systemd-analyze exits 0 after some complaints ("Unknown key",
+        // "ignoring"): anything it prints fails the step.
+        Ok(o) if o.status.success() && o.stderr.is_empty() && o.stdout.is_empty() => {
+            eprintln!("{} units verified: no complaints", verify.len());
+        }
+        Ok(o) => {
+            eprintln!(
+                "xtask: systemd-analyze verify failed ({}):\n{}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            exit(1);
+        }
+        Err(e) => {
+            eprintln!("xtask: could not run systemd-analyze: {e}");
+            exit(1);
+        }
+    }
+}
+
 /// The crates published to crates.io (everything else has `publish = false`).
 const PUBLISHED: &[&str] = &[
     "ivchan-protocol",
@@ -280,6 +403,7 @@ fn ci() {
         .env("RUSTDOCFLAGS", "-D warnings"));
     publish_check();
     cli_assets();
+    install_check();
     step("libvirt daemon for the real-component tests");
     if let Err(e) = libvirt::ensure() {
         eprintln!("xtask: {e}");
@@ -323,10 +447,11 @@ fn main() {
         Some("packages") => packages(),
         Some("publish-check") => publish_check(),
         Some("cli-assets") => cli_assets(),
+        Some("install-check") => install_check(),
         Some("bench-report") => bench_report::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|loom|miri|packages|publish-check|cli-assets|smoke|e2e [NAME…]|{}>",
+                "usage: cargo xtask <ci|loom|miri|packages|publish-check|cli-assets|install-check|smoke|e2e [NAME…]|{}>",
                 bench_report::USAGE
             );
             exit(2);
