@@ -338,6 +338,23 @@ fn install_check() {
             }
         }
     }
+    // Each ExecStart's options must be ones the installed binary takes:
+    // clap rejects an unknown option before it gets to --help.
+    for unit in &verify {
+        let text = std::fs::read_to_string(unit).unwrap_or_default();
+        for line in text.lines().filter_map(|l| l.strip_prefix("ExecStart=")) {
+            let words: Vec<String> = line
+                .split_whitespace()
+                .filter(|w| !w.starts_with('$'))
+                .map(|w| w.replace("%i", "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c"))
+                .collect();
+            let bin = root.join(words[0].trim_start_matches('/'));
+            run(Command::new(bin)
+                .args(&words[1..])
+                .arg("--help")
+                .stdout(std::process::Stdio::null()));
+        }
+    }
     // The units' dependencies (multi-user.target, sysinit.target, ...) come
     // from the machine's own systemd.
     run(Command::new("cp")
