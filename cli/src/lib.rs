@@ -1,6 +1,7 @@
 //! What the operator tools and agents share: the region-file options
 //! ([`args`]), the `--json` reports ([`json`]), shell completions and man
-//! pages ([`generate`]) and writing reports to stdout.
+//! pages ([`generate`]), `-v`/`-q` ([`logging`]) and writing reports to
+//! stdout.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -8,6 +9,7 @@
 pub mod args;
 pub mod generate;
 pub mod json;
+pub mod logging;
 
 use std::fmt;
 use std::io::Write as _;

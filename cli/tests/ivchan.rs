@@ -13,6 +13,8 @@ const VM: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 fn ivchan(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ivchan"))
         .args(args)
+        // Log output is what -v/-q choose, not the caller's environment.
+        .env_remove("RUST_LOG")
         .output()
         .expect("run ivchan");
     (
@@ -398,4 +400,40 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
     ] {
         assert!(dir.path().join(page).is_file(), "{page} missing");
     }
+}
+
+#[test]
+fn verbose_logs_what_is_done_and_quiet_prints_nothing() {
+    let dir = shm_dir("verbosity");
+    let d = dir.path().to_str().expect("utf-8 path");
+    // Default: the confirmation line, no log records.
+    let (ok, out, err) = ivchan(&["init", VM, "--dir", d, "--size", "1M"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"ivchan\" vm 5b7e6a0c"), "{out}");
+    assert_eq!(err, "");
+    // -v: the library's records of what it did (a reset writes a header).
+    let (ok, _, err) = ivchan(&["-v", "reset", VM, "--dir", d]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(" INFO  ivchan_host::region_file::file] ")
+            && err.contains("wrote a fresh header (channel \"ivchan\")"),
+        "{err}"
+    );
+    assert!(!err.contains("DEBUG"), "{err}");
+    // -vv: decisions too (the file opened and locked).
+    let (ok, _, err) = ivchan(&["reset", VM, "--dir", d, "-vv"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("DEBUG") && err.contains("opened and locked"),
+        "{err}"
+    );
+    // -q: nothing on stdout, nothing on stderr, the work done.
+    let other = "00000000-0000-4000-8000-000000000002";
+    let (ok, out, err) = ivchan(&["-q", "init", other, "--dir", d, "--size", "1M"]);
+    assert!(ok, "{err}");
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    assert!(dir.path().join(format!("fg_{other}")).exists());
+    // Errors still show under -q.
+    let (ok, _, err) = ivchan(&["-q", "init", VM, "--dir", d, "--mode", "9"]);
+    assert!(!ok && err.contains("octal mode"), "{err}");
 }

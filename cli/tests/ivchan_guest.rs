@@ -36,6 +36,8 @@ fn ivchan_guest(root: &Path, args: &[&str]) -> (bool, String, String) {
         .arg("--sysfs")
         .arg(root)
         .args(args)
+        // Log output is what -v/-q choose, not the caller's environment.
+        .env_remove("RUST_LOG")
         .output()
         .expect("run ivchan-guest");
     (
@@ -138,4 +140,30 @@ fn completions_and_man_pages() {
     let (ok, page, err) = ivchan_guest(sys.root(), &["man"]);
     assert!(ok, "{err}");
     assert!(page.contains(".TH ivchan-guest 1"), "{page}");
+}
+
+#[test]
+fn very_verbose_says_why_each_device_was_passed_over() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    write_header(&sys, "0000:00:1e.0", VM_B, "theirs");
+    write_header(&sys, "0000:00:1f.0", VM_A, "ours");
+    let (ok, _, err) = ivchan_guest(sys.root(), &["-vv", "inspect"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "0000:00:1e.0: channel \"theirs\" of VM {VM_B}: passed over (looking for"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "0000:00:1f.0: channel \"ours\" of VM {VM_A}: matches"
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = ivchan_guest(sys.root(), &["inspect"]);
+    assert!(ok && err.is_empty(), "{err}");
 }

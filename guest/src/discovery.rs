@@ -113,6 +113,7 @@ impl IvshmemDevice {
         }
         let path = self.sysfs_dir.join("enable");
         fs::write(&path, b"1").map_err(|e| GuestError::from_io(&path, "enable the device", e))?;
+        log::info!("{}: enabled the device", self.address);
         self.enabled = true;
         self.memory_decoding = read_memory_decoding(&self.sysfs_dir);
         Ok(())
@@ -238,6 +239,21 @@ pub fn discover(sysfs_root: &Path) -> Result<Vec<IvshmemDevice>, GuestError> {
         }
     }
     found.sort_by(|a, b| a.address.cmp(&b.address));
+    log::debug!(
+        "{} ivshmem device(s) under {}: {}",
+        found.len(),
+        devices_dir.display(),
+        found
+            .iter()
+            .map(|d| format!(
+                "{} ({}, BAR2 {} bytes)",
+                d.address,
+                d.kind.as_str(),
+                d.bar2_size
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(found)
 }
 

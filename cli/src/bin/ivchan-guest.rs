@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
 use ivchan_cli::{json, say};
 use ivchan_guest::discovery::DEFAULT_SYSFS;
 use ivchan_guest::{
@@ -29,6 +30,8 @@ struct Cli {
     /// sysfs mount point.
     #[arg(long, global = true, default_value = DEFAULT_SYSFS)]
     sysfs: PathBuf,
+    #[command(flatten)]
+    verbosity: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +70,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init();
     let result = match cli.command {
         Command::List { json } => list(&cli.sysfs, json),
         Command::Inspect { address, json } => inspect(&cli.sysfs, address, json),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ivchan_cli::args::{RegionArgs, RegionDirArgs};
 use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
 use ivchan_cli::{json, say};
 use ivchan_host::region_file::{user_name, IdName};
 use ivchan_host::{list_regions, InspectedRegion, RegionError, VmUuid};
@@ -38,6 +39,8 @@ const WATCH: Duration = Duration::from_millis(300);
     about = "Inspect, prepare and reset ivchan shared-memory regions on the host"
 )]
 struct Cli {
+    #[command(flatten)]
+    verbosity: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -128,7 +131,7 @@ impl std::fmt::Display for Failure {
     }
 }
 
-fn init(uuid: &VmUuid, name: &str, region: &RegionArgs) -> Result<(), Failure> {
+fn init(uuid: &VmUuid, name: &str, region: &RegionArgs, quiet: bool) -> Result<(), Failure> {
     let options = region.options();
     let (file, created) = match options.create(uuid) {
         Ok(file) => (file, true),
@@ -141,7 +144,9 @@ fn init(uuid: &VmUuid, name: &str, region: &RegionArgs) -> Result<(), Failure> {
     };
     match file.attach_or_init(name) {
         Ok(header) => {
-            say!("{}  {}", file.path().display(), summary(&header));
+            if !quiet {
+                say!("{}  {}", file.path().display(), summary(&header));
+            }
             Ok(())
         }
         Err(e) => {
@@ -159,6 +164,7 @@ fn reset(
     name: Option<&str>,
     force: bool,
     region: &RegionArgs,
+    quiet: bool,
 ) -> Result<(), Failure> {
     let file = region.options().open(uuid)?;
     let old_name = Header::open(file.region())
@@ -180,12 +186,16 @@ fn reset(
     }
     let name = name.or(old_name.as_deref()).unwrap_or("ivchan");
     let header = file.reset(name)?;
-    say!("{}  reset: {}", file.path().display(), summary(&header));
+    if !quiet {
+        say!("{}  reset: {}", file.path().display(), summary(&header));
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init();
+    let quiet = cli.verbosity.quiet;
     let result = match cli.command {
         Command::List { place, json } => list(&place.dir, &place.prefix, json),
         Command::Inspect {
@@ -195,13 +205,13 @@ fn main() -> ExitCode {
         } => resolve(&region, &place.dir, &place.prefix)
             .map_err(Failure::from)
             .and_then(|path| inspect(&path, json)),
-        Command::Init { uuid, name, region } => init(&uuid, &name, &region),
+        Command::Init { uuid, name, region } => init(&uuid, &name, &region, quiet),
         Command::Reset {
             uuid,
             name,
             force,
             region,
-        } => reset(&uuid, name.as_deref(), force, &region),
+        } => reset(&uuid, name.as_deref(), force, &region, quiet),
         Command::Completions { shell } => {
             generate::completions::<Cli>(PROGRAM, shell);
             Ok(())
@@ -410,6 +420,7 @@ fn list(dir: &Path, prefix: &str, as_json: bool) -> Result<(), Failure> {
     let unreadable = looks.iter().filter(|(_, l)| !l.readable).count();
     let total = looks.len();
     if looks.iter().any(|(_, l)| l.sides.is_some()) {
+        log::debug!("watching the heartbeats for {WATCH:?}");
         std::thread::sleep(WATCH);
     }
     if as_json {
