@@ -119,3 +119,26 @@ fn a_guest_agent_says_what_it_waits_for() {
         "ivchan-guest-agent: waiting up to 0ns for the ivshmem device at 0000:00:1f.0"
     );
 }
+
+#[test]
+fn agents_generate_their_man_pages_and_completions() {
+    for (bin, name) in [(HOST, "ivchan-host-agent"), (GUEST, "ivchan-guest-agent")] {
+        // Alone: no --uuid or device needed.
+        let (code, page, err) = run(bin, &["--man"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(page.contains(&format!(".TH {name} 1")), "{page}");
+        assert!(page.contains("\\-\\-version"), "{page}");
+        // The generation flags themselves stay out of the page.
+        assert!(!page.contains("completions"), "{page}");
+        let (code, script, err) = run(bin, &["--completions", "bash"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            script.contains("complete -F") && script.contains(name) && script.contains("--wait"),
+            "{script}"
+        );
+        // Only alone.
+        let (code, _, err) = run(bin, &["--man", "--wait", "5"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+}

@@ -318,6 +318,16 @@ fn install_check() {
             bash.join(tool).display()
         )));
     }
+    // The agents have no subcommands: --man and --completions, alone.
+    for agent in ["ivchan-host-agent", "ivchan-guest-agent"] {
+        let bin = prefix.join("bin").join(agent);
+        run(Command::new("sh").arg("-c").arg(format!(
+            "'{bin}' --man > '{page}' && '{bin}' --completions bash > '{script}'",
+            bin = bin.display(),
+            page = man.join(format!("{agent}.1")).display(),
+            script = bash.join(agent).display(),
+        )));
+    }
     let packaging = project_root().join("packaging");
     let mut verify = Vec::new();
     for (from, to) in [("systemd", &units), ("udev", &rules)] {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ivchan_cli::args::RegionArgs;
+use ivchan_cli::generate::{self, Shell};
 use ivchan_examples::{agent, cancel_on_signals, traffic, EXIT_INTERRUPTED};
 use ivchan_host::{
     ChannelError, ChannelOptions, OwnedChannel, RegionFile, RegionOptions, ServerEvent, Supervisor,
@@ -89,6 +90,13 @@ struct Args {
     /// Then the same idle wait busy-polling, for comparison.
     #[arg(long, default_value_t = 0)]
     busy_idle: u64,
+    /// Print the shell completion script for SHELL (bash, zsh, fish,
+    /// elvish, powershell) and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true, hide = true)]
+    completions: Option<Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true, hide = true)]
+    man: bool,
 }
 
 fn rate(uuid: &VmUuid, what: &str, count: u64, bytes: u64, secs: f64) {
@@ -393,6 +401,15 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Packaging: generated from these definitions (`cargo xtask install-check`).
+    if let Some(shell) = args.completions {
+        generate::completions::<Args>("ivchan-host-agent", shell);
+        return ExitCode::SUCCESS;
+    }
+    if args.man {
+        generate::man::<Args>("ivchan-host-agent", None);
+        return ExitCode::SUCCESS;
+    }
     let token = match cancel_on_signals() {
         Ok(token) => token,
         Err(e) => {
