@@ -348,6 +348,13 @@ fn json_output_has_stable_fields() {
 }
 
 #[test]
+fn version_names_the_tool() {
+    let (ok, out, err) = ivchan(&["--version"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("ivchan {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
 fn completions_and_man_pages_come_from_the_clap_definitions() {
     // bash: a script bash accepts, completing every subcommand and option.
     let (ok, script, err) = ivchan(&["completions", "bash"]);

@@ -137,6 +137,9 @@ fn completions_and_man_pages() {
     let (ok, script, err) = ivchan_guest(sys.root(), &["completions", "bash"]);
     assert!(ok, "{err}");
     assert!(script.contains("inspect") && script.contains("--address"));
+    let (ok, out, err) = ivchan_guest(sys.root(), &["--version"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("ivchan-guest {}\n", env!("CARGO_PKG_VERSION")));
     let (ok, page, err) = ivchan_guest(sys.root(), &["man"]);
     assert!(ok, "{err}");
     assert!(page.contains(".TH ivchan-guest 1"), "{page}");
