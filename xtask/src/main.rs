@@ -348,6 +348,22 @@ fn install_check() {
             }
         }
     }
+    // A udev rule must start a unit that is installed (udevadm has no
+    // offline check in systemd 252; this catches a renamed unit).
+    for rule in std::fs::read_dir(&rules).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(rule.path()).unwrap_or_default();
+        for wants in text.split("ENV{SYSTEMD_WANTS}+=\"").skip(1) {
+            let unit = wants.split('"').next().unwrap_or_default();
+            if !units.join(unit).is_file() {
+                eprintln!(
+                    "xtask: {} starts {unit}, which packaging/systemd does not have",
+                    rule.path().display()
+                );
+                exit(1);
+            }
+            eprintln!("{}: starts {unit} (installed)", rule.path().display());
+        }
+    }
     // Each ExecStart's options must be ones the installed binary takes:
     // clap rejects an unknown option before it gets to --help.
     for unit in &verify {
