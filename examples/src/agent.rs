@@ -295,10 +295,12 @@ pub fn send_file(
     }
     let line = format!("file {name} {size} {:016x}", sum.finish());
     ch.send(line.as_bytes(), Some(timeout)).map_err(chan)?;
-    let mut file = fs::File::open(path).map_err(io)?;
+    let file = fs::File::open(path).map_err(io)?;
+    let progress = crate::transfer_progress(size, &format!("sending {name}"));
     let mut w = ch.writer(Some(timeout));
-    std::io::copy(&mut file, &mut w).map_err(io)?;
+    std::io::copy(&mut progress.wrap_read(file), &mut w).map_err(io)?;
     w.finish().map_err(|e| e.to_string())?;
+    progress.finish_and_clear();
     reply(ch, timeout)?;
     Ok(size)
 }

@@ -30,6 +30,23 @@ pub use ivchan_testkit::checksum::{checksum, Checksum};
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+/// A progress bar for moving `len` bytes, labelled `what`, on stderr. It is
+/// drawn only when stderr is a terminal: piped, redirected or under systemd
+/// it stays hidden and costs nothing.
+pub fn transfer_progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
 /// Exit status of an agent stopped by a signal (128 + SIGINT, as shells
 /// report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
