@@ -479,7 +479,10 @@ fn a_region_truncated_under_a_live_channel_is_an_error_not_a_crash() {
         .unwrap_err();
     truncate.join().expect("truncate thread");
     assert!(
-        matches!(err, ChannelError::Layout(LayoutError::HeaderWiped { found: 0 })),
+        matches!(
+            err,
+            ChannelError::Layout(LayoutError::HeaderWiped { found: 0 })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("file truncated"), "{err}");
