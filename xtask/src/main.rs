@@ -3,11 +3,13 @@
 //! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, tests,
 //!   loom models and Miri. `.ci/run` calls this.
 //! - `loom`, `miri`: one of those steps alone.
+//! - `fuzz [SECONDS]`: every fuzz target for a fixed time (default 30 s).
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
 
 mod bench_report;
 mod e2e;
+mod fuzz;
 mod libvirt;
 mod vm;
 
@@ -155,6 +157,9 @@ fn miri() {
         .env("MIRIFLAGS", "-Zmiri-strict-provenance"));
 }
 
+/// Seconds each fuzz target runs in CI.
+const FUZZ_SECONDS: u64 = 30;
+
 fn ci() {
     packages();
     step("fmt");
@@ -184,6 +189,10 @@ fn ci() {
         .env("IVCHAN_LIBVIRT_KVM_ACCESS", "1"));
     loom();
     miri();
+    if let Err(e) = fuzz::fuzz(FUZZ_SECONDS) {
+        eprintln!("xtask: {e}");
+        exit(1);
+    }
     step("e2e: agents through real TCG guests");
     if let Err(e) = e2e::e2e(&[]) {
         eprintln!("xtask: {e}");
@@ -212,11 +221,21 @@ fn main() {
                 exit(1);
             }
         }
+        Some("fuzz") => {
+            let seconds = env::args()
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(FUZZ_SECONDS);
+            if let Err(e) = fuzz::fuzz(seconds) {
+                eprintln!("xtask: {e}");
+                exit(1);
+            }
+        }
         Some("packages") => packages(),
         Some("bench-report") => bench_report::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|loom|miri|packages|smoke|e2e [NAME…]|{}>",
+                "usage: cargo xtask <ci|loom|miri|fuzz [SECONDS]|packages|smoke|e2e [NAME…]|{}>",
                 bench_report::USAGE
             );
             exit(2);
