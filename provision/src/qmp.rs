@@ -198,28 +198,29 @@ pub fn hot_add(m: &mut dyn Monitor, spec: &Spec, uuid: &VmUuid) -> Result<HotAdd
             already_present: true,
         });
     }
+    let (bus, wanted) = (spec.bus_or_default(), spec.slot_or_default());
     let used: Vec<u64> = pci_devices(&pci)
         .iter()
-        .filter(|d| d.0 == u64::from(spec.bus))
+        .filter(|d| d.0 == u64::from(bus))
         .map(|d| d.1)
         .collect();
-    let slot = if !used.contains(&u64::from(spec.slot)) {
-        spec.slot
+    let slot = if !used.contains(&u64::from(wanted)) {
+        wanted
     } else if spec.pick_free_slot {
         (3u8..=0x1f)
             .rev()
             .find(|s| !used.contains(&u64::from(*s)))
-            .ok_or(Error::NoFreeSlot(spec.bus))?
+            .ok_or(Error::NoFreeSlot(bus))?
     } else {
         return Err(Error::SlotConflict {
-            bus: spec.bus,
-            slot: spec.slot,
+            bus,
+            slot: wanted,
             holder: "a device already present in the running VM".into(),
         });
     };
     let mut dev = json!({ "id": DEV_ID, "addr": format!("0x{slot:02x}") });
-    if spec.bus != 0 {
-        dev["bus"] = json!(format!("pci.{}", spec.bus));
+    if bus != 0 {
+        dev["bus"] = json!(format!("pci.{bus}"));
     }
     let (backend_cmd, backend_id) = match &spec.model {
         Model::Plain => {

@@ -180,7 +180,7 @@ fn spec() -> impl Strategy<Value = Spec> {
     (any::<bool>(), 0u8..=0x1f, 20u32..=34, any::<bool>()).prop_map(
         |(pick, slot, shift, legacy)| Spec {
             pick_free_slot: pick,
-            slot: slot.max(3),
+            slot: Some(slot.max(3)),
             size: 1u64 << shift,
             arg_form: if legacy {
                 ivchan_provision::ArgForm::Legacy

@@ -16,6 +16,7 @@
 mod cmdline;
 mod domain;
 mod layout;
+mod placement;
 mod shmem;
 mod status;
 
@@ -28,7 +29,8 @@ use crate::spec::Spec;
 use domain::Domain;
 
 pub use cmdline::TAINT_ARGV_WARNING;
-pub use shmem::shmem_device_xml;
+pub use placement::{Placement, PORT_ALIAS};
+pub use shmem::{shmem_device_xml, HotplugDevice};
 pub use status::{status, Status};
 
 /// Which XML route to use.
@@ -57,8 +59,10 @@ pub struct Outcome {
     pub xml: String,
     /// Whether anything changed.
     pub changed: bool,
-    /// Things the operator should know (taint, picked slot).
+    /// Things the operator should know (taint, picked slot, an update).
     pub warnings: Vec<String>,
+    /// Where the device was put, when this edit placed it.
+    pub placement: Option<Placement>,
 }
 
 impl Outcome {
@@ -67,6 +71,7 @@ impl Outcome {
             xml: text.to_string(),
             changed: false,
             warnings,
+            placement: None,
         }
     }
 
@@ -80,6 +85,7 @@ impl Outcome {
             xml: crate::xml::splice(text, edits),
             changed: true,
             warnings,
+            placement: None,
         }
     }
 }
@@ -101,6 +107,29 @@ pub fn undo(text: &str, spec: &Spec, route: Route) -> Result<Outcome> {
         Route::Shmem => shmem::undo(&d, spec),
         Route::Cmdline => cmdline::undo(&d),
     }
+}
+
+/// Remove what [`inject`] added, by whichever XML route added it (one
+/// route per domain; both are tried). The warnings name the route found,
+/// and a QEMU wrapper left as the domain's `<emulator>`, which no XML edit
+/// of this tool undoes.
+pub fn undo_any(text: &str, spec: &Spec) -> Result<Outcome> {
+    let mut out = Outcome::unchanged(text, Vec::new());
+    for route in [Route::Shmem, Route::Cmdline] {
+        let o = undo(&out.xml, spec, route)?;
+        if o.changed {
+            out.warnings
+                .push(format!("removed the {} route", route.name()));
+            out.xml = o.xml;
+            out.changed = true;
+        }
+    }
+    if let Some(w) = status(&out.xml, spec)?.wrapper {
+        out.warnings.push(format!(
+            "the domain still runs the QEMU wrapper as its emulator ({w}), which adds the device at start; point <emulator> back at QEMU to remove it"
+        ));
+    }
+    Ok(out)
 }
 
 /// The domain UUID of a domain XML (used by the hook).
