@@ -6,7 +6,6 @@
 use super::domain::{Domain, MARKER};
 use super::layout::{is_ws, removal, Layout};
 use super::placement::{Placement, When};
-use super::shmem::port_lines;
 use super::Outcome;
 use crate::error::{Error, Result};
 use crate::spec::{parse_pci_number, Spec, DEV_ID};
@@ -58,22 +57,11 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
         }
     }
     let mut warnings = warnings;
-    let place = d.place(spec, When::Cold, &[], &mut warnings)?;
+    let place = d.place(spec, When::Argv, &[], &mut warnings)?;
     let q = d.quote();
     let root = d.doc.root();
     let mut edits = Vec::new();
     let mut flags: Vec<&str> = Vec::new();
-
-    if let Some(index) = place.add_port {
-        let devices = d.devices.ok_or(Error::NoDevices)?;
-        if d.doc.elements[devices].self_closing {
-            return Err(Error::Unsupported(
-                "the domain's <devices/> element is empty and self-closing; give it at least an <emulator> first".into(),
-            ));
-        }
-        let l = d.layout(devices);
-        edits.push((l.pos..l.pos, l.render(&port_lines(index, q))));
-    }
 
     // Which prefix is bound to the qemu namespace? An existing element's
     // own (possibly none: a default namespace declared on it), else one
@@ -195,11 +183,8 @@ fn update(d: &Domain<'_>, spec: &Spec, c: usize, mut warnings: Vec<String>) -> R
             add_port: None,
             what: "where it was".into(),
         },
-        _ => d.place(spec, When::Cold, &[], &mut warnings)?,
+        _ => d.place(spec, When::Argv, &[], &mut warnings)?,
     };
-    if place.add_port.is_some() {
-        return Err(cannot("it would need a new pcie-root-port".into()));
-    }
     let want = spec.qemu_args(&d.uuid, place.bus_id.as_deref(), place.slot);
     if want == values {
         return Ok(Outcome::unchanged(d.text(), warnings));
@@ -247,7 +232,7 @@ pub(super) fn undo(d: &Domain<'_>) -> Result<Outcome> {
     if ours.is_empty() && marker.is_none() {
         return Ok(Outcome::unchanged(d.text(), Vec::new()));
     }
-    let ports = d.our_ports(&[]);
+
     let text = d.text();
     let e = &d.doc.elements[c];
     let flags = marker.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
@@ -288,6 +273,5 @@ pub(super) fn undo(d: &Domain<'_>) -> Result<Outcome> {
             edits.push((removal(text, span.start, span.end), String::new()));
         }
     }
-    edits.extend(ports);
     Ok(Outcome::edited(text, edits, Vec::new()))
 }

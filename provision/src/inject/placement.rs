@@ -3,11 +3,14 @@
 //!
 //! On i440fx (`pc`) machines the device goes to bus 0, slot 0x1f, unless
 //! told otherwise. On q35 the root bus (`pcie.0`) takes no hotplug and its
-//! slot 0x1f is the chipset's, so by default the device goes to slot 0 of a
-//! free `pcie-root-port` (nothing on it, hotplug not turned off), and, for
-//! the XML routes, a new port is added when none is free. A live hotplug
-//! cannot add a port (libvirt cannot hotplug controllers), so it refuses
-//! instead. An explicit `--bus`/`--slot` is always honoured or refused.
+//! slot 0x1f is the chipset's, so by default a `<shmem>` goes to slot 0 of
+//! a free `pcie-root-port` (nothing on it, hotplug not turned off), and a
+//! new port is added for it when none is free. A live hotplug cannot add a
+//! port (libvirt cannot hotplug controllers), so it refuses instead. The
+//! `<qemu:commandline>` route's device is invisible to libvirt, which would
+//! put one of its own devices on a port that looks free, so on q35 it goes
+//! to the highest free slot of `pcie.0` (libvirt fills that bus from the
+//! bottom). An explicit `--bus`/`--slot` is always honoured or refused.
 
 use super::domain::{Controller, Domain};
 use crate::error::{Error, Result};
@@ -46,8 +49,12 @@ impl Placement {
 /// Whether the placement is for a running domain (hotplug) or a definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum When {
+    /// A `<shmem>` in a definition.
     Cold,
+    /// A `<shmem>` hotplugged into a running domain.
     Live,
+    /// QEMU arguments libvirt does not see (`<qemu:commandline>`).
+    Argv,
 }
 
 impl Domain<'_> {
@@ -62,7 +69,7 @@ impl Domain<'_> {
         warnings: &mut Vec<String>,
     ) -> Result<Placement> {
         let controllers = self.pci_controllers();
-        if self.is_pcie() && spec.bus.is_none() && spec.slot.is_none() {
+        if self.is_pcie() && spec.bus.is_none() && spec.slot.is_none() && when != When::Argv {
             let free = controllers
                 .iter()
                 .filter(|c| c.is_port() && !c.hotplug_off)
@@ -158,12 +165,19 @@ impl Domain<'_> {
             });
         }
         // Slot 2 is left to the primary video device, which libvirt places there.
-        let free = (3u8..=0x1f).rev().find(|&s| holder(s).is_none());
+        let top = if self.is_pcie() && bus == 0 {
+            0x1e
+        } else {
+            0x1f
+        };
+        let free = (3u8..=top).rev().find(|&s| holder(s).is_none());
         match free {
             Some(s) => {
-                warnings.push(format!(
-                    "PCI slot 0x{wanted:02x} is used by {h}; using free slot 0x{s:02x} instead"
-                ));
+                if spec.slot.is_some() || !self.is_pcie() {
+                    warnings.push(format!(
+                        "PCI slot 0x{wanted:02x} is used by {h}; using free slot 0x{s:02x} instead"
+                    ));
+                }
                 Ok(Placement {
                     bus,
                     slot: s,
