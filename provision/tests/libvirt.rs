@@ -442,6 +442,8 @@ fn q35_apply_and_hotplug() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
     assert!(err.contains("0000:01:00.0"), "{err}");
+    // 8 MiB behind a port the firmware sized at 2 MiB: warned.
+    assert!(err.contains("2 MiB of prefetchable memory"), "{err}");
     let live = ok(&virsh(&["dumpxml", &spare.name]));
     assert!(live.contains("bus='0x01' slot='0x00'"), "{live}");
 

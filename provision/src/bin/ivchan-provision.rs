@@ -451,18 +451,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             conn,
             dev,
         } => match virsh::hotplug(&Virsh::new(&conn.uri), &domain, &dev.spec()?, config)? {
-            Some(d) => eprintln!(
-                "ivchan-provision: attached to {domain} at {}:\n{}",
-                d.placement.describe(),
-                d.xml
-            ),
+            Some(d) => {
+                d.warnings.iter().for_each(|w| warn(w));
+                eprintln!(
+                    "ivchan-provision: attached to {domain} at {}:\n{}",
+                    d.placement.describe(),
+                    d.xml
+                )
+            }
             None => eprintln!("ivchan-provision: {domain} already has the device"),
         },
         Cmd::Qmp { socket, uuid, dev } => {
             let spec = dev.spec()?;
             let uuid = parse_uuid(&uuid)?;
             let mut q = Qmp::connect(&socket)?;
-            report_hot_add(qmp::hot_add(&mut q, &spec, &uuid)?);
+            report_hot_add(qmp::hot_add(&mut q, &spec, &uuid)?, &spec);
         }
         Cmd::Monitor { domain, conn, dev } => {
             let spec = dev.spec()?;
@@ -470,7 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let uuid = parse_uuid(&v.run(&["domuuid", "--domain", &domain])?)?;
             warn(qmp::TAINT_MONITOR_WARNING);
             let mut m = VirshMonitor { virsh: &v, domain };
-            report_hot_add(qmp::hot_add(&mut m, &spec, &uuid)?);
+            report_hot_add(qmp::hot_add(&mut m, &spec, &uuid)?, &spec);
         }
         Cmd::Hook { hook, args } => return Ok(run_hook(&hook, &args)),
         Cmd::InstallHook {
@@ -502,8 +505,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn report_hot_add(r: qmp::HotAdd) {
+fn report_hot_add(r: qmp::HotAdd, spec: &Spec) {
     let d = &r.device;
+    if !r.already_present && d.bus != 0 {
+        if let Some(w) = inject::port_window_warning(spec.size) {
+            warn(&w);
+        }
+    }
     if r.already_present {
         eprintln!("ivchan-provision: an ivshmem device is already present at bus {} slot 0x{:02x}; nothing added", d.bus, d.slot);
     } else {

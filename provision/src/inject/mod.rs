@@ -30,7 +30,7 @@ use domain::Domain;
 
 pub use cmdline::TAINT_ARGV_WARNING;
 pub use placement::{Placement, PORT_ALIAS};
-pub use shmem::{shmem_device_xml, HotplugDevice};
+pub use shmem::{port_window_warning, shmem_device_xml, HotplugDevice, PORT_WINDOW};
 pub use status::{status, Status};
 
 /// Which XML route to use.

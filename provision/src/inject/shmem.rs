@@ -63,6 +63,23 @@ pub struct HotplugDevice {
     pub xml: String,
     /// Where it goes.
     pub placement: Placement,
+    /// Things the operator should know (a BAR that may not fit).
+    pub warnings: Vec<String>,
+}
+
+/// The prefetchable memory SeaBIOS reserves behind an empty hot-pluggable
+/// PCIe port (its `PCI_BRIDGE_MEM_MIN`, when QEMU gives no reservation
+/// hint); a BAR hot-plugged behind it must fit in it.
+pub const PORT_WINDOW: u64 = 2 << 20;
+
+/// The warning for a region that may not fit behind a hot-plugged port.
+pub fn port_window_warning(size: u64) -> Option<String> {
+    (size > PORT_WINDOW).then(|| {
+        format!(
+            "the region ({} MiB) is larger than the 2 MiB of prefetchable memory SeaBIOS reserves behind an empty pcie-root-port: the guest kernel may then report \"BAR 2 … can't assign; no space\" and have no resource2 for the device (measured with QEMU 7.2 and SeaBIOS). For live hotplug on q35 use --size 2M (or 1M), or add the device to the definition (`apply`) and restart the domain, where the firmware sizes the port for it",
+            size >> 20
+        )
+    })
 }
 
 /// The `<shmem>` element (as standalone XML) to hotplug into the running
@@ -78,6 +95,15 @@ pub fn shmem_device_xml(text: &str, spec: &Spec) -> Result<Option<HotplugDevice>
         return Ok(None);
     }
     let placement = d.place(spec, When::Live, &[], &mut Vec::new())?;
+    let on_port = d
+        .pci_controllers()
+        .iter()
+        .any(|c| c.index == placement.bus && c.is_port());
+    let warnings = if on_port {
+        port_window_warning(spec.size).into_iter().collect()
+    } else {
+        Vec::new()
+    };
     let layout = Layout {
         pos: 0,
         line: Some(("\n", String::new())),
@@ -86,7 +112,11 @@ pub fn shmem_device_xml(text: &str, spec: &Spec) -> Result<Option<HotplugDevice>
     let mut s = layout.render(&shmem_lines(spec, &name, &placement, '\''));
     s.remove(0);
     s.push('\n');
-    Ok(Some(HotplugDevice { xml: s, placement }))
+    Ok(Some(HotplugDevice {
+        xml: s,
+        placement,
+        warnings,
+    }))
 }
 
 /// What an existing `<shmem>` says.
