@@ -251,6 +251,16 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
 /// changed), with the differences reported.
 fn update(d: &Domain<'_>, spec: &Spec, name: &str, el: usize) -> Result<Outcome> {
     let have = Existing::read(d, el);
+    // With --pick-free-slot, a requested slot that another device holds was
+    // never going to be used: where the device went instead is right.
+    let mut spec = spec.clone();
+    if let Some(slot) = spec.slot.filter(|_| spec.pick_free_slot) {
+        let bus = spec.bus_or_default();
+        if d.used_slots(bus, &[el]).iter().any(|(s, _)| *s == slot) && have.bus == Some(bus) {
+            spec.slot = None;
+        }
+    }
+    let spec = &spec;
     let diff = have.differences(spec);
     if diff.is_empty() {
         return Ok(Outcome::unchanged(d.text(), Vec::new()));
