@@ -90,7 +90,14 @@ impl Outcome {
     }
 }
 
-/// Add the device to domain XML by `route`. Idempotent.
+/// Add the device to domain XML by `route`. Idempotent; when the tool's
+/// device is already there with other settings (size, model, server,
+/// vectors, an explicit bus or slot), it is rewritten in place and the
+/// warnings say what changed. Where the device goes depends on the machine
+/// (see [`Placement`]): bus 0 slot 0x1f on i440fx; on q35 a free
+/// `pcie-root-port` for `<shmem>` (one is added when none is free) and the
+/// highest free `pcie.0` slot for `<qemu:commandline>`. The outcome's
+/// `placement` says which.
 pub fn inject(text: &str, spec: &Spec, route: Route) -> Result<Outcome> {
     spec.validate()?;
     let d = Domain::parse(text)?;
@@ -198,6 +205,26 @@ mod tests {
             inject(&o.xml, &s, Route::Shmem),
             Err(Error::OtherRoute(_))
         ));
+    }
+
+    #[test]
+    fn undo_any_finds_either_route_and_names_the_wrapper() {
+        let s = Spec::default();
+        for route in [Route::Shmem, Route::Cmdline] {
+            let o = inject(DOM, &s, route).unwrap();
+            let u = undo_any(&o.xml, &s).unwrap();
+            assert!(u.changed && u.xml == DOM, "{route:?}");
+            assert!(u.warnings[0].contains(route.name()), "{:?}", u.warnings);
+        }
+        let u = undo_any(DOM, &s).unwrap();
+        assert!(!u.changed && u.warnings.is_empty());
+        let wrapped = DOM.replace(
+            "/usr/bin/qemu-system-x86_64",
+            "/usr/bin/ivchan-qemu-wrapper",
+        );
+        let u = undo_any(&wrapped, &s).unwrap();
+        assert!(!u.changed);
+        assert!(u.warnings[0].contains("QEMU wrapper"), "{:?}", u.warnings);
     }
 
     #[test]
