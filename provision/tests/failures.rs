@@ -315,7 +315,9 @@ fn the_hook_fails_closed_on_a_squatted_region() {
     assert!(!o.status.success(), "the VM would start: {}", stderr(&o));
     let err = stderr(&o);
     assert!(
-        err.contains("refusing to start the VM") && err.contains("owned by uid 4242"),
+        err.contains("refusing to start the VM")
+            && err.contains("owned by")
+            && err.contains("4242"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -324,5 +326,5 @@ fn the_hook_fails_closed_on_a_squatted_region() {
     a.extend(["--fail-open", "--", "dom", "prepare", "begin", "-"]);
     let o = run(&a, Some(&domain("pc", "", "")));
     assert!(o.status.success());
-    assert!(stderr(&o).contains("owned by uid 4242"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("4242"), "{}", stderr(&o));
 }
