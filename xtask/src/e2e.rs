@@ -404,6 +404,65 @@ fn libvirt_hook(kit: &Kit) -> Result<Outcome, String> {
     serve_libvirt_guest(kit, &dom, uuid)
 }
 
+/// 2c. The hook fails closed in a real libvirtd: a region file another user
+///     planted at `/dev/shm/fg_<uuid>` before the VM's start (any local
+///     user can create files there) makes `virsh start` fail with the
+///     hook's reason in libvirt's error; the VM does not run and the file
+///     is left as it was.
+fn libvirt_hook_fails_closed(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e20c";
+    let region = region_for(uuid);
+    let _cleanup = Cleanup(vec![region.clone()]);
+    let installed = Command::new(&kit.provision)
+        .args(["install-hook", "--force"])
+        .output()
+        .map_err(|e| format!("install-hook: {e}"))?;
+    if !installed.status.success() {
+        return Err(format!(
+            "install-hook failed: {}",
+            String::from_utf8_lossy(&installed.stderr)
+        ));
+    }
+    let _hook = HookInstalled(kit.provision.clone());
+    libvirt::restart()?;
+    // The squatter: nobody's file, readable and writable by everyone.
+    fs::write(&region, vec![0u8; RegionSize::DEFAULT.bytes() as usize])
+        .map_err(|e| format!("{}: {e}", region.display()))?;
+    run(Command::new("chown").arg("65534:65534").arg(&region));
+    run(Command::new("chmod").arg("0666").arg(&region));
+    let dom = Domain::new(
+        "ivchan-e2e-hook-squatted",
+        uuid,
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    run(Command::new(&kit.provision).arg("inject").arg(&dom.xml));
+    libvirt::virsh(&["define", &dom.xml.to_string_lossy()])?;
+    let err = match libvirt::virsh(&["start", &dom.name]) {
+        Ok(_) => return Err("libvirt started the VM over a squatted region file".into()),
+        Err(e) => e,
+    };
+    if !err.contains("ivchan-provision hook: refusing to start the VM") {
+        return Err(format!(
+            "virsh start failed without the hook's reason: {err}"
+        ));
+    }
+    eprintln!("xtask:   {err}");
+    let state = libvirt::virsh(&["domstate", &dom.name])?;
+    let meta = fs::metadata(&region).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::MetadataExt;
+    if state.trim() != "shut off" || meta.uid() != 65534 || meta.mode() & 0o777 != 0o666 {
+        return Err(format!(
+            "after the refusal: state {state:?}, file owner {} mode {:o}",
+            meta.uid(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(Outcome::default())
+}
+
 /// 3. A running libvirt guest without the device gets it through ivchan's
 ///    live route (`attach-device --live`); the waiting guest agent finds it.
 fn hotplug(kit: &Kit) -> Result<Outcome, String> {
@@ -802,6 +861,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("raw-qemu", raw_qemu),
     ("libvirt", libvirt_shmem),
     ("libvirt-hook", libvirt_hook),
+    ("hook-fails-closed", libvirt_hook_fails_closed),
     ("hotplug", hotplug),
     ("two-devices", two_devices),
     ("restarts", restarts),
