@@ -177,7 +177,16 @@ fn update(d: &Domain<'_>, spec: &Spec, c: usize, mut warnings: Vec<String>) -> R
         .find_map(|v| device_address(v));
     let place = match old_place {
         Some((bus_id, slot)) if spec.bus.is_none() && spec.slot.is_none() => Placement {
-            bus: 0,
+            // The bus number behind a QEMU bus id, for the report.
+            bus: bus_id
+                .as_deref()
+                .and_then(|id| {
+                    d.pci_controllers()
+                        .into_iter()
+                        .find(|c| c.bus_id() == id)
+                        .map(|c| c.index)
+                })
+                .unwrap_or(0),
             slot,
             bus_id,
             add_port: None,
