@@ -118,14 +118,46 @@ impl WrapperConfig {
     }
 }
 
+/// What the wrapper does with a QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Exec the real QEMU with these arguments (the device added).
+    Add(Vec<OsString>),
+    /// Pass the arguments through unchanged, for this reason.
+    PassThrough(PassReason),
+}
+
+/// Why the wrapper adds nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassReason {
+    /// No `-uuid`: not a VM start (libvirt's capability probes), or one
+    /// that names no VM.
+    NoUuid,
+    /// A `-uuid` that is not a UUID.
+    BadUuid,
+    /// An ivshmem device is already on the command line.
+    HasIvshmem,
+    /// q35, and every slot of `pcie.0` below the chipset's is taken.
+    NoFreeSlot,
+}
+
 /// The argv (without argv\[0\]) to pass to the real QEMU: `None` means pass
-/// through unchanged (no `-uuid`, an invalid one, or an ivshmem device already present).
+/// through unchanged (no `-uuid`, an invalid one, an ivshmem device already
+/// present, or no free slot); [`plan`] says which.
+pub fn augment(args: &[OsString], spec: &Spec) -> Option<Vec<OsString>> {
+    match plan(args, spec) {
+        Plan::Add(a) => Some(a),
+        Plan::PassThrough(_) => None,
+    }
+}
+
+/// Decide what to do with QEMU's argv (without argv\[0\]).
 ///
 /// On i440fx the device goes to bus 0 slot 0x1f by default. On q35
 /// (`-machine`/`-M` naming a q35 type), slot 0x1f is the chipset's: by
 /// default the device goes to the highest slot of `pcie.0` that no
 /// `-device` on the command line takes (an explicit slot is kept).
-pub fn augment(args: &[OsString], spec: &Spec) -> Option<Vec<OsString>> {
+pub fn plan(args: &[OsString], spec: &Spec) -> Plan {
     let s = |a: &OsString| a.to_str().map(str::to_string);
     let mut uuid = None;
     let mut q35 = false;
@@ -151,19 +183,27 @@ pub fn augment(args: &[OsString], spec: &Spec) -> Option<Vec<OsString>> {
                 continue;
             };
             if v.contains("ivshmem") {
-                return None;
+                return Plan::PassThrough(PassReason::HasIvshmem);
             }
             if let Some(slot) = root_bus_slot(&v) {
                 root_slots_used.push(slot);
             }
         }
     }
-    let uuid = parse_uuid(&uuid?).ok()?;
+    let Some(uuid) = uuid else {
+        return Plan::PassThrough(PassReason::NoUuid);
+    };
+    let Ok(uuid) = parse_uuid(&uuid) else {
+        return Plan::PassThrough(PassReason::BadUuid);
+    };
     let bus_id = spec.bus.filter(|&b| b != 0).map(|b| format!("pci.{b}"));
     let slot = match spec.slot {
         Some(slot) => slot,
         None if q35 && bus_id.is_none() => {
-            (3u8..=0x1e).rev().find(|s| !root_slots_used.contains(s))?
+            match (3u8..=0x1e).rev().find(|s| !root_slots_used.contains(s)) {
+                Some(s) => s,
+                None => return Plan::PassThrough(PassReason::NoFreeSlot),
+            }
         }
         None => spec.slot_or_default(),
     };
@@ -173,7 +213,7 @@ pub fn augment(args: &[OsString], spec: &Spec) -> Option<Vec<OsString>> {
             .into_iter()
             .map(OsString::from),
     );
-    Some(out)
+    Plan::Add(out)
 }
 
 /// Is a `-machine` value (`pc-q35-7.2,usb=off`, `type=q35`, `q35`) a q35 machine?
@@ -284,6 +324,13 @@ mod tests {
             let out = augment(&v(&[m[0], m[1], "-uuid", u]), &s).unwrap();
             assert!(device(&out).contains("\"addr\":\"0x1e\""), "{m:?}: {out:?}");
         }
+        // Every pcie.0 slot taken: nothing added, and the reason is known.
+        let mut full = v(&["-M", "q35", "-uuid", u]);
+        for slot in 3..=0x1e {
+            full.push("-device".into());
+            full.push(format!("virtio-rng-pci,bus=pcie.0,addr=0x{slot:x}").into());
+        }
+        assert_eq!(plan(&full, &s), Plan::PassThrough(PassReason::NoFreeSlot));
         // An explicit slot is kept.
         let explicit = Spec {
             slot: Some(0x10),
