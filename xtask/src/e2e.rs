@@ -861,7 +861,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("raw-qemu", raw_qemu),
     ("libvirt", libvirt_shmem),
     ("libvirt-hook", libvirt_hook),
-    ("hook-fails-closed", libvirt_hook_fails_closed),
+    ("hook-fail-closed", libvirt_hook_fails_closed),
     ("hotplug", hotplug),
     ("two-devices", two_devices),
     ("restarts", restarts),
