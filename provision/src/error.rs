@@ -28,6 +28,26 @@ pub enum Error {
     UnknownModel(String),
     #[error("model ivshmem-doorbell needs the ivshmem server's socket (--server PATH)")]
     DoorbellNeedsServer,
+    #[error("--server {0:?} is only for model ivshmem-doorbell; the ivshmem-plain model has no server (add --model ivshmem-doorbell, or drop --server)")]
+    PlainWithServer(PathBuf),
+    #[error(
+        "--vectors is only for model ivshmem-doorbell; the ivshmem-plain model has no interrupts"
+    )]
+    PlainWithVectors,
+    #[error("region path {0:?} has no {{uuid}} in its file name, so every VM would get the same region; use e.g. /dev/shm/fg_{{uuid}}")]
+    RegionWithoutUuid(String),
+    #[error("the domain has no PCI bus {bus} (no <controller type='pci' index='{bus}'>); its PCI buses are: {have}")]
+    NoSuchBus { bus: u8, have: String },
+    #[error(
+        "bus {bus} is a {model}, which has a single slot 0; slot 0x{slot:02x} does not exist there"
+    )]
+    PortHasOneSlot { bus: u8, model: String, slot: u8 },
+    #[error("domain {dom} has no free hot-pluggable PCIe port (a pcie-root-port with nothing on it), and libvirt cannot add a controller to a running domain; `ivchan-provision apply {dom}` adds the device with its own pcie-root-port for the next start, or define the domain with spare <controller type='pci' model='pcie-root-port'/> elements")]
+    NoHotplugPort { dom: String },
+    #[error("the domain already has an ivshmem device through {route} that this tool cannot update ({why}); run `undo` first")]
+    CannotUpdate { route: &'static str, why: String },
+    #[error("{path} is read-only (mode {mode:04o}); pass --force to rewrite it anyway")]
+    ReadOnly { path: PathBuf, mode: u32 },
     #[error("the domain has no <devices> element to add the device to")]
     NoDevices,
     #[error("the domain already gets an ivshmem device through the {0} route; undo that first (one route per domain)")]
