@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::unistd::{Gid, Uid};
 
 use super::client::{Client, Outgoing};
 use super::socket::SocketFile;
-use super::{errno_of, token, LeaveReason, RefuseReason, ServerEvent, VmOptions};
+use super::{errno_of, token, LeaveReason, PeerCredentials, RefuseReason, ServerEvent, VmOptions};
 use crate::doorbell::notify::new_eventfd;
 use crate::doorbell::{DoorbellError, HOST_PEER_ID, MAX_PEER_ID};
 
@@ -37,6 +39,8 @@ pub(super) struct Vm<K> {
     pub(super) clients: BTreeMap<u16, Client>,
     next_id: u16,
     max_clients: usize,
+    /// Who may connect (the options' credential rules).
+    opts: VmOptions,
     /// Most messages queued for one client.
     queue_limit: usize,
     /// Set while accepting rests after running out of resources.
@@ -90,6 +94,7 @@ impl<K: Clone> Vm<K> {
             clients: BTreeMap::new(),
             next_id: 1,
             max_clients: opts.max_clients,
+            opts: opts.clone(),
             queue_limit,
             paused_until: None,
             socket,
@@ -118,8 +123,20 @@ impl<K: Clone> Vm<K> {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(reason) = self.admit(epoll, slot, stream, events) {
-                        self.refuse(epoll, slot, reason, events);
+                    let creds =
+                        getsockopt(&stream, sockopt::PeerCredentials).map(|c| PeerCredentials {
+                            pid: c.pid(),
+                            uid: c.uid(),
+                            gid: c.gid(),
+                        });
+                    let result = match creds {
+                        Ok(creds) => self
+                            .admit(epoll, slot, stream, creds, events)
+                            .map_err(|reason| (reason, Some(creds))),
+                        Err(e) => Err((RefuseReason::Resources(e), None)),
+                    };
+                    if let Err((reason, peer)) = result {
+                        self.refuse(epoll, slot, reason, peer, events);
                         if self.paused_until.is_some() {
                             return;
                         }
@@ -133,7 +150,7 @@ impl<K: Clone> Vm<K> {
                     ) => {}
                 Err(e) => {
                     let reason = RefuseReason::Resources(errno_of(&e));
-                    self.refuse(epoll, slot, reason, events);
+                    self.refuse(epoll, slot, reason, None, events);
                     return;
                 }
             }
@@ -147,6 +164,7 @@ impl<K: Clone> Vm<K> {
         epoll: &Epoll,
         slot: usize,
         reason: RefuseReason,
+        peer: Option<PeerCredentials>,
         events: &mut Vec<ServerEvent<K>>,
     ) {
         if let RefuseReason::Resources(_) = reason {
@@ -155,7 +173,21 @@ impl<K: Clone> Vm<K> {
         events.push(ServerEvent::Refused {
             vm: self.key.clone(),
             reason,
+            peer,
         });
+    }
+
+    /// The client a newcomer may replace when the VM is full: one that has
+    /// not taken its handshake, the one that took least of it, the oldest
+    /// first. A client that read its handshake (as QEMU does at once) is
+    /// never chosen, so idle connections cannot keep a real QEMU out, and
+    /// a stream of newcomers only displaces each other.
+    fn eviction_candidate(&self) -> Option<u16> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| !c.took_handshake() && c.doomed.is_none())
+            .min_by_key(|(_, c)| (c.sent, c.since))
+            .map(|(&peer, _)| peer)
     }
 
     /// Takes a new connection as a peer, or refuses it (the stream is
@@ -165,10 +197,26 @@ impl<K: Clone> Vm<K> {
         epoll: &Epoll,
         slot: usize,
         stream: UnixStream,
+        creds: PeerCredentials,
         events: &mut Vec<ServerEvent<K>>,
     ) -> Result<(), RefuseReason> {
-        if self.clients.len() >= self.max_clients {
-            return Err(RefuseReason::TooManyClients);
+        // Strangers first: they never take, or take over, a slot.
+        if !self
+            .opts
+            .admits(Uid::from_raw(creds.uid), Gid::from_raw(creds.gid))
+        {
+            return Err(RefuseReason::Credentials);
+        }
+        let live = self.clients.values().filter(|c| c.doomed.is_none()).count();
+        if live >= self.max_clients {
+            let victim = self
+                .eviction_candidate()
+                .ok_or(RefuseReason::TooManyClients)?;
+            if let Some(c) = self.clients.get_mut(&victim) {
+                c.out.clear();
+                c.doomed = Some(LeaveReason::Evicted);
+            }
+            // Removed, and the others told, by `settle`.
         }
         let id = self.alloc_id().ok_or(RefuseReason::NoFreeId)?;
         let resources = |e: DoorbellError| match e {
@@ -181,7 +229,7 @@ impl<K: Clone> Vm<K> {
             .map_err(|e| RefuseReason::Resources(errno_of(&e)))?;
         let event = EpollEvent::new(Client::interest(false), token(slot, Some(id)));
         epoll.add(&stream, event).map_err(RefuseReason::Resources)?;
-        let mut client = Client::new(stream, eventfds);
+        let mut client = Client::new(stream, creds, eventfds).map_err(RefuseReason::Resources)?;
         // The handshake, in the spec's order: version, own id, shared
         // memory, every existing peer (the host first: ids ascend) once per
         // vector with its eventfd, then its own id once per vector with its
@@ -195,6 +243,7 @@ impl<K: Clone> Vm<K> {
         let others = self
             .clients
             .iter()
+            .filter(|(_, c)| c.doomed.is_none())
             .flat_map(|(&peer, c)| c.eventfds.iter().map(move |fd| (peer, fd)));
         for (peer, fd) in host.chain(others) {
             hello.push(Outgoing::new(i64::from(peer), Some(Arc::clone(fd))));
@@ -202,6 +251,7 @@ impl<K: Clone> Vm<K> {
         for fd in &client.eventfds {
             hello.push(Outgoing::new(i64::from(id), Some(Arc::clone(fd))));
         }
+        client.handshake = hello.len();
         for msg in hello {
             client.queue(msg, self.queue_limit);
         }
