@@ -767,3 +767,89 @@ fn hostile_clients_against_a_server_process() {
     );
     assert_eq!(count("reason: Credentials"), 50);
 }
+
+/// Real QEMU behind 64 connected-but-silent clients: it is admitted (an
+/// idle client is evicted for it), takes its handshake and stays.
+#[test]
+fn qemu_is_not_refused_behind_64_idle_clients() {
+    let Some(qemu) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("qemu-system-x86_64"))
+            .find(|p| p.is_file())
+    }) else {
+        assert!(
+            std::env::var("IVCHAN_REQUIRE_REAL").as_deref() != Ok("1"),
+            "qemu-system-x86_64 not found and IVCHAN_REQUIRE_REAL=1"
+        );
+        eprintln!("skipped: qemu-system-x86_64 not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.sock");
+    let shm = tempfile::tempfile().unwrap();
+    shm.set_len(1 << 20).unwrap();
+    let mut server = DoorbellServer::<String>::new().unwrap();
+    server
+        .add_vm("vm".into(), &shm, VmOptions::new(&path))
+        .unwrap();
+    let mut pump = Pump::start(server);
+    let idle: Vec<UnixStream> = (0..64).map(|_| connect(&path)).collect();
+    pump.until("64 idle peers", |l| connected(l) == 64);
+
+    let err = dir.path().join("qemu.err");
+    let mut child = Command::new(qemu)
+        .args(["-accel", "tcg", "-machine", "pc", "-m", "64", "-nodefaults"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "none"])
+        .arg("-chardev")
+        .arg(format!("socket,path={},id=ivs", path.display()))
+        .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let qemu_err = || fs::read_to_string(&err).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connected(&pump.log) < 65 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("QEMU exited ({status}): {}", qemu_err());
+        }
+        assert!(Instant::now() < deadline, "QEMU never connected");
+        if let Ok(e) = pump.events.recv_timeout(Duration::from_millis(50)) {
+            pump.log.push(e);
+        }
+    }
+    // It reads its handshake while realizing the device (and exits if it
+    // cannot); give it time, then check it is still there and connected.
+    thread::sleep(Duration::from_secs(2));
+    pump.log.extend(pump.events.try_iter());
+    let alive = child.try_wait().unwrap().is_none();
+    let before_kill = pump.log.clone();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (_server, _log) = pump.finish();
+    assert!(alive, "QEMU exited: {}", qemu_err());
+    let qemu_peer = 65;
+    assert!(
+        !before_kill.iter().any(|e| matches!(
+            e,
+            ServerEvent::PeerLeft { peer, .. } if *peer == qemu_peer
+        )),
+        "QEMU was disconnected: {before_kill:?}"
+    );
+    let evicted = before_kill
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ServerEvent::PeerLeft {
+                    reason: LeaveReason::Evicted,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(evicted, 1, "{before_kill:?}");
+    drop(idle);
+    eprintln!("QEMU admitted as peer {qemu_peer} behind 64 idle clients (1 evicted) and stayed");
+}
