@@ -131,3 +131,27 @@ impl VmOptions {
         &self.path
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_this_euid_the_socket_group_and_allowed_ids_are_admitted() {
+        let me = nix::unistd::geteuid();
+        let stranger = Uid::from_raw(if me.as_raw() == 4242 { 4343 } else { 4242 });
+        let other_gid = Gid::from_raw(4242);
+        let opts = VmOptions::new("/x");
+        assert!(opts.admits(Uid::from_raw(0), other_gid));
+        assert!(opts.admits(me, other_gid));
+        assert!(!opts.admits(stranger, other_gid));
+        let grouped = VmOptions::new("/x").group(4242);
+        assert!(grouped.admits(stranger, other_gid), "socket group");
+        assert!(!grouped.admits(stranger, Gid::from_raw(4343)));
+        let by_uid = VmOptions::new("/x").allow_uid(stranger.as_raw());
+        assert!(by_uid.admits(stranger, Gid::from_raw(4343)));
+        let by_gid = VmOptions::new("/x").allow_gid(4343);
+        assert!(by_gid.admits(stranger, Gid::from_raw(4343)));
+        assert!(!by_gid.admits(stranger, other_gid));
+    }
+}

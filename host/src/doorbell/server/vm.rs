@@ -208,16 +208,14 @@ impl<K: Clone> Vm<K> {
             return Err(RefuseReason::Credentials);
         }
         let live = self.clients.values().filter(|c| c.doomed.is_none()).count();
-        if live >= self.max_clients {
-            let victim = self
-                .eviction_candidate()
-                .ok_or(RefuseReason::TooManyClients)?;
-            if let Some(c) = self.clients.get_mut(&victim) {
-                c.out.clear();
-                c.doomed = Some(LeaveReason::Evicted);
-            }
-            // Removed, and the others told, by `settle`.
-        }
+        let victim = if live >= self.max_clients {
+            Some(
+                self.eviction_candidate()
+                    .ok_or(RefuseReason::TooManyClients)?,
+            )
+        } else {
+            None
+        };
         let id = self.alloc_id().ok_or(RefuseReason::NoFreeId)?;
         let resources = |e: DoorbellError| match e {
             DoorbellError::Sys { source, .. } => RefuseReason::Resources(source),
@@ -230,6 +228,12 @@ impl<K: Clone> Vm<K> {
         let event = EpollEvent::new(Client::interest(false), token(slot, Some(id)));
         epoll.add(&stream, event).map_err(RefuseReason::Resources)?;
         let mut client = Client::new(stream, creds, eventfds).map_err(RefuseReason::Resources)?;
+        // Nothing can fail from here on: make room. The victim is removed,
+        // and the others told, by `settle`.
+        if let Some(c) = victim.and_then(|v| self.clients.get_mut(&v)) {
+            c.out.clear();
+            c.doomed = Some(LeaveReason::Evicted);
+        }
         // The handshake, in the spec's order: version, own id, shared
         // memory, every existing peer (the host first: ids ascend) once per
         // vector with its eventfd, then its own id once per vector with its
