@@ -616,18 +616,29 @@ fn misbehaving_clients_leak_nothing() {
         connected(l).len() == left(l).len()
     });
 
-    // The observer was told of every join and every leave, in order.
+    // The observer was told of every join it was sent and of the leave of
+    // each of those peers, in order (a peer that left before the observer
+    // was sent any of its eventfds is never mentioned to it).
     let deadline = Instant::now() + PATIENCE;
-    while obs.leaves < connected(&log).len() {
-        assert!(Instant::now() < deadline, "observer missed notices");
+    loop {
         log.extend(server.process(Some(STEP)).unwrap());
         obs.drain();
+        if obs.guests().is_empty() {
+            // Nothing more comes.
+            log.extend(pump_for(&mut server, Duration::from_millis(50)));
+            obs.drain();
+            if obs.guests().is_empty() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "observer missed notices");
     }
     let total = 20 + 20 + 10 + 100 + 100 + 50;
     assert_eq!(connected(&log).len(), total);
     assert_eq!(left(&log).len(), total);
-    assert_eq!((obs.joins, obs.leaves), (total, total));
-    assert_eq!(obs.guests(), Vec::<u16>::new());
+    assert_eq!(obs.joins, obs.leaves);
+    assert!(obs.joins > 0 && obs.joins <= total, "{}", obs.joins);
+    eprintln!("observer told of {} of {total} peers", obs.joins);
     assert_eq!(server.peers(&vm).unwrap(), [observer_id]);
     // Ids are never handed out twice while in use: each join above had a
     // fresh id from the observer's point of view (checked in `drain`).
@@ -648,26 +659,24 @@ fn misbehaving_clients_leak_nothing() {
     assert_eq!(fd_count(), baseline, "fds leaked");
 }
 
+/// A client that never reads is sent two messages (no fd) and costs the
+/// server nothing more, however many peers come and go meanwhile: their
+/// join notices are dropped from its queue when they leave, with their
+/// eventfds. No call to `process` ever waits on it.
 #[test]
-fn a_client_that_never_reads_is_dropped_not_waited_for() {
+fn a_client_that_never_reads_costs_nothing_and_is_not_waited_for() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, _file, path) = server_with(dir.path(), 1, |o| o.backlog(64));
+    let (mut server, _file, path) = server_with(dir.path(), 1, |o| o.vectors(2));
+    let vm = uuid(1);
     let mut log = Vec::new();
     let baseline = fd_count();
     let sleeper = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l) == [1]);
 
-    // Others come and go; the sleeper's socket fills up, then its queue,
-    // then it is disconnected. No call to `process` ever waits on it.
     let mut slowest = Duration::ZERO;
-    let mut cycles = 0;
-    while !left(&log).contains(&(1, LeaveReason::NotReading)) {
-        assert!(
-            cycles < 20_000,
-            "sleeper never dropped: {:?}",
-            left(&log).last()
-        );
+    let mut after_first = 0;
+    for cycle in 0..300 {
         let before = connected(&log).len();
         let c = connect(&path);
         while connected(&log).len() == before {
@@ -675,21 +684,32 @@ fn a_client_that_never_reads_is_dropped_not_waited_for() {
             log.extend(server.process(Some(STEP)).unwrap());
             slowest = slowest.max(t.elapsed());
         }
-        handshake_pumped(&mut server, &mut log, &c, 1);
-        cycles += 1;
+        let hello = handshake_pumped(&mut server, &mut log, &c, 2);
+        assert!(hello.peers.contains_key(&1), "the sleeper is a peer");
+        drop((c, hello));
+        pump_until(&mut server, &mut log, |l| left(l).len() == before);
+        if cycle == 0 {
+            after_first = fd_count();
+        }
     }
     assert!(
         slowest < Duration::from_millis(500),
         "process took {slowest:?}"
     );
-    eprintln!("sleeper dropped after {cycles} join/leave cycles; slowest process(): {slowest:?}");
+    // 299 departed peers' eventfds are not kept open for the sleeper.
+    assert_eq!(fd_count(), after_first, "fds kept for the sleeper");
+    assert_eq!(server.peers(&vm).unwrap(), [1], "the sleeper stays");
+    eprintln!("300 join/leave cycles past a sleeper; slowest process(): {slowest:?}");
 
-    // What it did get: the version and its id, no fd (a client that does
-    // not read is sent no more than two messages ahead), then the end of
-    // the stream.
-    let got: Vec<(i64, bool)> = std::iter::from_fn(|| recv_msg(&sleeper).unwrap())
-        .map(|(v, fd)| (v, fd.is_some()))
-        .collect();
+    // What it got: the version and its id, no fd (a client that does not
+    // read is never sent more than two messages ahead).
+    sleeper
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some((v, fd))) = recv_msg(&sleeper) {
+        got.push((v, fd.is_some()));
+    }
     assert_eq!(got, [(0, false), (1, false)]);
     drop(sleeper);
     pump_until(&mut server, &mut log, |l| {

@@ -146,6 +146,38 @@ impl Client {
         self.out.push_back(msg);
     }
 
+    /// Forgets a departed peer whose eventfds are `fds` (one per vector):
+    /// if none of them has been sent to this client yet (all still wait in
+    /// its queue, in the handshake or a join notice), they are dropped and
+    /// the client never hears of the peer. Otherwise the rest of the join
+    /// is kept (the client never sees a peer half-joined) and `true` says
+    /// the client must be told the peer left.
+    pub(super) fn forget(&mut self, fds: &[Arc<OwnedFd>]) -> bool {
+        let carries = |msg: &Outgoing| {
+            msg.sent == 0
+                && msg
+                    .fd
+                    .as_ref()
+                    .is_some_and(|fd| fds.iter().any(|f| Arc::ptr_eq(f, fd)))
+        };
+        let waiting = self.out.iter().filter(|m| carries(m)).count();
+        if waiting < fds.len() {
+            return true;
+        }
+        let mut index = self.sent;
+        let mut in_handshake = 0;
+        self.out.retain(|msg| {
+            let drop = carries(msg);
+            if drop && index < self.handshake {
+                in_handshake += 1;
+            }
+            index += 1;
+            !drop
+        });
+        self.handshake -= in_handshake;
+        false
+    }
+
     fn set_want_write(&mut self, epoll: &Epoll, token: u64, on: bool) -> Result<(), Errno> {
         if self.want_write != on {
             let mut event = EpollEvent::new(Self::interest(on), token);

@@ -121,6 +121,10 @@ impl VmOptions {
 
     /// Most join/leave notices queued for a client that does not read its
     /// socket, beyond its handshake; past it the client is disconnected.
+    /// A safety net: a peer that leaves before a client was sent anything
+    /// about it is dropped from that client's queue (with its eventfds),
+    /// so a client that does not read only accumulates notices about live
+    /// peers.
     pub fn backlog(mut self, max: usize) -> Self {
         self.backlog = max;
         self

@@ -324,11 +324,13 @@ impl<K: Clone> Vm<K> {
             if doomed.is_empty() {
                 return;
             }
+            let mut gone = Vec::with_capacity(doomed.len());
             for &(peer, reason) in &doomed {
                 if let Some(client) = self.clients.remove(&peer) {
                     let _ = epoll.delete(&client.stream);
-                    // Dropping closes the socket and this server's
-                    // references to the peer's eventfds.
+                    // Dropping closes the socket; the peer's eventfds live
+                    // on only in messages not yet sent to others.
+                    gone.push((peer, client.eventfds.clone()));
                     drop(client);
                 }
                 events.push(ServerEvent::PeerLeft {
@@ -337,9 +339,16 @@ impl<K: Clone> Vm<K> {
                     reason,
                 });
             }
+            // A client that was never sent any of a departed peer's
+            // eventfds forgets it silently; the others are told it left.
+            // So queues (and the fds they keep open) only ever refer to
+            // live peers, however many come and go while a client does
+            // not read.
             for other in self.clients.values_mut() {
-                for &(peer, _) in &doomed {
-                    other.queue(Outgoing::new(i64::from(peer), None), self.queue_limit);
+                for (peer, fds) in &gone {
+                    if other.forget(fds) {
+                        other.queue(Outgoing::new(i64::from(*peer), None), self.queue_limit);
+                    }
                 }
             }
         }
