@@ -505,6 +505,45 @@ fn idle_clients_of_one_vm_leave_fds_for_another_vms_handshake() {
     );
 }
 
+/// Idle clients of VM "a" cannot take the server's last fds either: with
+/// `RLIMIT_NOFILE` at 100 (each client costs the server 3 fds: its socket
+/// and 2 eventfds), "a" stops admitting while "b" still has room for its
+/// clients, and "b"'s handshake succeeds. Before, "a"'s clients took every
+/// fd and "b"'s connection was refused for lack of them.
+#[test]
+fn idle_clients_of_one_vm_leave_open_fds_for_another_vm() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the server as uid {NOBODY}");
+        return;
+    }
+    let mut server = ServerChild::spawn(100);
+    let a = server.path("a");
+    let idle: Vec<UnixStream> = (0..64).map(|_| connect(&a)).collect();
+    server.until("64 connections on a handled", |l| {
+        l.iter().filter(|s| s.contains("vm: \"a\"")).count() >= 64
+    });
+    let fds_a = server.fds();
+    // Two clients of "b" at once (QEMU and, say, an incoming migration):
+    // the second also gets the first's eventfds.
+    let mut b = Vec::new();
+    for (attempt, expected) in [(0, 5), (1, 7)] {
+        let c = connect(&server.path("b"));
+        let (_, fds) = handshake(&c, 2)
+            .unwrap_or_else(|e| panic!("b's handshake {attempt} with {fds_a} server fds: {e}"));
+        assert_eq!(fds, expected);
+        b.push(c);
+    }
+    drop(b);
+    drop(idle);
+    let log = server.stop();
+    let count = |p: &str| log.iter().filter(|l| l.contains(p)).count();
+    eprintln!(
+        "a: {} admitted, {} refused ({fds_a} server fds, limit 100); b's handshakes got their fds",
+        count("PeerConnected { vm: \"a\""),
+        count("Refused { vm: \"a\"")
+    );
+}
+
 /// 64 connected clients that never read do not keep a real client out:
 /// the newcomer takes the slot of one that never took its handshake.
 #[test]

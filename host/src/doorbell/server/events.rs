@@ -81,6 +81,11 @@ pub enum RefuseReason {
     /// The VM's client limit was reached, and every connected client has
     /// taken its handshake (none can be evicted).
     TooManyClients,
+    /// Admitting it would leave this process, under its soft
+    /// `RLIMIT_NOFILE`, too few fds for two clients of every other VM (and
+    /// no client of this VM could be evicted for it): one VM's clients
+    /// never take the fds another VM's QEMU needs.
+    FdReserve,
     /// Every peer id is in use.
     NoFreeId,
     /// The system ran out of something (fds, memory); accepting pauses

@@ -23,6 +23,11 @@
 //!   never reads is sent no fd at all. So idle clients of one VM cannot
 //!   push this user's in-flight fds past `RLIMIT_NOFILE` and make another
 //!   VM's handshake fail with `ETOOMANYREFS`.
+//! - Nor can they take the server's last fds: each client costs the
+//!   server its socket and one eventfd per vector, and a VM admits a client
+//!   only while this process's open fds stay below its soft
+//!   `RLIMIT_NOFILE` less room for two clients of every other VM
+//!   ([`RefuseReason::FdReserve`]).
 //! - Idle clients cannot keep a VM's QEMU out: when the VM is full, a
 //!   newcomer takes the slot of a client that has not taken its handshake
 //!   ([`LeaveReason::Evicted`]). Clients that read their handshake keep
@@ -296,11 +301,19 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
             let Some((slot, peer)) = parse_token(event.data()) else {
                 continue;
             };
+            // The fds the other VMs keep room for (see `Vm::reserve`).
+            let others: usize = self
+                .vms
+                .iter()
+                .enumerate()
+                .filter(|&(s, _)| s != slot)
+                .filter_map(|(_, vm)| vm.as_ref().map(Vm::reserve))
+                .sum();
             let Some(Some(vm)) = self.vms.get_mut(slot) else {
                 continue;
             };
             match peer {
-                None => vm.accept(&self.epoll, slot, &mut out),
+                None => vm.accept(&self.epoll, slot, others, &mut out),
                 Some(peer) => vm.client_event(&self.epoll, slot, peer, event.events()),
             }
             vm.settle(&self.epoll, slot, &mut out);

@@ -27,6 +27,29 @@ const ACCEPT_BATCH: usize = 32;
 /// (e.g. `EMFILE`), instead of spinning on it.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// Clients of every VM the server keeps fds for, whatever the other VMs'
+/// clients do: QEMU, and a second one (an incoming migration or a restart
+/// that overlaps the old process).
+const RESERVED_CLIENTS: usize = 2;
+/// Fds kept free beyond the reserves, for the server's own transient needs
+/// (reading `/proc`, accepting).
+const FD_SLACK: usize = 4;
+
+/// This process's open fds and its soft `RLIMIT_NOFILE`, from `/proc/self`;
+/// `None` if unlimited or unknown (then no budget applies).
+fn fd_room() -> Option<(usize, usize)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some((open, soft))
+}
+
 /// One served VM.
 #[derive(Debug)]
 pub(super) struct Vm<K> {
@@ -119,7 +142,23 @@ impl<K: Clone> Vm<K> {
         }
     }
 
-    pub(super) fn accept(&mut self, epoll: &Epoll, slot: usize, events: &mut Vec<ServerEvent<K>>) {
+    /// The fds this VM keeps room for while it has fewer than
+    /// [`RESERVED_CLIENTS`] clients: its socket and eventfds for each
+    /// missing one. Other VMs admit clients only while that room stays.
+    pub(super) fn reserve(&self) -> usize {
+        let live = self.clients.values().filter(|c| c.doomed.is_none()).count();
+        RESERVED_CLIENTS.saturating_sub(live) * (1 + usize::from(self.vectors))
+    }
+
+    /// Accepts pending connections (a batch); `others` is the fds the
+    /// other VMs keep room for.
+    pub(super) fn accept(
+        &mut self,
+        epoll: &Epoll,
+        slot: usize,
+        others: usize,
+        events: &mut Vec<ServerEvent<K>>,
+    ) {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -131,7 +170,7 @@ impl<K: Clone> Vm<K> {
                         });
                     let result = match creds {
                         Ok(creds) => self
-                            .admit(epoll, slot, stream, creds, events)
+                            .admit(epoll, slot, stream, creds, others, events)
                             .map_err(|reason| (reason, Some(creds))),
                         Err(e) => Err((RefuseReason::Resources(e), None)),
                     };
@@ -198,6 +237,7 @@ impl<K: Clone> Vm<K> {
         slot: usize,
         stream: UnixStream,
         creds: PeerCredentials,
+        others: usize,
         events: &mut Vec<ServerEvent<K>>,
     ) -> Result<(), RefuseReason> {
         // Strangers first: they never take, or take over, a slot.
@@ -208,11 +248,18 @@ impl<K: Clone> Vm<K> {
             return Err(RefuseReason::Credentials);
         }
         let live = self.clients.values().filter(|c| c.doomed.is_none()).count();
-        let victim = if live >= self.max_clients {
-            Some(
-                self.eviction_candidate()
-                    .ok_or(RefuseReason::TooManyClients)?,
-            )
+        // Its eventfds (its socket is open already) must leave the other
+        // VMs their room under RLIMIT_NOFILE.
+        let cost = usize::from(self.vectors);
+        let no_room = fd_room()
+            .is_some_and(|(open, limit)| open.saturating_add(cost + others + FD_SLACK) > limit);
+        let victim = if no_room || live >= self.max_clients {
+            let refusal = if no_room {
+                RefuseReason::FdReserve
+            } else {
+                RefuseReason::TooManyClients
+            };
+            Some(self.eviction_candidate().ok_or(refusal)?)
         } else {
             None
         };
