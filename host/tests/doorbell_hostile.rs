@@ -230,7 +230,7 @@ fn stranger() {
         .collect();
     let (mut bytes, mut fds, mut eofs) = (0, 0, 0);
     for sock in &socks {
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        sock.set_read_timeout(Some(HANG)).unwrap();
         loop {
             match recv_msg(sock) {
                 Ok(Some((_, fd))) => {

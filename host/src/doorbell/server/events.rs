@@ -63,8 +63,9 @@ pub enum LeaveReason {
     SentData,
     /// It let more than the configured backlog of notices pile up.
     NotReading,
-    /// The VM's client limit was reached and a newcomer took the slot of
-    /// this client, which had not yet taken its handshake.
+    /// The VM was full (its client limit, or its share of the process's
+    /// fds) and a newcomer took the slot of this client, which had not yet
+    /// taken its handshake.
     Evicted,
     /// Its socket failed.
     SocketError(Errno),

@@ -301,14 +301,18 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
             let Some((slot, peer)) = parse_token(event.data()) else {
                 continue;
             };
-            // The fds the other VMs keep room for (see `Vm::reserve`).
-            let others: usize = self
-                .vms
-                .iter()
-                .enumerate()
-                .filter(|&(s, _)| s != slot)
-                .filter_map(|(_, vm)| vm.as_ref().map(Vm::reserve))
-                .sum();
+            // For a listener: the fds the other VMs keep room for (see
+            // `Vm::reserve`).
+            let others: usize = match peer {
+                None => self
+                    .vms
+                    .iter()
+                    .enumerate()
+                    .filter(|&(s, _)| s != slot)
+                    .filter_map(|(_, vm)| vm.as_ref().map(Vm::reserve))
+                    .sum(),
+                Some(_) => 0,
+            };
             let Some(Some(vm)) = self.vms.get_mut(slot) else {
                 continue;
             };
