@@ -211,6 +211,26 @@ fn handshake(sock: &UnixStream, vectors: usize) -> Hello {
     }
 }
 
+/// Reads a handshake while the server runs on this thread: the server
+/// sends a client at most two messages ahead of what it has read, so a
+/// handshake needs the server running while it is read.
+fn handshake_pumped(
+    server: &mut DoorbellServer,
+    log: &mut Events,
+    sock: &UnixStream,
+    vectors: usize,
+) -> Hello {
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| handshake(sock, vectors));
+        while !reader.is_finished() {
+            log.extend(server.process(Some(STEP)).unwrap());
+        }
+        reader
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
 /// A client that follows join/leave notices and checks them.
 struct Observer {
     sock: UnixStream,
@@ -238,8 +258,8 @@ impl Observer {
         }
     }
 
-    fn read_hello(&mut self) {
-        self.hello = handshake(&self.sock, self.vectors);
+    fn read_hello(&mut self, server: &mut DoorbellServer, log: &mut Events) {
+        self.hello = handshake_pumped(server, log, &self.sock, self.vectors);
     }
 
     /// Applies every notice ready now.
@@ -318,7 +338,7 @@ fn handshake_order_for_one_then_two_clients() {
 
     let a = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l) == [1]);
-    let hello_a = handshake(&a, 2);
+    let hello_a = handshake_pumped(&mut server, &mut log, &a, 2);
     // version, id 1, -1+shm, host 0 twice (one eventfd each), own 1 twice.
     assert_eq!(
         hello_a.trace,
@@ -341,7 +361,7 @@ fn handshake_order_for_one_then_two_clients() {
 
     let b = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l) == [1, 2]);
-    let hello_b = handshake(&b, 2);
+    let hello_b = handshake_pumped(&mut server, &mut log, &b, 2);
     assert_eq!(
         hello_b.trace,
         [
@@ -411,7 +431,7 @@ fn handshake_order_for_one_then_two_clients() {
     // A new client gets a fresh id (2 is free again, but ids move on).
     let c = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l).len() == 3);
-    assert_eq!(handshake(&c, 2).id, 3);
+    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 2).id, 3);
 }
 
 #[test]
@@ -436,7 +456,10 @@ fn ringing_both_ways_over_many_vms() {
         .map(|n| connect(&dir.path().join(format!("vm{n}.sock"))))
         .collect();
     pump_until(&mut server, &mut log, |l| connected(l).len() == 3);
-    let hellos: Vec<Hello> = clients.iter().map(|c| handshake(c, 1)).collect();
+    let hellos: Vec<Hello> = clients
+        .iter()
+        .map(|c| handshake_pumped(&mut server, &mut log, c, 1))
+        .collect();
     for h in &hellos {
         assert_eq!(h.id, 1, "each VM has its own id space");
     }
@@ -470,7 +493,7 @@ fn ringing_both_ways_over_many_vms() {
     let late = connect(&dir.path().join("vm1.sock"));
     pump_until(&mut server, &mut log, |l| connected(l).len() == 4);
     server.ring_peer(&uuid(1), 2, 0).unwrap();
-    let hello = handshake(&late, 1);
+    let hello = handshake_pumped(&mut server, &mut log, &late, 1);
     assert_eq!(hello.id, 2);
     assert_eq!(eventfd_count(&hello.own[0], Duration::from_secs(1)), 1);
 
@@ -496,7 +519,7 @@ fn misbehaving_clients_leak_nothing() {
     let mut log = Vec::new();
     let mut obs = Observer::new(&path, 2);
     pump_until(&mut server, &mut log, |l| connected(l).len() == 1);
-    obs.read_hello();
+    obs.read_hello(&mut server, &mut log);
     let observer_id = obs.hello.id;
     // Settle, then count.
     let _ = pump_for(&mut server, Duration::from_millis(20));
@@ -546,7 +569,7 @@ fn misbehaving_clients_leak_nothing() {
         let before = connected(&log).len();
         let c = connect(&path);
         pump_until(&mut server, &mut log, |l| connected(l).len() == before + 1);
-        let hello = handshake(&c, 2);
+        let hello = handshake_pumped(&mut server, &mut log, &c, 2);
         assert!(hello.peers.contains_key(&observer_id));
         drop(c);
         pump_until(&mut server, &mut log, |l| {
@@ -585,7 +608,7 @@ fn misbehaving_clients_leak_nothing() {
     let in_use = server.peers(&vm).unwrap();
     assert_eq!(in_use.len(), 51, "observer + 50 held");
     for c in &held {
-        let hello = handshake(c, 2);
+        let hello = handshake_pumped(&mut server, &mut log, c, 2);
         assert!(in_use.contains(&hello.id));
     }
     drop(held);
@@ -593,18 +616,29 @@ fn misbehaving_clients_leak_nothing() {
         connected(l).len() == left(l).len()
     });
 
-    // The observer was told of every join and every leave, in order.
+    // The observer was told of every join it was sent and of the leave of
+    // each of those peers, in order (a peer that left before the observer
+    // was sent any of its eventfds is never mentioned to it).
     let deadline = Instant::now() + PATIENCE;
-    while obs.leaves < connected(&log).len() {
-        assert!(Instant::now() < deadline, "observer missed notices");
+    loop {
         log.extend(server.process(Some(STEP)).unwrap());
         obs.drain();
+        if obs.guests().is_empty() {
+            // Nothing more comes.
+            log.extend(pump_for(&mut server, Duration::from_millis(50)));
+            obs.drain();
+            if obs.guests().is_empty() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "observer missed notices");
     }
     let total = 20 + 20 + 10 + 100 + 100 + 50;
     assert_eq!(connected(&log).len(), total);
     assert_eq!(left(&log).len(), total);
-    assert_eq!((obs.joins, obs.leaves), (total, total));
-    assert_eq!(obs.guests(), Vec::<u16>::new());
+    assert_eq!(obs.joins, obs.leaves);
+    assert!(obs.joins > 0 && obs.joins <= total, "{}", obs.joins);
+    eprintln!("observer told of {} of {total} peers", obs.joins);
     assert_eq!(server.peers(&vm).unwrap(), [observer_id]);
     // Ids are never handed out twice while in use: each join above had a
     // fresh id from the observer's point of view (checked in `drain`).
@@ -612,7 +646,10 @@ fn misbehaving_clients_leak_nothing() {
     // The server survived and still serves.
     let c = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l).len() == total + 1);
-    assert_eq!(usize::from(handshake(&c, 2).id), total + 2);
+    assert_eq!(
+        usize::from(handshake_pumped(&mut server, &mut log, &c, 2).id),
+        total + 2
+    );
     drop(c);
     pump_until(&mut server, &mut log, |l| left(l).len() == total + 1);
     obs.drain();
@@ -622,26 +659,24 @@ fn misbehaving_clients_leak_nothing() {
     assert_eq!(fd_count(), baseline, "fds leaked");
 }
 
+/// A client that never reads is sent two messages (no fd) and costs the
+/// server nothing more, however many peers come and go meanwhile: their
+/// join notices are dropped from its queue when they leave, with their
+/// eventfds. No call to `process` ever waits on it.
 #[test]
-fn a_client_that_never_reads_is_dropped_not_waited_for() {
+fn a_client_that_never_reads_costs_nothing_and_is_not_waited_for() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, _file, path) = server_with(dir.path(), 1, |o| o.backlog(64));
+    let (mut server, _file, path) = server_with(dir.path(), 1, |o| o.vectors(2));
+    let vm = uuid(1);
     let mut log = Vec::new();
     let baseline = fd_count();
     let sleeper = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l) == [1]);
 
-    // Others come and go; the sleeper's socket fills up, then its queue,
-    // then it is disconnected. No call to `process` ever waits on it.
     let mut slowest = Duration::ZERO;
-    let mut cycles = 0;
-    while !left(&log).contains(&(1, LeaveReason::NotReading)) {
-        assert!(
-            cycles < 20_000,
-            "sleeper never dropped: {:?}",
-            left(&log).last()
-        );
+    let mut after_first = 0;
+    for cycle in 0..300 {
         let before = connected(&log).len();
         let c = connect(&path);
         while connected(&log).len() == before {
@@ -649,26 +684,34 @@ fn a_client_that_never_reads_is_dropped_not_waited_for() {
             log.extend(server.process(Some(STEP)).unwrap());
             slowest = slowest.max(t.elapsed());
         }
-        handshake(&c, 1);
-        cycles += 1;
+        let hello = handshake_pumped(&mut server, &mut log, &c, 2);
+        assert!(hello.peers.contains_key(&1), "the sleeper is a peer");
+        drop((c, hello));
+        pump_until(&mut server, &mut log, |l| left(l).len() == before);
+        if cycle == 0 {
+            after_first = fd_count();
+        }
     }
     assert!(
         slowest < Duration::from_millis(500),
         "process took {slowest:?}"
     );
-    eprintln!("sleeper dropped after {cycles} join/leave cycles; slowest process(): {slowest:?}");
+    // 299 departed peers' eventfds are not kept open for the sleeper.
+    assert_eq!(fd_count(), after_first, "fds kept for the sleeper");
+    assert_eq!(server.peers(&vm).unwrap(), [1], "the sleeper stays");
+    eprintln!("300 join/leave cycles past a sleeper; slowest process(): {slowest:?}");
 
-    // What it did get is well-formed: its handshake, then notices, then
-    // the end of the stream.
-    let hello = handshake(&sleeper, 1);
-    assert_eq!(hello.id, 1);
-    let mut notices = 0;
-    while let Some((v, _)) = recv_msg(&sleeper).unwrap() {
-        assert!(v > 1, "notice about peer {v}");
-        notices += 1;
+    // What it got: the version and its id, no fd (a client that does not
+    // read is never sent more than two messages ahead).
+    sleeper
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some((v, fd))) = recv_msg(&sleeper) {
+        got.push((v, fd.is_some()));
     }
-    assert!(notices > 64);
-    drop((sleeper, hello));
+    assert_eq!(got, [(0, false), (1, false)]);
+    drop(sleeper);
     pump_until(&mut server, &mut log, |l| {
         left(l).len() == connected(l).len()
     });
@@ -681,7 +724,15 @@ fn too_many_clients_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, _file, path) = server_with(dir.path(), 1, |o| o.max_clients(3));
     let mut log = Vec::new();
-    let clients: Vec<UnixStream> = (0..5).map(|_| connect(&path)).collect();
+    // Three clients that take their handshakes fill the VM; two more are
+    // refused (none of the three can be evicted).
+    let mut clients: Vec<UnixStream> = Vec::new();
+    for i in 1..=3 {
+        let c = connect(&path);
+        assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, i);
+        clients.push(c);
+    }
+    clients.extend((0..2).map(|_| connect(&path)));
     pump_until(&mut server, &mut log, |l| l.len() == 5);
     assert_eq!(connected(&log), [1, 2, 3]);
     let refused = log
@@ -691,15 +742,13 @@ fn too_many_clients_are_closed() {
                 e,
                 ServerEvent::Refused {
                     reason: RefuseReason::TooManyClients,
+                    peer: Some(_),
                     ..
                 }
             )
         })
         .count();
     assert_eq!(refused, 2);
-    for c in &clients[..3] {
-        handshake(c, 1);
-    }
     for c in &clients[3..] {
         assert!(recv_msg(c).unwrap().is_none(), "refused: closed, no bytes");
     }
@@ -708,7 +757,7 @@ fn too_many_clients_are_closed() {
     pump_until(&mut server, &mut log, |l| left(l).len() == 3);
     let c = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l).len() == 4);
-    assert_eq!(handshake(&c, 1).id, 4);
+    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, 4);
 }
 
 #[test]
@@ -733,7 +782,7 @@ fn socket_file_stale_replaced_others_refused() {
     let mut log = Vec::new();
     let c = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l) == [1]);
-    assert_eq!(handshake(&c, 1).id, 1);
+    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, 1);
 
     // A live socket (this server's) is not taken over.
     let mut other = DoorbellServer::new().unwrap();

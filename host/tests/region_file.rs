@@ -450,3 +450,46 @@ fn a_planted_fifo_is_refused_without_blocking() {
         "{inspected:?}"
     );
 }
+
+#[test]
+fn a_region_truncated_under_a_live_channel_is_an_error_not_a_crash() {
+    use ivchan_host::{ChannelError, VmChannel};
+    use ivchan_protocol::LayoutError;
+    let dir = shm_dir();
+    let vm = uuid(VM);
+    let mut ch = VmChannel::builder(&vm)
+        .regions(opts(dir.path()))
+        .name("truncated")
+        .create()
+        .expect("create");
+    let path = ch.path().to_path_buf();
+    // The file's owner shrinks it from another process while we wait.
+    let truncate = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let status = std::process::Command::new("truncate")
+            .args(["-s", "0"])
+            .arg(&path)
+            .status()
+            .expect("run truncate");
+        assert!(status.success());
+    });
+    let mut buf = [0u8; 64];
+    let err = ch
+        .recv(&mut buf, Some(std::time::Duration::from_secs(20)))
+        .unwrap_err();
+    truncate.join().expect("truncate thread");
+    assert!(
+        matches!(
+            err,
+            ChannelError::Layout(LayoutError::HeaderWiped { found: 0 })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("file truncated"), "{err}");
+    assert!(ch.memory().was_truncated());
+    // Poisoned: every later call fails at once, nothing crashes.
+    assert!(matches!(
+        ch.recv(&mut buf, None),
+        Err(ChannelError::Layout(LayoutError::HeaderWiped { .. }))
+    ));
+}

@@ -208,6 +208,12 @@ pub enum LayoutError {
     },
     /// The magic word is zero: nobody has initialised the header yet.
     NotInitialized,
+    /// The header's magic word changed while the region was in use: it was
+    /// reset (`ivchan reset`), overwritten, or its file truncated.
+    HeaderWiped {
+        /// The value read.
+        found: u64,
+    },
     /// The magic word is something other than ivchan's.
     BadMagic {
         /// The value read.
@@ -281,6 +287,11 @@ impl fmt::Display for LayoutError {
             Self::BadMagic { found } => {
                 write!(f, "region magic 0x{found:016x} is not ivchan's")
             }
+            Self::HeaderWiped { found } => write!(
+                f,
+                "the region's header was wiped while in use (magic now 0x{found:016x}): \
+                 it was reset, overwritten, or its file truncated"
+            ),
             Self::IncompatibleVersion {
                 found_major,
                 found_minor,

@@ -547,6 +547,16 @@ impl<'a> Header<'a> {
         })
     }
 
+    /// Checks that the header is still there: its magic word unchanged
+    /// since [`open`](Self::open) (a reset, a stray write or a truncated
+    /// file clears it).
+    pub fn check_present(&self) -> Result<(), LayoutError> {
+        match self.region.load(offsets::MAGIC, Ordering::Acquire) {
+            MAGIC => Ok(()),
+            found => Err(LayoutError::HeaderWiped { found }),
+        }
+    }
+
     /// Reads `side`'s block once.
     pub fn status(&self, side: Side) -> Result<SideStatus, LayoutError> {
         let block = side.block();

@@ -62,6 +62,8 @@ mod region;
 #[cfg(feature = "std")]
 pub mod report;
 pub mod ring;
+#[cfg(feature = "std")]
+mod sigbus;
 mod sync;
 #[cfg(feature = "std")]
 mod uuid;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
+use crate::sigbus::Watch;
 use crate::Region;
 
 /// Something that owns a mapped region and keeps it in place.
@@ -51,6 +52,9 @@ pub struct Mapping {
     /// again until drop.
     base: NonNull<u8>,
     len: usize,
+    /// File mappings are watched for truncation (`SIGBUS`); dropped before
+    /// the mapping below.
+    watch: Option<Watch>,
     /// Owns the mapping; never accessed directly.
     _map: MmapMut,
 }
@@ -82,7 +86,7 @@ impl Mapping {
         // reads it as ordinary Rust memory: it is reached solely through
         // `Region` (atomic words, byte copies under the ring protocol).
         let map = unsafe { MmapOptions::new().len(len).map_mut(file) }?;
-        Self::own(map)
+        Self::own(map).map(Self::watched)
     }
 
     /// Maps `len` bytes of `file` private copy-on-write, for inspection:
@@ -92,7 +96,7 @@ impl Mapping {
         // SAFETY: MAP_PRIVATE of a file others write; reached only through
         // `Region`, as above.
         let map = unsafe { MmapOptions::new().len(len).map_copy(file) }?;
-        Self::own(map)
+        Self::own(map).map(Self::watched)
     }
 
     /// Maps `len` bytes of zeroed anonymous memory: a region for channels
@@ -112,8 +116,26 @@ impl Mapping {
         Ok(Self {
             base,
             len,
+            watch: None,
             _map: map,
         })
+    }
+
+    /// A file mapping: a `SIGBUS` from the file shrinking under it turns
+    /// into zeros and [`was_truncated`](Self::was_truncated).
+    fn watched(mut self) -> Self {
+        #[cfg(not(miri))]
+        {
+            self.watch = crate::sigbus::watch(self.base.as_ptr() as usize, self.len);
+        }
+        self
+    }
+
+    /// True once an access found the file truncated under the mapping
+    /// (another process shrank it). Its contents then read as zeros, which
+    /// the channel reports as a broken header and ring; this says why.
+    pub fn was_truncated(&self) -> bool {
+        self.watch.as_ref().is_some_and(Watch::truncated)
     }
 
     /// Mapped length in bytes.
@@ -176,6 +198,31 @@ mod tests {
         let moved = Box::new(m);
         assert_eq!(moved.region().addr(), addr);
         assert_eq!(moved.region().load(0, Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot mmap")]
+    fn a_file_truncated_under_the_mapping_reads_as_zeros_instead_of_crashing() {
+        let file = tempfile_in_shm();
+        file.set_len(1 << 20).expect("size");
+        let shared = Mapping::shared(&file, 1 << 20).expect("map");
+        let private = Mapping::private(&file, 1 << 20).expect("map private");
+        shared.region().store(8192, 7, Ordering::Release);
+        assert_eq!(private.region().load(8192, Ordering::Acquire), 7);
+        assert!(!shared.was_truncated());
+        // Another process (here: another descriptor) shrinks the file.
+        file.set_len(4096).expect("truncate");
+        assert_eq!(shared.region().load(8192, Ordering::Acquire), 0);
+        shared.region().store(65536, 1, Ordering::Release);
+        assert!(shared.was_truncated());
+        assert_eq!(private.region().load(8192, Ordering::Acquire), 0);
+        assert!(private.was_truncated());
+        // An untouched mapping of another file is not affected.
+        let other = tempfile_in_shm();
+        other.set_len(1 << 20).expect("size");
+        let fine = Mapping::shared(&other, 1 << 20).expect("map other");
+        fine.region().store(8192, 9, Ordering::Release);
+        assert!(!fine.was_truncated());
     }
 
     fn tempfile_in_shm() -> File {

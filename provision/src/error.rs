@@ -54,6 +54,59 @@ pub enum Error {
     /// `ivshmem-doorbell` without the ivshmem server's socket.
     #[error("model ivshmem-doorbell needs the ivshmem server's socket (--server PATH)")]
     DoorbellNeedsServer,
+    /// `--server` given for the plain model (the path).
+    #[error("--server {0:?} is only for model ivshmem-doorbell; the ivshmem-plain model has no server (add --model ivshmem-doorbell, or drop --server)")]
+    PlainWithServer(PathBuf),
+    /// `--vectors` given for the plain model.
+    #[error(
+        "--vectors is only for model ivshmem-doorbell; the ivshmem-plain model has no interrupts"
+    )]
+    PlainWithVectors,
+    /// A region path template without `{uuid}` (the path).
+    #[error("region path {0:?} has no {{uuid}} in its file name, so every VM would get the same region; use e.g. /dev/shm/fg_{{uuid}}")]
+    RegionWithoutUuid(String),
+    /// The requested PCI bus does not exist in the domain.
+    #[error("the domain has no PCI bus {bus} (no <controller type='pci' index='{bus}'>); its PCI buses are: {have}")]
+    NoSuchBus {
+        /// The bus asked for.
+        bus: u8,
+        /// The buses the domain has.
+        have: String,
+    },
+    /// A slot other than 0 on a single-slot port.
+    #[error(
+        "bus {bus} is a {model}, which has a single slot 0; slot 0x{slot:02x} does not exist there"
+    )]
+    PortHasOneSlot {
+        /// The bus.
+        bus: u8,
+        /// Its controller model.
+        model: String,
+        /// The slot asked for.
+        slot: u8,
+    },
+    /// No free PCIe root port for a live hotplug on q35.
+    #[error("domain {dom} has no free hot-pluggable PCIe port (a pcie-root-port with nothing on it), and libvirt cannot add a controller to a running domain; `ivchan-provision apply {dom}` adds the device with its own pcie-root-port for the next start, or define the domain with spare <controller type='pci' model='pcie-root-port'/> elements")]
+    NoHotplugPort {
+        /// The domain.
+        dom: String,
+    },
+    /// An existing device this tool cannot update in place.
+    #[error("the domain already has an ivshmem device through {route} that this tool cannot update ({why}); run `undo` first")]
+    CannotUpdate {
+        /// The route that added it.
+        route: &'static str,
+        /// Why it cannot be updated.
+        why: String,
+    },
+    /// A read-only file to rewrite, without `--force`.
+    #[error("{path} is read-only (mode {mode:04o}); pass --force to rewrite it anyway")]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The domain has no `<devices>` element.
     #[error("the domain has no <devices> element to add the device to")]
     NoDevices,

@@ -8,8 +8,11 @@
 //! the guest sees a header even before a host agent runs; on `release end`
 //! it removes the file or keeps it. The region file itself is the host
 //! crate's [`RegionFile`](ivchan_host::RegionFile) (`O_NOFOLLOW`, `fstat` checks, `flock`), released
-//! as soon as the hook is done. The hook never fails a VM start because of
-//! its own error unless configured to (`strict`).
+//! as soon as the hook is done. The hook fails closed: with `strict` (the
+//! CLI's default; `--fail-open` turns it off) any error on `prepare` — a
+//! region file with an unexpected owner, type, mode or size, among others —
+//! makes it exit non-zero, so libvirt refuses to start the VM and shows the
+//! hook's message.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -73,7 +76,8 @@ pub struct HookConfig {
     pub name: String,
     /// What to do with the region when the domain is released.
     pub on_release: OnRelease,
-    /// Fail the libvirt operation (non-zero exit) when the hook fails.
+    /// Fail the libvirt operation (non-zero exit) when the hook fails: the
+    /// default (`ivchan-provision hook` sets it unless `--fail-open`).
     pub strict: bool,
 }
 

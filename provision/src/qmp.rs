@@ -22,6 +22,11 @@ use crate::virsh::Virsh;
 pub const IVSHMEM_VENDOR: u64 = 0x1af4;
 /// ivshmem's PCI device id.
 pub const IVSHMEM_DEVICE: u64 = 0x1110;
+/// QEMU's `pcie-root-port` (vendor Red Hat 0x1b36, device 0x000c).
+const ROOT_PORT: (u64, u64) = (0x1b36, 0x000c);
+/// The q35 chipset's ICH9 LPC bridge at 00:1f.0 (vendor Intel): its
+/// presence on bus 0 means the root bus is `pcie.0`, which takes no hotplug.
+const ICH9_LPC: (u64, u64) = (0x8086, 0x2918);
 
 /// The warning printed for the `virsh qemu-monitor-command` route.
 pub const TAINT_MONITOR_WARNING: &str = "libvirt marks a domain changed through qemu-monitor-command as tainted (\"custom-monitor\"), and it does not know about the device: it is lost on restart and may confuse later libvirt hotplug; prefer `ivchan-provision hotplug`";
@@ -176,6 +181,48 @@ fn pci_devices(v: &Value) -> Vec<(u64, u64, u64, u64, String)> {
     out
 }
 
+/// The QEMU ids of the `pcie-root-port`s in a `query-pci` answer that may
+/// take a device: first those known to be empty (last first, like the XML
+/// routes), then those whose secondary bus the firmware has not numbered
+/// yet (`query-pci` lists no devices behind them, taken or not).
+fn root_port_candidates(v: &Value) -> Vec<String> {
+    fn walk(devs: &[Value], free: &mut Vec<String>, unknown: &mut Vec<String>) {
+        for d in devs {
+            let id = |k: &str| {
+                d.get("id")
+                    .and_then(|i| i.get(k))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
+            let Some(bridge) = d.get("pci_bridge") else {
+                continue;
+            };
+            let qdev = d.get("qdev_id").and_then(Value::as_str).unwrap_or("");
+            let is_port = (id("vendor"), id("device")) == ROOT_PORT && !qdev.is_empty();
+            match bridge.get("devices").and_then(Value::as_array) {
+                Some(behind) => {
+                    if is_port && behind.is_empty() {
+                        free.push(qdev.to_string());
+                    }
+                    walk(behind, free, unknown);
+                }
+                None if is_port => unknown.push(qdev.to_string()),
+                None => {}
+            }
+        }
+    }
+    let (mut free, mut unknown) = (Vec::new(), Vec::new());
+    for bus in v.as_array().into_iter().flatten() {
+        if let Some(devs) = bus.get("devices").and_then(Value::as_array) {
+            walk(devs, &mut free, &mut unknown);
+        }
+    }
+    free.reverse();
+    unknown.reverse();
+    free.extend(unknown);
+    free
+}
+
 /// ivshmem devices in a `query-pci` answer.
 pub fn find_ivshmem(query_pci: &Value) -> Vec<PciDevice> {
     pci_devices(query_pci)
@@ -184,6 +231,8 @@ pub fn find_ivshmem(query_pci: &Value) -> Vec<PciDevice> {
         .map(|(bus, slot, _, _, qdev_id)| PciDevice { bus, slot, qdev_id })
         .collect()
 }
+
+const NO_FREE_PORT: &str = "this q35 VM has no free pcie-root-port, and its root bus pcie.0 takes no hotplug; start it with a spare one (-device pcie-root-port,id=…,chassis=…) or use the XML routes";
 
 /// What [`hot_add`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,29 +254,49 @@ pub fn hot_add(m: &mut dyn Monitor, spec: &Spec, uuid: &VmUuid) -> Result<HotAdd
             already_present: true,
         });
     }
-    let used: Vec<u64> = pci_devices(&pci)
+    let q35 = pci_devices(&pci)
         .iter()
-        .filter(|d| d.0 == u64::from(spec.bus))
-        .map(|d| d.1)
-        .collect();
-    let slot = if !used.contains(&u64::from(spec.slot)) {
-        spec.slot
-    } else if spec.pick_free_slot {
-        (3u8..=0x1f)
-            .rev()
-            .find(|s| !used.contains(&u64::from(*s)))
-            .ok_or(Error::NoFreeSlot(spec.bus))?
+        .any(|d| d.0 == 0 && (d.2, d.3) == ICH9_LPC);
+    // On q35, pcie.0 takes no hotplug: slot 0 of a free root port, trying
+    // each candidate in turn.
+    let ports = if q35 && spec.bus.is_none() && spec.slot.is_none() {
+        let ports = root_port_candidates(&pci);
+        if ports.is_empty() {
+            return Err(Error::Qmp(NO_FREE_PORT.into()));
+        }
+        ports
     } else {
-        return Err(Error::SlotConflict {
-            bus: spec.bus,
-            slot: spec.slot,
-            holder: "a device already present in the running VM".into(),
-        });
+        Vec::new()
     };
-    let mut dev = json!({ "id": DEV_ID, "addr": format!("0x{slot:02x}") });
-    if spec.bus != 0 {
-        dev["bus"] = json!(format!("pci.{}", spec.bus));
-    }
+    let mut dev = if let Some(first) = ports.first() {
+        json!({ "id": DEV_ID, "bus": first, "addr": "0x0" })
+    } else {
+        let (bus, wanted) = (spec.bus_or_default(), spec.slot_or_default());
+        let used: Vec<u64> = pci_devices(&pci)
+            .iter()
+            .filter(|d| d.0 == u64::from(bus))
+            .map(|d| d.1)
+            .collect();
+        let slot = if !used.contains(&u64::from(wanted)) {
+            wanted
+        } else if spec.pick_free_slot {
+            (3u8..=0x1f)
+                .rev()
+                .find(|s| !used.contains(&u64::from(*s)))
+                .ok_or(Error::NoFreeSlot(bus))?
+        } else {
+            return Err(Error::SlotConflict {
+                bus,
+                slot: wanted,
+                holder: "a device already present in the running VM".into(),
+            });
+        };
+        let mut dev = json!({ "id": DEV_ID, "addr": format!("0x{slot:02x}") });
+        if bus != 0 {
+            dev["bus"] = json!(format!("pci.{bus}"));
+        }
+        dev
+    };
     let (backend_cmd, backend_id) = match &spec.model {
         Model::Plain => {
             let path = spec.region_path(uuid);
@@ -262,10 +331,24 @@ pub fn hot_add(m: &mut dyn Monitor, spec: &Spec, uuid: &VmUuid) -> Result<HotAdd
             ("chardev-remove", CHR_ID)
         }
     };
-    if let Err(e) = m.execute("device_add", Some(dev)) {
+    let mut added = m.execute("device_add", Some(dev.clone()));
+    for port in ports.iter().skip(1) {
+        if added.is_ok() {
+            break;
+        }
+        dev["bus"] = json!(port);
+        added = m.execute("device_add", Some(dev.clone()));
+    }
+    if let Err(e) = added {
         // Roll back the backend so a retry starts clean.
         let _ = m.execute(backend_cmd, Some(json!({ "id": backend_id })));
-        return Err(e);
+        return Err(if ports.len() > 1 {
+            Error::Qmp(format!(
+                "{NO_FREE_PORT} (every pcie-root-port refused it; the last: {e})"
+            ))
+        } else {
+            e
+        });
     }
     let pci = m.execute("query-pci", None)?;
     let device = find_ivshmem(&pci)
@@ -311,5 +394,36 @@ mod tests {
         // Second time: already present, nothing added.
         let r = hot_add(&mut f, &Spec::default(), &u).unwrap();
         assert!(r.already_present);
+    }
+
+    #[test]
+    fn q35_hot_adds_behind_a_free_root_port() {
+        let u = crate::spec::parse_uuid("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
+        let lpc = json!({"bus":0,"slot":31,"function":0,"id":{"vendor":0x8086,"device":0x2918}});
+        let port = |qdev: &str, slot: u64, behind: Value| {
+            json!({"bus":0,"slot":slot,"qdev_id":qdev,"id":{"vendor":0x1b36,"device":0x000c},
+                   "pci_bridge":{"bus":{"number":slot},"devices":behind}})
+        };
+        let taken = json!([{"bus":1,"slot":0,"id":{"vendor":0x1af4,"device":0x1041}}]);
+        let pci = json!([{"bus":0,"devices":[lpc, port("pci.1", 1, taken), port("pci.2", 2, json!([]))]}]);
+        let mut f = Fake(Vec::new(), pci);
+        hot_add(&mut f, &Spec::default(), &u).unwrap();
+        let dev = f.0[2].1.as_ref().unwrap();
+        assert_eq!(
+            (dev["bus"].as_str(), dev["addr"].as_str()),
+            (Some("pci.2"), Some("0x0"))
+        );
+        // Ports whose bus the firmware has not numbered come after the
+        // known-free ones.
+        let unknown = json!({"bus":0,"slot":5,"qdev_id":"rp5","id":{"vendor":0x1b36,"device":0x000c},
+                             "pci_bridge":{"bus":{"number":0}}});
+        let pci = json!([{"bus":0,"devices":[unknown, port("pci.2", 2, json!([])), port("pci.3", 3, json!([]))]}]);
+        assert_eq!(root_port_candidates(&pci), ["pci.3", "pci.2", "rp5"]);
+        // No free port: refused before anything is added.
+        let pci = json!([{"bus":0,"devices":[lpc]}]);
+        let mut f = Fake(Vec::new(), pci);
+        let e = hot_add(&mut f, &Spec::default(), &u).unwrap_err();
+        assert!(e.to_string().contains("no free pcie-root-port"), "{e}");
+        assert_eq!(f.0.len(), 1);
     }
 }

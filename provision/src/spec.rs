@@ -40,13 +40,23 @@ pub enum Model {
 }
 
 impl Model {
-    /// Parse a model name; `server` is required for the doorbell model.
-    pub fn parse(name: &str, server: Option<PathBuf>, vectors: u32) -> Result<Model> {
+    /// Parse a model name; `server` is required for the doorbell model and
+    /// refused (like `vectors`) for the plain one, which has no server and
+    /// no interrupts. `vectors` defaults to 1.
+    pub fn parse(name: &str, server: Option<PathBuf>, vectors: Option<u32>) -> Result<Model> {
         match name {
-            "ivshmem-plain" | "plain" => Ok(Model::Plain),
+            "ivshmem-plain" | "plain" => {
+                if let Some(server) = server {
+                    return Err(Error::PlainWithServer(server));
+                }
+                if vectors.is_some() {
+                    return Err(Error::PlainWithVectors);
+                }
+                Ok(Model::Plain)
+            }
             "ivshmem-doorbell" | "doorbell" => Ok(Model::Doorbell {
                 server: server.ok_or(Error::DoorbellNeedsServer)?,
-                vectors,
+                vectors: vectors.unwrap_or(1),
             }),
             other => Err(Error::UnknownModel(other.to_string())),
         }
@@ -80,10 +90,13 @@ pub struct Spec {
     /// [`naming::MIN_REGION_SIZE`] (1 MiB) to [`naming::MAX_REGION_SIZE`]
     /// (16 GiB), checked by [`Spec::validate`].
     pub size: u64,
-    /// PCI bus number (0 is the root bus).
-    pub bus: u8,
-    /// PCI slot on that bus.
-    pub slot: u8,
+    /// PCI bus number (0 is the root bus); `None` places the device
+    /// automatically: bus 0 on i440fx (`pc`) machines, a free (or added)
+    /// `pcie-root-port` on q35.
+    pub bus: Option<u8>,
+    /// PCI slot on that bus; `None` is automatic: [`DEFAULT_SLOT`] on
+    /// i440fx, slot 0 of the port on q35.
+    pub slot: Option<u8>,
     /// Pick another free slot when `slot` is taken, instead of refusing.
     pub pick_free_slot: bool,
     /// Region path template; `{uuid}` is replaced by the domain's UUID.
@@ -97,8 +110,8 @@ impl Default for Spec {
         Spec {
             model: Model::Plain,
             size: naming::DEFAULT_REGION_SIZE,
-            bus: 0,
-            slot: DEFAULT_SLOT,
+            bus: None,
+            slot: None,
             pick_free_slot: false,
             region: default_region(),
             arg_form: ArgForm::Json,
@@ -110,13 +123,35 @@ impl Spec {
     /// Check the values that cannot be checked by their types.
     pub fn validate(&self) -> Result<()> {
         RegionSize::new(self.size)?;
-        if self.slot > 0x1f {
+        if let Some(slot) = self.slot.filter(|&s| s > 0x1f) {
             return Err(Error::BadPciNumber {
                 what: "slot",
-                value: format!("0x{:x}", self.slot),
+                value: format!("0x{slot:x}"),
             });
         }
+        // Every VM needs its own region: a template without {uuid} would
+        // give them all the same file. (The doorbell model's region comes
+        // from the ivshmem server, so its template is not used.)
+        if self.model == Model::Plain {
+            let name = Path::new(&self.region)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
+            if !name.contains("{uuid}") {
+                return Err(Error::RegionWithoutUuid(self.region.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// The bus, with the i440fx default (bus 0).
+    pub fn bus_or_default(&self) -> u8 {
+        self.bus.unwrap_or(0)
+    }
+
+    /// The slot, with the i440fx default ([`DEFAULT_SLOT`]).
+    pub fn slot_or_default(&self) -> u8 {
+        self.slot.unwrap_or(DEFAULT_SLOT)
     }
 
     /// The region path for a domain.
@@ -144,10 +179,11 @@ impl Spec {
         Ok(name)
     }
 
-    /// QEMU arguments (`-object …`, `-device …`) that add the device for `uuid`.
-    pub fn qemu_args(&self, uuid: &VmUuid, slot: u8) -> Vec<String> {
+    /// QEMU arguments (`-object …`, `-device …`) that add the device for
+    /// `uuid` at `slot` on the QEMU bus `bus` (its id, e.g. `pci.3`; `None`
+    /// is the machine's root bus).
+    pub fn qemu_args(&self, uuid: &VmUuid, bus: Option<&str>, slot: u8) -> Vec<String> {
         let addr = format!("0x{slot:02x}");
-        let bus = (self.bus != 0).then(|| format!("pci.{}", self.bus));
         match (&self.model, self.arg_form) {
             (Model::Plain, ArgForm::Json) => {
                 let path = self.region_path(uuid);
@@ -355,7 +391,7 @@ mod tests {
     fn args() {
         let u = parse_uuid("6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b").unwrap();
         let s = Spec::default();
-        let a = s.qemu_args(&u, 0x1f);
+        let a = s.qemu_args(&u, None, 0x1f);
         assert_eq!(a[0], "-object");
         let v: serde_json::Value = serde_json::from_str(&a[1]).unwrap();
         assert_eq!(
@@ -369,10 +405,46 @@ mod tests {
             arg_form: ArgForm::Legacy,
             ..Spec::default()
         };
-        let a = legacy.qemu_args(&u, 3);
+        let a = legacy.qemu_args(&u, None, 3);
         assert_eq!(
             a[3],
             "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,addr=0x03"
         );
+        let a = legacy.qemu_args(&u, Some("pci.4"), 0);
+        assert_eq!(
+            a[3],
+            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,bus=pci.4,addr=0x00"
+        );
+    }
+
+    #[test]
+    fn contradictory_options_are_refused() {
+        assert!(matches!(
+            Model::parse("ivshmem-plain", Some("/run/s.sock".into()), None),
+            Err(Error::PlainWithServer(_))
+        ));
+        assert!(matches!(
+            Model::parse("ivshmem-plain", None, Some(2)),
+            Err(Error::PlainWithVectors)
+        ));
+        assert_eq!(
+            Model::parse("ivshmem-doorbell", Some("/s".into()), None).unwrap(),
+            Model::Doorbell {
+                server: "/s".into(),
+                vectors: 1
+            }
+        );
+        for fixed in ["/dev/shm/no-uuid", "/dev/shm/{uuid}/x"] {
+            let spec = Spec {
+                region: fixed.into(),
+                ..Spec::default()
+            };
+            let e = spec.validate().unwrap_err();
+            assert!(
+                matches!(e, Error::RegionWithoutUuid(ref r) if r == fixed),
+                "{e}"
+            );
+            assert!(e.to_string().contains("same region"), "{e}");
+        }
     }
 }

@@ -112,12 +112,19 @@ fn temp_with(text: &str) -> Result<tempfile::NamedTempFile> {
 
 /// Dump the persistent definition, inject (or undo) by `route`, define it
 /// again if anything changed. Takes effect at the domain's next start.
-pub fn apply(v: &Virsh, dom: &str, spec: &Spec, route: Route, undo: bool) -> Result<Outcome> {
+/// Undo without a route removes the device whichever route added it.
+pub fn apply(
+    v: &Virsh,
+    dom: &str,
+    spec: &Spec,
+    route: Option<Route>,
+    undo: bool,
+) -> Result<Outcome> {
     let xml = v.dumpxml(dom, true)?;
-    let out = if undo {
-        inject::undo(&xml, spec, route)?
-    } else {
-        inject::inject(&xml, spec, route)?
+    let out = match (undo, route) {
+        (true, Some(r)) => inject::undo(&xml, spec, r)?,
+        (true, None) => inject::undo_any(&xml, spec)?,
+        (false, r) => inject::inject(&xml, spec, r.unwrap_or(Route::Shmem))?,
     };
     if out.changed {
         v.define(&out.xml)?;
@@ -126,9 +133,16 @@ pub fn apply(v: &Virsh, dom: &str, spec: &Spec, route: Route, undo: bool) -> Res
 }
 
 /// Hotplug the `<shmem>` device into a running domain
-/// (`virsh attach-device --live`, plus `--config` if asked). Returns the
-/// device XML attached, or `None` if the live domain already has it.
-pub fn hotplug(v: &Virsh, dom: &str, spec: &Spec, config: bool) -> Result<Option<String>> {
+/// (`virsh attach-device --live`, plus `--config` if asked), where hotplug
+/// reaches it (on q35 a free `pcie-root-port`; see
+/// [`shmem_device_xml`](inject::shmem_device_xml)). Returns the device
+/// attached and its place, or `None` if the live domain already has it.
+pub fn hotplug(
+    v: &Virsh,
+    dom: &str,
+    spec: &Spec,
+    config: bool,
+) -> Result<Option<inject::HotplugDevice>> {
     let state = v.domstate(dom)?;
     if state != "running" && state != "paused" {
         return Err(Error::NotRunning(dom.to_string()));
@@ -137,10 +151,17 @@ pub fn hotplug(v: &Virsh, dom: &str, spec: &Spec, config: bool) -> Result<Option
     if !inject::has_acpi(&live)? {
         return Err(Error::NoAcpi(dom.to_string()));
     }
-    let Some(dev) = inject::shmem_device_xml(&live, spec)? else {
-        return Ok(None);
+    let dev = match inject::shmem_device_xml(&live, spec) {
+        Ok(Some(dev)) => dev,
+        Ok(None) => return Ok(None),
+        Err(Error::NoHotplugPort { .. }) => {
+            return Err(Error::NoHotplugPort {
+                dom: dom.to_string(),
+            })
+        }
+        Err(e) => return Err(e),
     };
-    let f = temp_with(&dev)?;
+    let f = temp_with(&dev.xml)?;
     let mut args = vec![
         OsStr::new("attach-device"),
         OsStr::new("--domain"),

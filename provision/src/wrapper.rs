@@ -66,10 +66,10 @@ impl WrapperConfig {
             spec.size = parse_size(&v)?;
         }
         if let Some(v) = get("IVCHAN_BUS") {
-            spec.bus = parse_bus(&v)?;
+            spec.bus = Some(parse_bus(&v)?);
         }
         if let Some(v) = get("IVCHAN_SLOT") {
-            spec.slot = parse_slot(&v)?;
+            spec.slot = Some(parse_slot(&v)?);
         }
         if let Some(v) = get("IVCHAN_ARG_FORM") {
             spec.arg_form = match v.as_str() {
@@ -83,7 +83,7 @@ impl WrapperConfig {
             };
         }
         if let Some(v) = get("IVCHAN_MODEL") {
-            spec.model = Model::parse(&v, get("IVCHAN_SERVER").map(PathBuf::from), 1)?;
+            spec.model = Model::parse(&v, get("IVCHAN_SERVER").map(PathBuf::from), None)?;
         }
         spec.validate()?;
         Ok(WrapperConfig {
@@ -121,34 +121,139 @@ impl WrapperConfig {
     }
 }
 
+/// What the wrapper does with a QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Exec the real QEMU with these arguments (the device added).
+    Add(Vec<OsString>),
+    /// Pass the arguments through unchanged, for this reason.
+    PassThrough(PassReason),
+}
+
+/// Why the wrapper adds nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassReason {
+    /// No `-uuid`: not a VM start (libvirt's capability probes), or one
+    /// that names no VM.
+    NoUuid,
+    /// A `-uuid` that is not a UUID.
+    BadUuid,
+    /// An ivshmem device is already on the command line.
+    HasIvshmem,
+    /// q35, and every slot of `pcie.0` below the chipset's is taken.
+    NoFreeSlot,
+}
+
 /// The argv (without argv\[0\]) to pass to the real QEMU: `None` means pass
-/// through unchanged (no `-uuid`, an invalid one, or an ivshmem device already present).
+/// through unchanged (no `-uuid`, an invalid one, an ivshmem device already
+/// present, or no free slot); [`plan`] says which.
 pub fn augment(args: &[OsString], spec: &Spec) -> Option<Vec<OsString>> {
+    match plan(args, spec) {
+        Plan::Add(a) => Some(a),
+        Plan::PassThrough(_) => None,
+    }
+}
+
+/// Decide what to do with QEMU's argv (without argv\[0\]).
+///
+/// On i440fx the device goes to bus 0 slot 0x1f by default. On q35
+/// (`-machine`/`-M` naming a q35 type), slot 0x1f is the chipset's: by
+/// default the device goes to the highest slot of `pcie.0` that no
+/// `-device` on the command line takes (an explicit slot is kept).
+pub fn plan(args: &[OsString], spec: &Spec) -> Plan {
     let s = |a: &OsString| a.to_str().map(str::to_string);
     let mut uuid = None;
+    let mut q35 = false;
+    let mut root_slots_used: Vec<u8> = Vec::new();
     let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
         let a = a.as_os_str();
         if a == OsStr::new("-uuid") || a == OsStr::new("--uuid") {
             uuid = it.peek().and_then(|v| s(v));
         }
-        let is_device = a == OsStr::new("-device") || a == OsStr::new("--device");
-        if is_device
-            && it
+        let is_machine = ["-machine", "--machine", "-M"]
+            .iter()
+            .any(|m| a == OsStr::new(m));
+        if is_machine {
+            q35 |= it
                 .peek()
-                .is_some_and(|v| v.to_string_lossy().contains("ivshmem"))
-        {
-            return None;
+                .and_then(|v| s(v))
+                .is_some_and(|m| machine_is_q35(&m));
+        }
+        let is_device = a == OsStr::new("-device") || a == OsStr::new("--device");
+        if is_device {
+            let Some(v) = it.peek().map(|v| v.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if v.contains("ivshmem") {
+                return Plan::PassThrough(PassReason::HasIvshmem);
+            }
+            if let Some(slot) = root_bus_slot(&v) {
+                root_slots_used.push(slot);
+            }
         }
     }
-    let uuid = parse_uuid(&uuid?).ok()?;
+    let Some(uuid) = uuid else {
+        return Plan::PassThrough(PassReason::NoUuid);
+    };
+    let Ok(uuid) = parse_uuid(&uuid) else {
+        return Plan::PassThrough(PassReason::BadUuid);
+    };
+    let bus_id = spec.bus.filter(|&b| b != 0).map(|b| format!("pci.{b}"));
+    let slot = match spec.slot {
+        Some(slot) => slot,
+        None if q35 && bus_id.is_none() => {
+            match (3u8..=0x1e).rev().find(|s| !root_slots_used.contains(s)) {
+                Some(s) => s,
+                None => return Plan::PassThrough(PassReason::NoFreeSlot),
+            }
+        }
+        None => spec.slot_or_default(),
+    };
     let mut out = args.to_vec();
     out.extend(
-        spec.qemu_args(&uuid, spec.slot)
+        spec.qemu_args(&uuid, bus_id.as_deref(), slot)
             .into_iter()
             .map(OsString::from),
     );
-    Some(out)
+    Plan::Add(out)
+}
+
+/// Is a `-machine` value (`pc-q35-7.2,usb=off`, `type=q35`, `q35`) a q35 machine?
+fn machine_is_q35(value: &str) -> bool {
+    value
+        .split(',')
+        .enumerate()
+        .find_map(|(i, p)| match p.strip_prefix("type=") {
+            Some(t) => Some(t),
+            None if i == 0 && !p.contains('=') => Some(p),
+            None => None,
+        })
+        .is_some_and(|t| t.contains("q35"))
+}
+
+/// The slot a `-device` value (JSON or key=value) takes on the PCIe root
+/// bus `pcie.0`, if it names that bus and an address.
+fn root_bus_slot(value: &str) -> Option<u8> {
+    let (bus, addr) = if value.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(value).ok()?;
+        (
+            v.get("bus")?.as_str()?.to_string(),
+            v.get("addr")?.as_str()?.to_string(),
+        )
+    } else {
+        let kv = |k: &str| {
+            value
+                .split(',')
+                .find_map(|p| p.strip_prefix(k)?.strip_prefix('=').map(str::to_string))
+        };
+        (kv("bus")?, kv("addr")?)
+    };
+    if bus != "pcie.0" {
+        return None;
+    }
+    let slot = crate::spec::parse_pci_number(addr.split('.').next()?)?;
+    u8::try_from(slot).ok()
 }
 
 #[cfg(test)]
@@ -190,11 +295,60 @@ mod tests {
     }
 
     #[test]
+    fn q35_gets_a_free_root_bus_slot_not_the_chipsets() {
+        let s = Spec::default();
+        let u = "6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b";
+        let device = |out: &[OsString]| out.last().unwrap().to_string_lossy().into_owned();
+        // i440fx (and no -machine): 0x1f.
+        let out = augment(&v(&["-machine", "pc-i440fx-7.2,usb=off", "-uuid", u]), &s).unwrap();
+        assert!(device(&out).contains("\"addr\":\"0x1f\""), "{out:?}");
+        // q35 as libvirt starts it: root ports on pcie.0 slots 1 and 2, a
+        // device on 0x1e; the device goes to the highest free slot.
+        let out = augment(
+            &v(&[
+                "-machine",
+                "pc-q35-7.2,usb=off,dump-guest-core=off",
+                "-uuid",
+                u,
+                "-device",
+                r#"{"driver":"pcie-root-port","id":"pci.1","bus":"pcie.0","multifunction":true,"addr":"0x1"}"#,
+                "-device",
+                "virtio-rng-pci,bus=pcie.0,addr=0x1e",
+            ]),
+            &s,
+        )
+        .unwrap();
+        let d = device(&out);
+        assert!(
+            d.contains("\"addr\":\"0x1d\"") && !d.contains("\"bus\""),
+            "{d}"
+        );
+        for m in [["-M", "q35"], ["-machine", "type=pc-q35-7.2,accel=tcg"]] {
+            let out = augment(&v(&[m[0], m[1], "-uuid", u]), &s).unwrap();
+            assert!(device(&out).contains("\"addr\":\"0x1e\""), "{m:?}: {out:?}");
+        }
+        // Every pcie.0 slot taken: nothing added, and the reason is known.
+        let mut full = v(&["-M", "q35", "-uuid", u]);
+        for slot in 3..=0x1e {
+            full.push("-device".into());
+            full.push(format!("virtio-rng-pci,bus=pcie.0,addr=0x{slot:x}").into());
+        }
+        assert_eq!(plan(&full, &s), Plan::PassThrough(PassReason::NoFreeSlot));
+        // An explicit slot is kept.
+        let explicit = Spec {
+            slot: Some(0x10),
+            ..Spec::default()
+        };
+        let out = augment(&v(&["-M", "q35", "-uuid", u]), &explicit).unwrap();
+        assert!(device(&out).contains("\"addr\":\"0x10\""), "{out:?}");
+    }
+
+    #[test]
     fn config() {
         let file = parse_config_file("# c\nIVCHAN_SIZE = 16M\nIVCHAN_SLOT=0x10\n");
         let c = WrapperConfig::from_lookup(|k| file.get(k).cloned()).unwrap();
         assert_eq!(c.spec.size, 16 << 20);
-        assert_eq!(c.spec.slot, 0x10);
+        assert_eq!(c.spec.slot, Some(0x10));
         let size = |v: &str| {
             WrapperConfig::from_lookup(|k| (k == "IVCHAN_SIZE").then(|| v.into()))
                 .map(|c| c.spec.size)

@@ -273,7 +273,37 @@ impl<'a> Doc<'a> {
         if elements.is_empty() {
             return Err(malformed(0, "no root element"));
         }
-        Ok(Doc { text, elements })
+        let doc = Doc { text, elements };
+        doc.check_prefixes()?;
+        Ok(doc)
+    }
+
+    /// Every prefix an element or attribute uses must be declared in scope
+    /// (namespace well-formedness): an undeclared `qemu:` would make a tool
+    /// that adds the declaration change what the existing elements mean.
+    fn check_prefixes(&self) -> Result<(), Error> {
+        for (i, e) in self.elements.iter().enumerate() {
+            let attr_prefixes = e
+                .attrs
+                .iter()
+                .map(|a| a.prefix)
+                .filter(|p| !p.is_empty() && *p != "xmlns");
+            for prefix in std::iter::once(e.prefix)
+                .filter(|p| !p.is_empty())
+                .chain(attr_prefixes)
+            {
+                if prefix != "xml" && self.resolve_prefix(i, prefix).is_none() {
+                    return Err(malformed(
+                        e.start,
+                        format!(
+                            "<{}> uses the namespace prefix {prefix:?}, which no xmlns:{prefix} declares",
+                            qname(e.prefix, e.local)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The root element.
@@ -465,6 +495,12 @@ mod tests {
     }
 
     #[test]
+    fn declared_prefixes_parse() {
+        Doc::parse("<a xmlns:q='urn:x'><q:b q:y='1' xml:lang='en'/></a>").expect("declared");
+        Doc::parse("<a><q:b xmlns:q='urn:x'/></a>").expect("declared on the element");
+    }
+
+    #[test]
     fn malformed_inputs() {
         for bad in [
             "",
@@ -474,6 +510,10 @@ mod tests {
             "<a>&bogus;</a>",
             "<a x='1' x='2'/>",
             "text",
+            // Prefixes nobody declares (found by the domain_xml fuzz target).
+            "<a><q:b/></a>",
+            "<a q:x='1'/>",
+            "<a xAlns:q='urn:x'><q:b/></a>",
         ] {
             assert!(
                 matches!(Doc::parse(bad), Err(Error::Malformed { .. })),

@@ -208,13 +208,25 @@ fn hook_creates_and_removes_region() {
     c.extend(["--", "dom", "release", "end", "-"]);
     assert!(run(&c, Some(&minimal())).status.success());
     assert!(!file.exists());
-    // Its own error does not fail the VM start unless --strict.
+    // It fails closed: an error stops the VM's start, with the reason on
+    // stderr (libvirt shows it); only --fail-open lets the VM start.
     let o = run(
         &["hook", "--", "dom", "prepare", "begin", "-"],
         Some("<garbage"),
     );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("refusing to start the VM: malformed XML"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        &["hook", "--fail-open", "--", "dom", "prepare", "begin", "-"],
+        Some("<garbage"),
+    );
     assert!(o.status.success());
-    assert!(stderr(&o).contains("error"));
+    assert!(stderr(&o).contains("ignored"), "{}", stderr(&o));
+    // --strict, the old opt-in, is still accepted.
     let o = run(
         &["hook", "--strict", "--", "dom", "prepare", "begin", "-"],
         Some("<garbage"),

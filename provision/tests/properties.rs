@@ -112,6 +112,8 @@ prop_compose! {
         cmd in cmdline(),
         open_ws in prop_oneof![Just(""), Just(" "), Just("  ")],
         trailing_nl in any::<bool>(),
+        machine in prop_oneof![Just(None), Just(Some("pc-i440fx-7.2")), Just(Some("pc-q35-7.2"))],
+        ports in prop::collection::vec((1u8..8, any::<bool>()), 0..4),
     ) -> String {
         let Style { nl, unit, q } = st;
         let compact = unit.is_empty();
@@ -145,8 +147,23 @@ prop_compose! {
             out.push_str(&line(1, "<description><![CDATA[<devices></devices> <shmem name='fg_x'/> ]]></description>"));
         }
         out.push_str(&line(1, "<metadata><m:x a='1'/></metadata>"));
+        if let Some(m) = machine {
+            out.push_str(&line(1, &format!("<os><type arch={q}x86_64{q} machine={q}{m}{q}>hvm</type></os>")));
+        }
         out.push_str(&line(1, "<devices>"));
         out.push_str(&line(2, "<emulator>/usr/bin/qemu-system-x86_64</emulator>"));
+        // PCIe root ports (some with a device behind them), on any machine.
+        let mut seen = Vec::new();
+        for (index, taken) in ports {
+            if seen.contains(&index) {
+                continue;
+            }
+            seen.push(index);
+            out.push_str(&line(2, &format!("<controller type={q}pci{q} index={q}{index}{q} model={q}pcie-root-port{q}/>")));
+            if taken {
+                out.push_str(&line(2, &format!("<rng model={q}virtio{q}><address type={q}pci{q} domain={q}0x0000{q} bus={q}0x{index:02x}{q} slot={q}0x00{q} function={q}0x0{q}/></rng>")));
+            }
+        }
         for d in &devices {
             for (depth, l) in d {
                 out.push_str(&line(2 + depth, l));
@@ -177,10 +194,15 @@ prop_compose! {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (any::<bool>(), 0u8..=0x1f, 20u32..=34, any::<bool>()).prop_map(
-        |(pick, slot, shift, legacy)| Spec {
+    (
+        any::<bool>(),
+        prop::option::of(0u8..=0x1f),
+        20u32..=34,
+        any::<bool>(),
+    )
+        .prop_map(|(pick, slot, shift, legacy)| Spec {
             pick_free_slot: pick,
-            slot: slot.max(3),
+            slot: slot.map(|s| s.max(3)),
             size: 1u64 << shift,
             arg_form: if legacy {
                 ivchan_provision::ArgForm::Legacy
@@ -188,8 +210,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 ivchan_provision::ArgForm::Json
             },
             ..Spec::default()
-        },
-    )
+        })
 }
 
 proptest! {

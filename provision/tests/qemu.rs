@@ -191,3 +191,119 @@ fn wrapper_starts_real_qemu_with_the_device() {
     assert_eq!(std::fs::canonicalize(&real).unwrap(), exe);
     println!("wrapper: {found:?}");
 }
+
+/// q35: QMP hot-add goes to slot 0 of a free pcie-root-port (pcie.0 takes
+/// no hotplug, 00:1f is the chipset's); without one it is refused.
+#[test]
+fn qmp_hot_add_on_q35_uses_a_free_root_port() {
+    if !common::require(QEMU) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let region_t = format!("{}/fg_{{uuid}}", dir.path().display());
+    let q35_args = |sock: &Path, ports: &[&str]| {
+        let mut a = base_args(sock);
+        a[1] = "q35".into();
+        for p in ports {
+            a.extend(["-device".to_string(), p.to_string()]);
+        }
+        a
+    };
+    let provision_qmp = |sock: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ivchan-provision"))
+            .args(["qmp", sock.to_str().unwrap(), "--uuid", UUID])
+            .args(["--region", &region_t])
+            .output()
+            .unwrap()
+    };
+    // No root port: refused, nothing added.
+    let sock = dir.path().join("bare.sock");
+    let mut vm = start(QEMU, &q35_args(&sock, &[]), &[]);
+    drop(connect(&mut vm, &sock));
+    let out = provision_qmp(&sock);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("no free pcie-root-port"),
+        "{err}"
+    );
+    drop(vm);
+
+    // Two root ports, one taken: the free one.
+    let sock = dir.path().join("ports.sock");
+    let ports = [
+        "pcie-root-port,id=rp1,bus=pcie.0,addr=0x5,chassis=1",
+        "pcie-root-port,id=rp2,bus=pcie.0,addr=0x6,chassis=2",
+        "virtio-rng-pci,bus=rp2,addr=0x0",
+    ];
+    let mut vm = start(QEMU, &q35_args(&sock, &ports), &[]);
+    // Until the firmware numbers the ports' buses, query-pci lists nothing
+    // behind them (taken or not); a running guest is past that.
+    let mut q = connect(&mut vm, &sock);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !q
+        .execute("query-pci", None)
+        .unwrap()
+        .to_string()
+        .contains("\"devices\":[]")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the firmware never numbered the ports"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(q);
+    let out = provision_qmp(&sock);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("added ivshmem device ivchan-shm"), "{err}");
+    let mut q = connect(&mut vm, &sock);
+    let pci = q.execute("query-pci", None).unwrap();
+    let found = find_ivshmem(&pci);
+    assert_eq!(found.len(), 1, "{pci}");
+    assert_eq!(found[0].slot, 0, "{found:?}");
+    assert_ne!(found[0].bus, 0, "{found:?}");
+    // Behind rp1 (rp2 holds the rng).
+    let rp1 = pci[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["qdev_id"] == "rp1")
+        .unwrap();
+    assert_eq!(
+        rp1["pci_bridge"]["devices"][0]["qdev_id"], "ivchan-shm",
+        "{pci}"
+    );
+    let bus = found[0].bus;
+    println!("QMP hot-add on q35: behind {bus} ({err})");
+}
+
+/// The wrapper on a q35 machine: not the chipset's 00:1f, the highest free
+/// pcie.0 slot; QEMU starts with it.
+#[test]
+fn wrapper_on_q35_takes_a_free_root_bus_slot() {
+    if !common::require(QEMU) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qmp.sock");
+    let env = [
+        ("IVCHAN_REAL_QEMU", "qemu-system-x86_64".to_string()),
+        (
+            "IVCHAN_REGION",
+            format!("{}/fg_{{uuid}}", dir.path().display()),
+        ),
+        ("IVCHAN_WRAPPER_CONFIG", "/nonexistent".to_string()),
+    ];
+    let mut args = base_args(&sock);
+    args[1] = "pc-q35-7.2".into();
+    args.extend([
+        "-device".into(),
+        "virtio-rng-pci,bus=pcie.0,addr=0x1e".into(),
+    ]);
+    let mut vm = start(env!("CARGO_BIN_EXE_ivchan-qemu-wrapper"), &args, &env);
+    let mut q = connect(&mut vm, &sock);
+    let found = find_ivshmem(&q.execute("query-pci", None).unwrap());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].bus, found[0].slot), (0, 0x1d), "{found:?}");
+}

@@ -241,19 +241,37 @@ fn with_console(e: String, guest: &Guest) -> String {
 }
 
 /// Waits for the region file QEMU creates, at its full size.
-fn wait_for_region(region: &Path) -> Result<(), String> {
+fn wait_for_region(region: &Path, size: RegionSize) -> Result<(), String> {
     wait_for(
         "QEMU to create and size the region",
         Duration::from_secs(60),
-        || fs::metadata(region).is_ok_and(|m| m.len() == RegionSize::DEFAULT.bytes()),
+        || fs::metadata(region).is_ok_and(|m| m.len() == size.bytes()),
     )
 }
 
 /// Runs the host agent against a libvirt domain's region (QEMU, running as
-/// `libvirt-qemu`, owns the file) and checks the guest's side.
+/// `libvirt-qemu`, owns the file) and checks the guest's side: its agent
+/// attached to the device at 0000:00:1f.0 (i440fx).
 fn serve_libvirt_guest(kit: &Kit, dom: &Domain, uuid: &str) -> Result<Outcome, String> {
+    serve_libvirt_guest_at(
+        kit,
+        dom,
+        uuid,
+        RegionSize::DEFAULT,
+        "attached to 0000:00:1f.0",
+    )
+}
+
+/// As `serve_libvirt_guest`, the guest's console showing `attached`.
+fn serve_libvirt_guest_at(
+    kit: &Kit,
+    dom: &Domain,
+    uuid: &str,
+    size: RegionSize,
+    attached: &str,
+) -> Result<Outcome, String> {
     let region = region_for(uuid);
-    wait_for_region(&region).map_err(|e| {
+    wait_for_region(&region, size).map_err(|e| {
         format!(
             "{e}
 console:\n{}",
@@ -280,9 +298,10 @@ console:\n{}",
         .map_err(|e| format!("{e}\nconsole:\n{}", dom.console()))?;
     dom.wait_shut_off(Duration::from_secs(120))?;
     let console = dom.console();
-    if !console.contains("ivchan-vm: agent exit 0") || !console.contains("attached to 0000:00:1f.0")
-    {
-        return Err(format!("guest agent failed; console:\n{console}"));
+    if !console.contains("ivchan-vm: agent exit 0") || !console.contains(attached) {
+        return Err(format!(
+            "guest agent failed (or did not print {attached:?}); console:\n{console}"
+        ));
     }
     Ok(totals(&out))
 }
@@ -385,6 +404,65 @@ fn libvirt_hook(kit: &Kit) -> Result<Outcome, String> {
     serve_libvirt_guest(kit, &dom, uuid)
 }
 
+/// 2c. The hook fails closed in a real libvirtd: a region file another user
+///     planted at `/dev/shm/fg_<uuid>` before the VM's start (any local
+///     user can create files there) makes `virsh start` fail with the
+///     hook's reason in libvirt's error; the VM does not run and the file
+///     is left as it was.
+fn libvirt_hook_fails_closed(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e20c";
+    let region = region_for(uuid);
+    let _cleanup = Cleanup(vec![region.clone()]);
+    let installed = Command::new(&kit.provision)
+        .args(["install-hook", "--force"])
+        .output()
+        .map_err(|e| format!("install-hook: {e}"))?;
+    if !installed.status.success() {
+        return Err(format!(
+            "install-hook failed: {}",
+            String::from_utf8_lossy(&installed.stderr)
+        ));
+    }
+    let _hook = HookInstalled(kit.provision.clone());
+    libvirt::restart()?;
+    // The squatter: nobody's file, readable and writable by everyone.
+    fs::write(&region, vec![0u8; RegionSize::DEFAULT.bytes() as usize])
+        .map_err(|e| format!("{}: {e}", region.display()))?;
+    run(Command::new("chown").arg("65534:65534").arg(&region));
+    run(Command::new("chmod").arg("0666").arg(&region));
+    let dom = Domain::new(
+        "ivchan-e2e-hook-squatted",
+        uuid,
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    run(Command::new(&kit.provision).arg("inject").arg(&dom.xml));
+    libvirt::virsh(&["define", &dom.xml.to_string_lossy()])?;
+    let err = match libvirt::virsh(&["start", &dom.name]) {
+        Ok(_) => return Err("libvirt started the VM over a squatted region file".into()),
+        Err(e) => e,
+    };
+    if !err.contains("ivchan-provision hook: refusing to start the VM") {
+        return Err(format!(
+            "virsh start failed without the hook's reason: {err}"
+        ));
+    }
+    eprintln!("xtask:   {err}");
+    let state = libvirt::virsh(&["domstate", &dom.name])?;
+    let meta = fs::metadata(&region).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::MetadataExt;
+    if state.trim() != "shut off" || meta.uid() != 65534 || meta.mode() & 0o777 != 0o666 {
+        return Err(format!(
+            "after the refusal: state {state:?}, file owner {} mode {:o}",
+            meta.uid(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(Outcome::default())
+}
+
 /// 3. A running libvirt guest without the device gets it through ivchan's
 ///    live route (`attach-device --live`); the waiting guest agent finds it.
 fn hotplug(kit: &Kit) -> Result<Outcome, String> {
@@ -407,6 +485,102 @@ fn hotplug(kit: &Kit) -> Result<Outcome, String> {
     }
     run(Command::new(&kit.provision).args(["hotplug", &dom.name]));
     serve_libvirt_guest(kit, &dom, uuid)
+}
+
+/// The guest's address of the device, as its agent reported it.
+fn attached_address(console: &str) -> Option<&str> {
+    let rest = console.split("attached to ").nth(1)?;
+    rest.split_whitespace().next()
+}
+
+/// 9. q35: ivchan injects `<shmem>` into a q35 domain with no PCI
+///    controllers; with no free `pcie-root-port` the tool adds one and puts
+///    the device behind it; libvirt defines and starts it; the guest agent
+///    finds the device there (not at 00:1f, the q35 chipset's slot).
+fn libvirt_q35(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e209";
+    let _cleanup = Cleanup(vec![region_for(uuid)]);
+    let dom = Domain::with_machine(
+        "ivchan-e2e-q35",
+        uuid,
+        "q35",
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    let out = Command::new(&kit.provision)
+        .arg("inject")
+        .arg(&dom.xml)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() || !said.contains("pcie-root-port") {
+        return Err(format!("inject on q35: {said}"));
+    }
+    eprintln!("xtask:   {}", said.trim());
+    dom.define_and_start()?;
+    let cmdline = dom.qemu_cmdline()?;
+    if !cmdline.contains("ivshmem-plain") || !cmdline.contains("\"bus\":\"ua-ivchan-port\"") {
+        return Err(format!(
+            "QEMU command line lacks the device behind ivchan's port: {cmdline}"
+        ));
+    }
+    let o = serve_libvirt_guest_at(kit, &dom, uuid, RegionSize::DEFAULT, "attached to 0000:")?;
+    report_guest_address(&dom)?;
+    Ok(o)
+}
+
+/// 10. q35 live: a running q35 guest (as libvirt defines it, with its
+///     spare `pcie-root-port`) gets the device through `hotplug`, which
+///     picks the free port; the waiting guest agent finds it. The region is
+///     2 MiB: SeaBIOS reserves 2 MiB of prefetchable memory behind an empty
+///     port, and a larger BAR hot-plugged there gets no space in the guest
+///     (the tool warns about it).
+fn hotplug_q35(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e20a";
+    let _cleanup = Cleanup(vec![region_for(uuid)]);
+    let dom = Domain::with_machine(
+        "ivchan-e2e-hotplug-q35",
+        uuid,
+        "q35",
+        &kit.kernel,
+        &kit.initrd,
+        &vm::cache_dir(),
+    )?;
+    dom.define_and_start()?;
+    wait_for("the guest to boot", Duration::from_secs(60), || {
+        dom.console().contains("ivchan-vm: guest up")
+    })?;
+    if dom.qemu_cmdline()?.contains("ivshmem") {
+        return Err("the domain has a device before the hotplug".into());
+    }
+    let out = Command::new(&kit.provision)
+        .args(["hotplug", &dom.name, "--size", "2M"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!("hotplug on q35 failed: {said}"));
+    }
+    eprintln!("xtask:   {}", said.lines().next().unwrap_or_default());
+    let size = "2M".parse::<RegionSize>().map_err(|e| e.to_string())?;
+    let o = serve_libvirt_guest_at(kit, &dom, uuid, size, "attached to 0000:")?;
+    report_guest_address(&dom)?;
+    Ok(o)
+}
+
+/// Prints where the guest found the device, and fails if that is q35's
+/// chipset slot 00:1f (where the device must not be).
+fn report_guest_address(dom: &Domain) -> Result<(), String> {
+    let console = dom.console();
+    let at = attached_address(&console).unwrap_or("?");
+    eprintln!("xtask:   the guest agent attached to {at}");
+    if at.starts_with("0000:00:1f") {
+        return Err(format!("device at the chipset's slot on q35: {at}"));
+    }
+    Ok(())
 }
 
 /// Lines of the host agent's output worth showing in the run's log.
@@ -687,12 +861,15 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("raw-qemu", raw_qemu),
     ("libvirt", libvirt_shmem),
     ("libvirt-hook", libvirt_hook),
+    ("hook-fail-closed", libvirt_hook_fails_closed),
     ("hotplug", hotplug),
     ("two-devices", two_devices),
     ("restarts", restarts),
     ("several-guests", several_guests),
     ("doorbell", doorbell),
     ("doorbell-libvirt", doorbell_libvirt),
+    ("libvirt-q35", libvirt_q35),
+    ("hotplug-q35", hotplug_q35),
 ];
 
 fn build_kit() -> Result<Kit, String> {

@@ -112,6 +112,18 @@ impl Domain {
         initrd: &Path,
         dir: &Path,
     ) -> Result<Self, String> {
+        Self::with_machine(name, uuid, "pc", kernel, initrd, dir)
+    }
+
+    /// As [`new`](Self::new), of machine type `machine` (e.g. `q35`).
+    pub fn with_machine(
+        name: &str,
+        uuid: &str,
+        machine: &str,
+        kernel: &Path,
+        initrd: &Path,
+        dir: &Path,
+    ) -> Result<Self, String> {
         fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let console = dir.join(format!("{name}.console"));
         let _ = fs::remove_file(&console);
@@ -123,7 +135,7 @@ impl Domain {
              \x20 <memory unit='MiB'>256</memory>\n\
              \x20 <vcpu>1</vcpu>\n\
              \x20 <os>\n\
-             \x20   <type arch='x86_64' machine='pc'>hvm</type>\n\
+             \x20   <type arch='x86_64' machine='{machine}'>hvm</type>\n\
              \x20   <kernel>{}</kernel>\n\
              \x20   <initrd>{}</initrd>\n\
              \x20   <cmdline>console=ttyS0 quiet panic=-1</cmdline>\n\

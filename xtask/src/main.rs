@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: ivchan's automation, in Rust.
 //!
 //! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, the
-//!   publish dry run, the CLI assets, the install check, tests, loom models and Miri. `.ci/run` calls this.
+//!   publish dry run, the CLI assets, the install check, tests, loom
+//!   models and Miri. `.ci/run` calls this.
 //! - `loom`, `miri`, `publish-check`: one of those steps alone
 //!   (`publish-check`: `cargo publish --workspace --dry-run` and the files
 //!   each published crate packages).
@@ -9,11 +10,13 @@
 //!   their clap definitions into `target/assets/` and checked.
 //! - `install-check`: `cargo install` of the tools and agents into a clean
 //!   root, with the systemd units verified there by `systemd-analyze`.
+//! - `fuzz [SECONDS]`: every fuzz target for a fixed time (default 30 s).
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
 
 mod bench_report;
 mod e2e;
+mod fuzz;
 mod libvirt;
 mod vm;
 
@@ -427,6 +430,9 @@ const PUBLISHED: &[&str] = &[
     "ivchan-provision",
 ];
 
+/// Seconds each fuzz target runs in CI.
+const FUZZ_SECONDS: u64 = 30;
+
 fn ci() {
     packages();
     step("fmt");
@@ -459,6 +465,10 @@ fn ci() {
         .env("IVCHAN_LIBVIRT_KVM_ACCESS", "1"));
     loom();
     miri();
+    if let Err(e) = fuzz::fuzz(FUZZ_SECONDS) {
+        eprintln!("xtask: {e}");
+        exit(1);
+    }
     step("e2e: agents through real TCG guests");
     if let Err(e) = e2e::e2e(&[]) {
         eprintln!("xtask: {e}");
@@ -487,6 +497,16 @@ fn main() {
                 exit(1);
             }
         }
+        Some("fuzz") => {
+            let seconds = env::args()
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(FUZZ_SECONDS);
+            if let Err(e) = fuzz::fuzz(seconds) {
+                eprintln!("xtask: {e}");
+                exit(1);
+            }
+        }
         Some("packages") => packages(),
         Some("publish-check") => publish_check(),
         Some("cli-assets") => cli_assets(),
@@ -494,7 +514,7 @@ fn main() {
         Some("bench-report") => bench_report::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|loom|miri|packages|publish-check|cli-assets|install-check|smoke|e2e [NAME…]|{}>",
+                "usage: cargo xtask <ci|loom|miri|fuzz [SECONDS]|packages|publish-check|cli-assets|install-check|smoke|e2e [NAME…]|{}>",
                 bench_report::USAGE
             );
             exit(2);

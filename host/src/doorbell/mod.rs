@@ -50,7 +50,9 @@ use std::io;
 use std::path::PathBuf;
 
 pub use notify::{ChannelBell, Doorbell, DoorbellSet};
-pub use server::{DoorbellServer, LeaveReason, RefuseReason, ServerEvent, VmOptions};
+pub use server::{
+    DoorbellServer, LeaveReason, PeerCredentials, RefuseReason, ServerEvent, VmOptions,
+};
 pub use service::{DoorbellService, HostBell};
 
 /// The host agent's peer id on every VM's ivshmem server. Guests ring the

@@ -154,6 +154,14 @@ impl RegionFile {
         &self.uuid
     }
 
+    /// True once an access found the file truncated under the mapping
+    /// (its owner shrank it): the contents then read as zeros and the
+    /// channel over it fails with a wiped header, instead of the process
+    /// dying of `SIGBUS`.
+    pub fn was_truncated(&self) -> bool {
+        self.mapping.was_truncated()
+    }
+
     /// The open file (locked).
     pub fn file(&self) -> &File {
         &self.file

@@ -441,10 +441,15 @@ impl<'a> Channel<'a> {
     /// channel (PROTOCOL.md, section 6).
     fn peer_block(&mut self) -> Result<SideStatus, ChannelError> {
         self.usable()?;
-        self.header.status(self.side.peer()).map_err(|e| {
-            self.broken = Some(e);
-            ChannelError::Layout(e)
-        })
+        let header = self.header;
+        let side = self.side.peer();
+        header
+            .check_present()
+            .and_then(|()| header.status(side))
+            .map_err(|e| {
+                self.broken = Some(e);
+                ChannelError::Layout(e)
+            })
     }
 
     /// Fails at once on a poisoned channel, so that no caller can spin on it.

@@ -136,27 +136,27 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct DeviceOpts {
-    /// Route for XML edits.
-    #[arg(long, value_enum, default_value_t = RouteArg::Shmem)]
-    route: RouteArg,
+    /// Route for XML edits (default: shmem; for undo: whichever route added the device).
+    #[arg(long, value_enum)]
+    route: Option<RouteArg>,
     /// Device model: ivshmem-plain or ivshmem-doorbell.
     #[arg(long, default_value = "ivshmem-plain")]
     model: String,
     /// ivshmem server socket (ivshmem-doorbell only).
     #[arg(long)]
     server: Option<PathBuf>,
-    /// Interrupt vectors (ivshmem-doorbell only).
-    #[arg(long, default_value_t = 1)]
-    vectors: u32,
+    /// Interrupt vectors (ivshmem-doorbell only; default 1).
+    #[arg(long)]
+    vectors: Option<u32>,
     /// Region size, a power of two from 1M to 16G (e.g. 8M, 16M).
     #[arg(long, default_value = "8M")]
     size: String,
-    /// PCI bus.
-    #[arg(long, default_value = "0")]
-    bus: String,
-    /// PCI slot.
-    #[arg(long, default_value = "0x1f")]
-    slot: String,
+    /// PCI bus (default: 0 on i440fx; on q35 a free pcie-root-port, added if none is free).
+    #[arg(long)]
+    bus: Option<String>,
+    /// PCI slot (default: 0x1f on i440fx; slot 0 of the port on q35).
+    #[arg(long)]
+    slot: Option<String>,
     /// If the slot is taken, pick a free one instead of refusing.
     #[arg(long)]
     pick_free_slot: bool,
@@ -181,8 +181,8 @@ impl DeviceOpts {
         let spec = Spec {
             model: Model::parse(&self.model, self.server.clone(), self.vectors)?,
             size: parse_size(&self.size)?,
-            bus: parse_bus(&self.bus)?,
-            slot: parse_slot(&self.slot)?,
+            bus: self.bus.as_deref().map(parse_bus).transpose()?,
+            slot: self.slot.as_deref().map(parse_slot).transpose()?,
             pick_free_slot: self.pick_free_slot,
             region: self.region.clone(),
             arg_form: if self.legacy_args {
@@ -195,11 +195,17 @@ impl DeviceOpts {
         Ok(spec)
     }
 
-    fn route(&self) -> Route {
-        match self.route {
+    /// The route asked for, if any.
+    fn route_opt(&self) -> Option<Route> {
+        self.route.map(|r| match r {
             RouteArg::Shmem => Route::Shmem,
             RouteArg::Cmdline => Route::Cmdline,
-        }
+        })
+    }
+
+    /// The route to add the device by (default `<shmem>`).
+    fn route(&self) -> Route {
+        self.route_opt().unwrap_or(Route::Shmem)
     }
 }
 
@@ -211,6 +217,9 @@ struct OutOpts {
     /// Keep the previous content as FILE.bak.
     #[arg(long)]
     backup: bool,
+    /// Rewrite the file even if it is read-only (no write permission bits).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Clone)]
@@ -250,8 +259,13 @@ struct HookOpts {
     /// On `release end`: keep or remove the region file.
     #[arg(long, value_enum, default_value_t = ReleaseArg::Keep)]
     on_release: ReleaseArg,
-    /// Fail the VM start when the hook fails (default: log and let it start).
+    /// Let the VM start even when the hook fails (it only logs). By
+    /// default the hook fails closed: an unexpected region file (owner,
+    /// type, mode, size) or any other error stops the VM's start.
     #[arg(long)]
+    fail_open: bool,
+    /// Accepted for compatibility: failing closed is the default.
+    #[arg(long, hide = true, conflicts_with = "fail_open")]
     strict: bool,
 }
 
@@ -290,7 +304,7 @@ impl HookOpts {
                 ReleaseArg::Keep => OnRelease::Keep,
                 ReleaseArg::Remove => OnRelease::Remove,
             },
-            strict: self.strict,
+            strict: !self.fail_open,
         };
         cfg.region_options()?;
         Ok(cfg)
@@ -317,8 +331,8 @@ impl HookOpts {
             a.push("--owner".into());
             a.push(o.clone());
         }
-        if self.strict {
-            a.push("--strict".into());
+        if self.fail_open {
+            a.push("--fail-open".into());
         }
         a
     }
@@ -351,24 +365,31 @@ fn print_stdout(s: &str) -> Result<()> {
 fn edit(file: &Path, dev: &DeviceOpts, out: &OutOpts, undo: bool) -> Result<()> {
     let spec = dev.spec()?;
     let text = read_input(file)?;
-    let route = dev.route();
-    let o = if undo {
-        inject::undo(&text, &spec, route)?
-    } else {
-        inject::inject(&text, &spec, route)?
+    let o = match (undo, dev.route_opt()) {
+        (true, Some(route)) => inject::undo(&text, &spec, route)?,
+        (true, None) => inject::undo_any(&text, &spec)?,
+        (false, _) => inject::inject(&text, &spec, dev.route())?,
     };
     o.warnings.iter().for_each(|w| warn(w));
+    let place = o
+        .placement
+        .as_ref()
+        .map(|p| format!(" at {}", p.describe()))
+        .unwrap_or_default();
     if file == Path::new("-") || out.stdout {
+        if o.changed && !undo && !place.is_empty() {
+            eprintln!("ivchan-provision: device{place}");
+        }
         return print_stdout(&o.xml);
     }
     if o.changed {
-        fsutil::write_atomic(file, o.xml.as_bytes(), out.backup)?;
-        eprintln!(
-            "ivchan-provision: {} {} {}",
-            if undo { "removed" } else { "added" },
-            route.name(),
-            file.display()
-        );
+        fsutil::write_atomic_opts(file, o.xml.as_bytes(), out.backup, out.force)?;
+        let what = if undo {
+            "removed the device from".to_string()
+        } else {
+            format!("added {}{place} to", dev.route().name())
+        };
+        eprintln!("ivchan-provision: {what} {}", file.display());
     } else {
         eprintln!("ivchan-provision: {}: nothing to change", file.display());
     }
@@ -383,6 +404,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = OutOpts {
                 stdout: true,
                 backup: false,
+                force: false,
             };
             edit(Path::new("-"), &dev, &out, undo)?;
         }
@@ -397,14 +419,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dev,
         } => {
             let spec = dev.spec()?;
-            let o = virsh::apply(&Virsh::new(&conn.uri), &domain, &spec, dev.route(), undo)?;
+            let o = virsh::apply(
+                &Virsh::new(&conn.uri),
+                &domain,
+                &spec,
+                dev.route_opt(),
+                undo,
+            )?;
             o.warnings.iter().for_each(|w| warn(w));
             if o.changed {
-                eprintln!(
-                    "ivchan-provision: {} {} domain {domain}; it takes effect at the next start (or use `hotplug`)",
-                    if undo { "removed from" } else { "defined with" },
-                    dev.route().name()
-                );
+                let place = o
+                    .placement
+                    .as_ref()
+                    .map(|p| format!(" at {}", p.describe()))
+                    .unwrap_or_default();
+                if undo {
+                    eprintln!("ivchan-provision: removed the device from domain {domain}; it takes effect at the next start");
+                } else {
+                    eprintln!(
+                        "ivchan-provision: defined domain {domain} with {}{place}; it takes effect at the next start (or use `hotplug`)",
+                        dev.route().name()
+                    );
+                }
             } else {
                 eprintln!("ivchan-provision: domain {domain}: nothing to change");
             }
@@ -415,14 +451,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             conn,
             dev,
         } => match virsh::hotplug(&Virsh::new(&conn.uri), &domain, &dev.spec()?, config)? {
-            Some(x) => eprintln!("ivchan-provision: attached to {domain}:\n{x}"),
+            Some(d) => {
+                d.warnings.iter().for_each(|w| warn(w));
+                eprintln!(
+                    "ivchan-provision: attached to {domain} at {}:\n{}",
+                    d.placement.describe(),
+                    d.xml
+                )
+            }
             None => eprintln!("ivchan-provision: {domain} already has the device"),
         },
         Cmd::Qmp { socket, uuid, dev } => {
             let spec = dev.spec()?;
             let uuid = parse_uuid(&uuid)?;
             let mut q = Qmp::connect(&socket)?;
-            report_hot_add(qmp::hot_add(&mut q, &spec, &uuid)?);
+            report_hot_add(qmp::hot_add(&mut q, &spec, &uuid)?, &spec);
         }
         Cmd::Monitor { domain, conn, dev } => {
             let spec = dev.spec()?;
@@ -430,7 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let uuid = parse_uuid(&v.run(&["domuuid", "--domain", &domain])?)?;
             warn(qmp::TAINT_MONITOR_WARNING);
             let mut m = VirshMonitor { virsh: &v, domain };
-            report_hot_add(qmp::hot_add(&mut m, &spec, &uuid)?);
+            report_hot_add(qmp::hot_add(&mut m, &spec, &uuid)?, &spec);
         }
         Cmd::Hook { hook, args } => return Ok(run_hook(&hook, &args)),
         Cmd::InstallHook {
@@ -462,8 +505,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn report_hot_add(r: qmp::HotAdd) {
+fn report_hot_add(r: qmp::HotAdd, spec: &Spec) {
     let d = &r.device;
+    if !r.already_present && d.bus != 0 {
+        if let Some(w) = inject::port_window_warning(spec.size) {
+            warn(&w);
+        }
+    }
     if r.already_present {
         eprintln!("ivchan-provision: an ivshmem device is already present at bus {} slot 0x{:02x}; nothing added", d.bus, d.slot);
     } else {
@@ -471,12 +519,15 @@ fn report_hot_add(r: qmp::HotAdd) {
     }
 }
 
-/// The hook never fails a VM start because of its own error, unless `--strict`.
+/// The hook fails closed: any error on `prepare` (an unexpected region
+/// file, a bad configuration, unreadable XML) exits non-zero with one line
+/// on stderr, which libvirt puts in the start's error message; unless
+/// `--fail-open`, which only logs.
 fn run_hook(opts: &HookOpts, args: &[String]) -> ExitCode {
     // Always drain stdin: libvirt writes the domain XML there.
     let mut xml = String::new();
     let read = std::io::stdin().read_to_string(&mut xml);
-    let strict = opts.strict;
+    let strict = !opts.fail_open;
     let result = read
         .map_err(Error::io("reading the domain XML from stdin"))
         .and_then(|_| opts.config())
@@ -488,10 +539,13 @@ fn run_hook(opts: &HookOpts, args: &[String]) -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ivchan-provision hook: error: {e}");
             if strict {
+                eprintln!("ivchan-provision hook: refusing to start the VM: {e}");
                 ExitCode::FAILURE
             } else {
+                eprintln!(
+                    "ivchan-provision hook: error (ignored: --fail-open lets the VM start): {e}"
+                );
                 ExitCode::SUCCESS
             }
         }

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
-use ivchan_provision::wrapper::{augment, WrapperConfig};
+use ivchan_provision::wrapper::{plan, PassReason, Plan, WrapperConfig};
 use ivchan_provision::Spec;
 
 fn main() -> ExitCode {
@@ -39,7 +39,14 @@ fn main() -> ExitCode {
         }
     };
     let final_args = if valid {
-        augment(&args, &cfg.spec).unwrap_or(args)
+        match plan(&args, &cfg.spec) {
+            Plan::Add(a) => a,
+            Plan::PassThrough(PassReason::NoFreeSlot) => {
+                eprintln!("ivchan-qemu-wrapper: every slot of pcie.0 is taken on this q35 machine; set IVCHAN_BUS/IVCHAN_SLOT; passing the arguments through unchanged");
+                args
+            }
+            Plan::PassThrough(_) => args,
+        }
     } else {
         args
     };

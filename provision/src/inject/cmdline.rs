@@ -5,22 +5,45 @@
 
 use super::domain::{Domain, MARKER};
 use super::layout::{is_ws, removal, Layout};
+use super::placement::{Placement, When};
 use super::Outcome;
 use crate::error::{Error, Result};
-use crate::spec::Spec;
+use crate::spec::{parse_pci_number, Spec, DEV_ID};
 use crate::xml::{escape_attr, qname, Node, QEMU_NS};
 
 /// The warning printed for the `<qemu:commandline>` route.
 pub const TAINT_ARGV_WARNING: &str = "libvirt marks a domain with <qemu:commandline> as tainted (\"custom-argv\"): it is logged and such domains are unsupported by some distributions; prefer the <shmem> route";
 
+/// Where the tool's `-device` argument puts the device: its `bus` (QEMU
+/// id, `None` for the root bus) and `addr` slot, in JSON or key=value form.
+fn device_address(value: &str) -> Option<(Option<String>, u8)> {
+    let (bus, addr) = if value.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(value).ok()?;
+        (
+            v.get("bus").and_then(|b| b.as_str()).map(str::to_string),
+            v.get("addr")?.as_str()?.to_string(),
+        )
+    } else {
+        let kv = |k: &str| {
+            value
+                .split(',')
+                .find_map(|p| p.strip_prefix(k)?.strip_prefix('=').map(str::to_string))
+        };
+        (kv("bus"), kv("addr")?)
+    };
+    let slot = parse_pci_number(addr.split('.').next()?)?;
+    Some((bus, u8::try_from(slot).ok()?))
+}
+
 /// Route 2: add the QEMU arguments to `<qemu:commandline>`, creating the
-/// element and declaring its namespace if needed.
+/// element and declaring its namespace if needed; or update the tool's
+/// arguments in place when the spec changed.
 pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
     let warnings = vec![TAINT_ARGV_WARNING.to_string()];
     let cmd = d.commandline();
     if let Some(c) = cmd {
         if !d.our_args(c).is_empty() {
-            return Ok(Outcome::unchanged(d.text(), warnings));
+            return update(d, spec, c, warnings);
         }
         if d.cmdline_has_ivshmem(c) {
             return Err(Error::OtherRoute(
@@ -34,13 +57,15 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
         }
     }
     let mut warnings = warnings;
-    let slot = d.choose_slot(spec, &mut warnings)?;
+    let place = d.place(spec, When::Argv, &[], &mut warnings)?;
     let q = d.quote();
     let root = d.doc.root();
     let mut edits = Vec::new();
     let mut flags: Vec<&str> = Vec::new();
 
-    // Which prefix is bound to the qemu namespace?
+    // Which prefix is bound to the qemu namespace? An existing element's
+    // own (possibly none: a default namespace declared on it), else one
+    // declared on the root, else a new declaration.
     let prefix = match cmd {
         Some(c) => d.doc.elements[c].prefix.to_string(),
         None => {
@@ -70,11 +95,10 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
             }
         }
     };
-    let arg_el = |v: &str| format!("<{}:arg value={q}{}{q}/>", prefix, escape_attr(v, q));
     let args: Vec<String> = spec
-        .qemu_args(&d.uuid, slot)
+        .qemu_args(&d.uuid, place.bus_id.as_deref(), place.slot)
         .iter()
-        .map(|v| arg_el(v))
+        .map(|v| arg_el(&prefix, v, q))
         .collect();
 
     match cmd {
@@ -82,10 +106,10 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
             flags.push("elem");
             flags.reverse();
             let layout = d.layout(0);
-            let mut lines = vec![(0, format!("<{prefix}:commandline>"))];
+            let mut lines = vec![(0, format!("<{}>", qname(&prefix, "commandline")))];
             lines.push((1, format!("<!--{MARKER}{}-->", flags.join(","))));
             lines.extend(args.into_iter().map(|a| (1, a)));
-            lines.push((0, format!("</{prefix}:commandline>")));
+            lines.push((0, format!("</{}>", qname(&prefix, "commandline"))));
             edits.push((layout.pos..layout.pos, layout.render(&lines)));
         }
         Some(c) if d.doc.elements[c].self_closing => {
@@ -107,8 +131,10 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
                 add.push_str(d.newline());
                 add.push_str(&i);
             }
-            add.push_str(&format!("</{}:commandline>", prefix));
-            edits.push((e.end - 2..e.end, add));
+            add.push_str(&format!("</{}>", qname(&prefix, "commandline")));
+            // `/>`, or `/ >`… : replace from the `/` on.
+            let slash = d.text()[..e.end].rfind('/').unwrap_or(e.end - 2);
+            edits.push((slash..e.end, add));
         }
         Some(c) => {
             let layout = d.layout(c);
@@ -116,7 +142,92 @@ pub(super) fn inject(d: &Domain<'_>, spec: &Spec) -> Result<Outcome> {
             edits.push((layout.pos..layout.pos, layout.render(&lines)));
         }
     }
-    Ok(Outcome::edited(d.text(), edits, warnings))
+    let mut o = Outcome::edited(d.text(), edits, warnings);
+    o.placement = Some(place);
+    Ok(o)
+}
+
+/// One `<PREFIX:arg value='…'/>` (`<arg …/>` under a default namespace).
+fn arg_el(prefix: &str, value: &str, q: char) -> String {
+    format!(
+        "<{} value={q}{}{q}/>",
+        qname(prefix, "arg"),
+        escape_attr(value, q)
+    )
+}
+
+/// The tool's arguments are there: nothing to do if they are what `spec`
+/// gives, else rewrite them in place (keeping the device's bus and slot
+/// unless an explicit one changed), with the differences reported.
+fn update(d: &Domain<'_>, spec: &Spec, c: usize, mut warnings: Vec<String>) -> Result<Outcome> {
+    let ours = d.our_args(c);
+    let values: Vec<String> = d
+        .args(c)
+        .into_iter()
+        .filter(|(i, _)| ours.contains(i))
+        .map(|(_, v)| v)
+        .collect();
+    let cannot = |why: String| Error::CannotUpdate {
+        route: "<qemu:commandline>",
+        why,
+    };
+    let old_place = values
+        .iter()
+        .filter(|v| v.contains(DEV_ID))
+        .find_map(|v| device_address(v));
+    let place = match old_place {
+        Some((bus_id, slot)) if spec.bus.is_none() && spec.slot.is_none() => Placement {
+            // The bus number behind a QEMU bus id, for the report.
+            bus: bus_id
+                .as_deref()
+                .and_then(|id| {
+                    d.pci_controllers()
+                        .into_iter()
+                        .find(|c| c.bus_id() == id)
+                        .map(|c| c.index)
+                })
+                .unwrap_or(0),
+            slot,
+            bus_id,
+            add_port: None,
+            what: "where it was".into(),
+        },
+        _ => d.place(spec, When::Argv, &[], &mut warnings)?,
+    };
+    let want = spec.qemu_args(&d.uuid, place.bus_id.as_deref(), place.slot);
+    if want == values {
+        return Ok(Outcome::unchanged(d.text(), warnings));
+    }
+    if want.len() != ours.len() {
+        return Err(cannot(format!(
+            "it has {} arguments where {} are expected",
+            ours.len(),
+            want.len()
+        )));
+    }
+    let diff: Vec<String> = values
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("{a} -> {b}"))
+        .collect();
+    warnings.push(format!(
+        "updating the existing <qemu:commandline> arguments: {}",
+        diff.join("; ")
+    ));
+    let prefix = d.doc.elements[c].prefix;
+    let q = d.quote();
+    let edits = ours
+        .iter()
+        .zip(&want)
+        .map(|(&i, v)| {
+            let e = &d.doc.elements[i];
+            (e.start..e.end, arg_el(prefix, v, q))
+        })
+        .collect();
+    let mut o = Outcome::edited(d.text(), edits, warnings);
+    o.placement = Some(place);
+    Ok(o)
 }
 
 /// Remove the tool's arguments, and the element or namespace declaration
@@ -130,6 +241,7 @@ pub(super) fn undo(d: &Domain<'_>) -> Result<Outcome> {
     if ours.is_empty() && marker.is_none() {
         return Ok(Outcome::unchanged(d.text(), Vec::new()));
     }
+
     let text = d.text();
     let e = &d.doc.elements[c];
     let flags = marker.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();

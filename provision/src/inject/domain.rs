@@ -7,7 +7,7 @@ use std::ops::Range;
 use ivchan_protocol::VmUuid;
 
 use crate::error::{Error, Result};
-use crate::spec::{parse_pci_number, parse_uuid, Spec, CHR_ID, DEV_ID, MEM_ID};
+use crate::spec::{parse_pci_number, parse_uuid, CHR_ID, DEV_ID, MEM_ID};
 use crate::xml::{qname, Doc, Node, QEMU_NS};
 
 /// Starts the comment that records what the tool had to create.
@@ -46,6 +46,12 @@ impl<'a> Domain<'a> {
 
     pub(super) fn text(&self) -> &'a str {
         self.doc.text
+    }
+
+    /// The domain's `<name>`, if it has one.
+    pub(super) fn name(&self) -> Option<String> {
+        let n = self.doc.child(0, "name")?;
+        Some(self.doc.text_of(n).ok()?.trim().to_string())
     }
 
     /// `<shmem>` children of `<devices>` with their names.
@@ -149,8 +155,61 @@ impl<'a> Domain<'a> {
             })
     }
 
-    /// Slots in use on `bus`, with a description of the holder.
-    pub(super) fn used_slots(&self, bus: u8) -> Vec<(u8, String)> {
+    /// Whether the machine is PCI Express (q35): its root bus takes no
+    /// hotplug, slot 0x1f is the chipset's, and devices go behind ports.
+    pub(super) fn is_pcie(&self) -> bool {
+        self.q35
+    }
+
+    /// The `<controller type='pci'>` elements of `<devices>`.
+    pub(super) fn pci_controllers(&self) -> Vec<Controller> {
+        let Some(dev) = self.devices else {
+            return Vec::new();
+        };
+        self.doc
+            .child_elements(dev)
+            .filter_map(|c| {
+                let e = &self.doc.elements[c];
+                if !e.prefix.is_empty() || e.local != "controller" {
+                    return None;
+                }
+                if e.attr_value("type").ok().flatten().as_deref() != Some("pci") {
+                    return None;
+                }
+                let index = e
+                    .attr_value("index")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| parse_pci_number(&v))
+                    .and_then(|v| u8::try_from(v).ok())?;
+                let model = e.attr_value("model").ok().flatten().unwrap_or_default();
+                let alias = self
+                    .doc
+                    .child(c, "alias")
+                    .and_then(|a| self.doc.elements[a].attr_value("name").ok().flatten());
+                let hotplug_off = self.doc.child(c, "target").is_some_and(|t| {
+                    self.doc.elements[t]
+                        .attr_value("hotplug")
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some("off")
+                });
+                Some(Controller {
+                    el: c,
+                    index,
+                    model,
+                    alias,
+                    hotplug_off,
+                })
+            })
+            .collect()
+    }
+
+    /// Slots in use on `bus`, with a description of the holder; elements
+    /// in `ignore` (the tool's own device, when it is being updated) do
+    /// not count.
+    pub(super) fn used_slots(&self, bus: u8, ignore: &[usize]) -> Vec<(u8, String)> {
         let mut used = Vec::new();
         if bus == 0 {
             used.push((0, "the host bridge".to_string()));
@@ -167,6 +226,9 @@ impl<'a> Domain<'a> {
             return used;
         };
         for c in self.doc.child_elements(dev) {
+            if ignore.contains(&c) {
+                continue;
+            }
             for a in self.doc.child_elements(c) {
                 let ae = &self.doc.elements[a];
                 if !ae.prefix.is_empty() || ae.local != "address" {
@@ -189,7 +251,7 @@ impl<'a> Domain<'a> {
                 };
                 let ce = &self.doc.elements[c];
                 let mut holder = format!("<{}", qname(ce.prefix, ce.local));
-                for key in ["type", "name", "model"] {
+                for key in ["type", "name", "model", "index"] {
                     if let Ok(Some(v)) = ce.attr_value(key) {
                         holder.push_str(&format!(" {key}='{v}'"));
                     }
@@ -200,32 +262,35 @@ impl<'a> Domain<'a> {
         }
         used
     }
+}
 
-    /// The slot to use: the requested one, or a free one if allowed.
-    pub(super) fn choose_slot(&self, spec: &Spec, warnings: &mut Vec<String>) -> Result<u8> {
-        let used = self.used_slots(spec.bus);
-        let holder = |s: u8| used.iter().find(|(u, _)| *u == s).map(|(_, h)| h.clone());
-        let Some(h) = holder(spec.slot) else {
-            return Ok(spec.slot);
-        };
-        if !spec.pick_free_slot {
-            return Err(Error::SlotConflict {
-                bus: spec.bus,
-                slot: spec.slot,
-                holder: h,
-            });
-        }
-        // Slot 2 is left to the primary video device, which libvirt places there.
-        let free = (3u8..=0x1f).rev().find(|&s| holder(s).is_none());
-        match free {
-            Some(s) => {
-                warnings.push(format!(
-                    "PCI slot 0x{:02x} is used by {h}; using free slot 0x{s:02x} instead",
-                    spec.slot
-                ));
-                Ok(s)
-            }
-            None => Err(Error::NoFreeSlot(spec.bus)),
+/// One `<controller type='pci'>`.
+#[derive(Debug, Clone)]
+pub(super) struct Controller {
+    pub(super) el: usize,
+    pub(super) index: u8,
+    pub(super) model: String,
+    /// `<alias name=…>` (a user alias `ua-…` is QEMU's id for the bus).
+    pub(super) alias: Option<String>,
+    /// `<target hotplug='off'/>`.
+    pub(super) hotplug_off: bool,
+}
+
+impl Controller {
+    /// A PCIe port: one slot (0), hot-pluggable unless turned off.
+    pub(super) fn is_port(&self) -> bool {
+        matches!(
+            self.model.as_str(),
+            "pcie-root-port" | "pcie-switch-downstream-port"
+        )
+    }
+
+    /// The QEMU id of the bus behind this controller: its user alias, or
+    /// `pci.INDEX` as libvirt names it.
+    pub(super) fn bus_id(&self) -> String {
+        match &self.alias {
+            Some(a) if a.starts_with("ua-") => a.clone(),
+            _ => format!("pci.{}", self.index),
         }
     }
 }

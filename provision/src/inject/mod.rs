@@ -16,6 +16,7 @@
 mod cmdline;
 mod domain;
 mod layout;
+mod placement;
 mod shmem;
 mod status;
 
@@ -28,7 +29,8 @@ use crate::spec::Spec;
 use domain::Domain;
 
 pub use cmdline::TAINT_ARGV_WARNING;
-pub use shmem::shmem_device_xml;
+pub use placement::{Placement, PORT_ALIAS};
+pub use shmem::{port_window_warning, shmem_device_xml, HotplugDevice, PORT_WINDOW};
 pub use status::{status, Status};
 
 /// Which XML route to use.
@@ -57,8 +59,10 @@ pub struct Outcome {
     pub xml: String,
     /// Whether anything changed.
     pub changed: bool,
-    /// Things the operator should know (taint, picked slot).
+    /// Things the operator should know (taint, picked slot, an update).
     pub warnings: Vec<String>,
+    /// Where the device was put, when this edit placed it.
+    pub placement: Option<Placement>,
 }
 
 impl Outcome {
@@ -67,6 +71,7 @@ impl Outcome {
             xml: text.to_string(),
             changed: false,
             warnings,
+            placement: None,
         }
     }
 
@@ -80,11 +85,19 @@ impl Outcome {
             xml: crate::xml::splice(text, edits),
             changed: true,
             warnings,
+            placement: None,
         }
     }
 }
 
-/// Add the device to domain XML by `route`. Idempotent.
+/// Add the device to domain XML by `route`. Idempotent; when the tool's
+/// device is already there with other settings (size, model, server,
+/// vectors, an explicit bus or slot), it is rewritten in place and the
+/// warnings say what changed. Where the device goes depends on the machine
+/// (see [`Placement`]): bus 0 slot 0x1f on i440fx; on q35 a free
+/// `pcie-root-port` for `<shmem>` (one is added when none is free) and the
+/// highest free `pcie.0` slot for `<qemu:commandline>`. The outcome's
+/// `placement` says which.
 pub fn inject(text: &str, spec: &Spec, route: Route) -> Result<Outcome> {
     spec.validate()?;
     let d = Domain::parse(text)?;
@@ -101,6 +114,29 @@ pub fn undo(text: &str, spec: &Spec, route: Route) -> Result<Outcome> {
         Route::Shmem => shmem::undo(&d, spec),
         Route::Cmdline => cmdline::undo(&d),
     }
+}
+
+/// Remove what [`inject`] added, by whichever XML route added it (one
+/// route per domain; both are tried). The warnings name the route found,
+/// and a QEMU wrapper left as the domain's `<emulator>`, which no XML edit
+/// of this tool undoes.
+pub fn undo_any(text: &str, spec: &Spec) -> Result<Outcome> {
+    let mut out = Outcome::unchanged(text, Vec::new());
+    for route in [Route::Shmem, Route::Cmdline] {
+        let o = undo(&out.xml, spec, route)?;
+        if o.changed {
+            out.warnings
+                .push(format!("removed the {} route", route.name()));
+            out.xml = o.xml;
+            out.changed = true;
+        }
+    }
+    if let Some(w) = status(&out.xml, spec)?.wrapper {
+        out.warnings.push(format!(
+            "the domain still runs the QEMU wrapper as its emulator ({w}), which adds the device at start; point <emulator> back at QEMU to remove it"
+        ));
+    }
+    Ok(out)
 }
 
 /// The domain UUID of a domain XML (used by the hook).
@@ -169,6 +205,26 @@ mod tests {
             inject(&o.xml, &s, Route::Shmem),
             Err(Error::OtherRoute(_))
         ));
+    }
+
+    #[test]
+    fn undo_any_finds_either_route_and_names_the_wrapper() {
+        let s = Spec::default();
+        for route in [Route::Shmem, Route::Cmdline] {
+            let o = inject(DOM, &s, route).unwrap();
+            let u = undo_any(&o.xml, &s).unwrap();
+            assert!(u.changed && u.xml == DOM, "{route:?}");
+            assert!(u.warnings[0].contains(route.name()), "{:?}", u.warnings);
+        }
+        let u = undo_any(DOM, &s).unwrap();
+        assert!(!u.changed && u.warnings.is_empty());
+        let wrapped = DOM.replace(
+            "/usr/bin/qemu-system-x86_64",
+            "/usr/bin/ivchan-qemu-wrapper",
+        );
+        let u = undo_any(&wrapped, &s).unwrap();
+        assert!(!u.changed);
+        assert!(u.warnings[0].contains("QEMU wrapper"), "{:?}", u.warnings);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What [`DoorbellServer::process`](super::DoorbellServer::process) reports:
-//! peers joining and leaving, refused connections, and why.
+//! peers joining and leaving, refused connections, who they were, and why.
 
 use nix::errno::Errno;
 
@@ -27,14 +27,30 @@ pub enum ServerEvent<K> {
         /// Why.
         reason: LeaveReason,
     },
-    /// A connection was refused (closed right after accept), or accepting
-    /// failed for lack of resources.
+    /// A connection was refused (closed right after accept, before a byte
+    /// or fd was sent), or accepting failed for lack of resources.
     Refused {
         /// The VM.
         vm: K,
         /// Why.
         reason: RefuseReason,
+        /// Who connected (`SO_PEERCRED`), when a connection was accepted
+        /// and its credentials could be read.
+        peer: Option<PeerCredentials>,
     },
+}
+
+/// The process at the other end of a connection, as the kernel recorded it
+/// when it connected (`SO_PEERCRED`): not forgeable by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Its process id (in the server's pid namespace; 0 if it is in none).
+    pub pid: i32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective (primary) group id; supplementary groups are not
+    /// seen.
+    pub gid: u32,
 }
 
 /// Why a peer left.
@@ -47,6 +63,10 @@ pub enum LeaveReason {
     SentData,
     /// It let more than the configured backlog of notices pile up.
     NotReading,
+    /// The VM was full (its client limit, or its share of the process's
+    /// fds) and a newcomer took the slot of this client, which had not yet
+    /// taken its handshake.
+    Evicted,
     /// Its socket failed.
     SocketError(Errno),
 }
@@ -55,8 +75,18 @@ pub enum LeaveReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RefuseReason {
-    /// The VM's client limit was reached.
+    /// The peer's uid and gid are not among those the VM allows
+    /// ([`VmOptions::allow_uid`](super::VmOptions::allow_uid)); the
+    /// event's `peer` says who it was.
+    Credentials,
+    /// The VM's client limit was reached, and every connected client has
+    /// taken its handshake (none can be evicted).
     TooManyClients,
+    /// Admitting it would leave this process, under its soft
+    /// `RLIMIT_NOFILE`, too few fds for two clients of every other VM (and
+    /// no client of this VM could be evicted for it): one VM's clients
+    /// never take the fds another VM's QEMU needs.
+    FdReserve,
     /// Every peer id is in use.
     NoFreeId,
     /// The system ran out of something (fds, memory); accepting pauses

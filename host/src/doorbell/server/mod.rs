@@ -11,6 +11,30 @@
 //! Clients must never send anything: as in QEMU's reference server, a
 //! client that sends a byte (or closes, or resets) is disconnected, its
 //! eventfds are closed, and the other clients are told it left.
+//!
+//! Hostile local clients (issue 13) get nowhere:
+//! - Only peers with allowed credentials are served (`SO_PEERCRED`: root,
+//!   this process's euid, the socket's group and what
+//!   [`VmOptions::allow_uid`]/[`VmOptions::allow_gid`] add). Anyone else
+//!   is closed before a byte is sent, takes no slot, and is reported with
+//!   its uid, gid and pid ([`ServerEvent::Refused`]).
+//! - Fds in flight are bounded per client: a client's socket holds at most
+//!   two unread messages (the rest waits in a bounded queue), and one that
+//!   never reads is sent no fd at all. So idle clients of one VM cannot
+//!   push this user's in-flight fds past `RLIMIT_NOFILE` and make another
+//!   VM's handshake fail with `ETOOMANYREFS`.
+//! - Nor can they take the server's last fds: each client costs the
+//!   server its socket and one eventfd per vector, and a VM admits a client
+//!   only while this process's open fds stay below its soft
+//!   `RLIMIT_NOFILE` less room for two clients of every other VM
+//!   ([`RefuseReason::FdReserve`]).
+//! - Idle clients cannot keep a VM's QEMU out: when the VM is full, a
+//!   newcomer takes the slot of a client that has not taken its handshake
+//!   ([`LeaveReason::Evicted`]). Clients that read their handshake keep
+//!   their slots; only allowed peers (who can already reach the VM's QEMU)
+//!   can be such clients.
+//! - The socket file gets its mode and group before it appears at its
+//!   path, with no chmod or chown through the path (see `socket.rs`).
 
 mod client;
 mod events;
@@ -28,7 +52,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-pub use events::{LeaveReason, RefuseReason, ServerEvent};
+pub use events::{LeaveReason, PeerCredentials, RefuseReason, ServerEvent};
 pub use options::VmOptions;
 
 use super::notify::{epoll_wait_until, ring_fd};
@@ -231,6 +255,18 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
         Ok(self.vm(vm)?.clients.keys().copied().collect())
     }
 
+    /// Who guest `peer` of `vm` is (`SO_PEERCRED` at connect time).
+    pub fn peer_credentials(&self, vm: &K, peer: u16) -> Result<PeerCredentials, DoorbellError> {
+        self.vm(vm)?
+            .clients
+            .get(&peer)
+            .map(|c| c.creds)
+            .ok_or_else(|| DoorbellError::UnknownPeer {
+                vm: vm.to_string(),
+                peer,
+            })
+    }
+
     /// The number of vectors `vm` is served with.
     pub fn vectors(&self, vm: &K) -> Result<u16, DoorbellError> {
         Ok(self.vm(vm)?.vectors)
@@ -265,11 +301,23 @@ impl<K: Ord + Clone + Display> DoorbellServer<K> {
             let Some((slot, peer)) = parse_token(event.data()) else {
                 continue;
             };
+            // For a listener: the fds the other VMs keep room for (see
+            // `Vm::reserve`).
+            let others: usize = match peer {
+                None => self
+                    .vms
+                    .iter()
+                    .enumerate()
+                    .filter(|&(s, _)| s != slot)
+                    .filter_map(|(_, vm)| vm.as_ref().map(Vm::reserve))
+                    .sum(),
+                Some(_) => 0,
+            };
             let Some(Some(vm)) = self.vms.get_mut(slot) else {
                 continue;
             };
             match peer {
-                None => vm.accept(&self.epoll, slot, &mut out),
+                None => vm.accept(&self.epoll, slot, others, &mut out),
                 Some(peer) => vm.client_event(&self.epoll, slot, peer, event.events()),
             }
             vm.settle(&self.epoll, slot, &mut out);

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::unistd::{Gid, Uid};
 
 use super::client::{Client, Outgoing};
 use super::socket::SocketFile;
-use super::{errno_of, token, LeaveReason, RefuseReason, ServerEvent, VmOptions};
+use super::{errno_of, token, LeaveReason, PeerCredentials, RefuseReason, ServerEvent, VmOptions};
 use crate::doorbell::notify::new_eventfd;
 use crate::doorbell::{DoorbellError, HOST_PEER_ID, MAX_PEER_ID};
 
@@ -24,6 +26,29 @@ const ACCEPT_BATCH: usize = 32;
 /// How long a listening socket rests after `accept` ran out of resources
 /// (e.g. `EMFILE`), instead of spinning on it.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Clients of every VM the server keeps fds for, whatever the other VMs'
+/// clients do: QEMU, and a second one (an incoming migration or a restart
+/// that overlaps the old process).
+const RESERVED_CLIENTS: usize = 2;
+/// Fds kept free beyond the reserves, for the server's own transient needs
+/// (reading `/proc`, accepting).
+const FD_SLACK: usize = 4;
+
+/// This process's open fds and its soft `RLIMIT_NOFILE`, from `/proc/self`;
+/// `None` if unlimited or unknown (then no budget applies).
+fn fd_room() -> Option<(usize, usize)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some((open, soft))
+}
 
 /// One served VM.
 #[derive(Debug)]
@@ -37,6 +62,8 @@ pub(super) struct Vm<K> {
     pub(super) clients: BTreeMap<u16, Client>,
     next_id: u16,
     max_clients: usize,
+    /// Who may connect (the options' credential rules).
+    opts: VmOptions,
     /// Most messages queued for one client.
     queue_limit: usize,
     /// Set while accepting rests after running out of resources.
@@ -90,6 +117,7 @@ impl<K: Clone> Vm<K> {
             clients: BTreeMap::new(),
             next_id: 1,
             max_clients: opts.max_clients,
+            opts: opts.clone(),
             queue_limit,
             paused_until: None,
             socket,
@@ -114,12 +142,40 @@ impl<K: Clone> Vm<K> {
         }
     }
 
-    pub(super) fn accept(&mut self, epoll: &Epoll, slot: usize, events: &mut Vec<ServerEvent<K>>) {
+    /// The fds this VM keeps room for while it has fewer than
+    /// [`RESERVED_CLIENTS`] clients: its socket and eventfds for each
+    /// missing one. Other VMs admit clients only while that room stays.
+    pub(super) fn reserve(&self) -> usize {
+        let live = self.clients.values().filter(|c| c.doomed.is_none()).count();
+        RESERVED_CLIENTS.saturating_sub(live) * (1 + usize::from(self.vectors))
+    }
+
+    /// Accepts pending connections (a batch); `others` is the fds the
+    /// other VMs keep room for.
+    pub(super) fn accept(
+        &mut self,
+        epoll: &Epoll,
+        slot: usize,
+        others: usize,
+        events: &mut Vec<ServerEvent<K>>,
+    ) {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(reason) = self.admit(epoll, slot, stream, events) {
-                        self.refuse(epoll, slot, reason, events);
+                    let creds =
+                        getsockopt(&stream, sockopt::PeerCredentials).map(|c| PeerCredentials {
+                            pid: c.pid(),
+                            uid: c.uid(),
+                            gid: c.gid(),
+                        });
+                    let result = match creds {
+                        Ok(creds) => self
+                            .admit(epoll, slot, stream, creds, others, events)
+                            .map_err(|reason| (reason, Some(creds))),
+                        Err(e) => Err((RefuseReason::Resources(e), None)),
+                    };
+                    if let Err((reason, peer)) = result {
+                        self.refuse(epoll, slot, reason, peer, events);
                         if self.paused_until.is_some() {
                             return;
                         }
@@ -133,7 +189,7 @@ impl<K: Clone> Vm<K> {
                     ) => {}
                 Err(e) => {
                     let reason = RefuseReason::Resources(errno_of(&e));
-                    self.refuse(epoll, slot, reason, events);
+                    self.refuse(epoll, slot, reason, None, events);
                     return;
                 }
             }
@@ -147,6 +203,7 @@ impl<K: Clone> Vm<K> {
         epoll: &Epoll,
         slot: usize,
         reason: RefuseReason,
+        peer: Option<PeerCredentials>,
         events: &mut Vec<ServerEvent<K>>,
     ) {
         if let RefuseReason::Resources(_) = reason {
@@ -155,7 +212,21 @@ impl<K: Clone> Vm<K> {
         events.push(ServerEvent::Refused {
             vm: self.key.clone(),
             reason,
+            peer,
         });
+    }
+
+    /// The client a newcomer may replace when the VM is full: one that has
+    /// not taken its handshake, the one that took least of it, the oldest
+    /// first. A client that read its handshake (as QEMU does at once) is
+    /// never chosen, so idle connections cannot keep a real QEMU out, and
+    /// a stream of newcomers only displaces each other.
+    fn eviction_candidate(&self) -> Option<u16> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| !c.took_handshake() && c.doomed.is_none())
+            .min_by_key(|(_, c)| (c.sent, c.since))
+            .map(|(&peer, _)| peer)
     }
 
     /// Takes a new connection as a peer, or refuses it (the stream is
@@ -165,11 +236,33 @@ impl<K: Clone> Vm<K> {
         epoll: &Epoll,
         slot: usize,
         stream: UnixStream,
+        creds: PeerCredentials,
+        others: usize,
         events: &mut Vec<ServerEvent<K>>,
     ) -> Result<(), RefuseReason> {
-        if self.clients.len() >= self.max_clients {
-            return Err(RefuseReason::TooManyClients);
+        // Strangers first: they never take, or take over, a slot.
+        if !self
+            .opts
+            .admits(Uid::from_raw(creds.uid), Gid::from_raw(creds.gid))
+        {
+            return Err(RefuseReason::Credentials);
         }
+        let live = self.clients.values().filter(|c| c.doomed.is_none()).count();
+        // Its eventfds (its socket is open already) must leave the other
+        // VMs their room under RLIMIT_NOFILE.
+        let cost = usize::from(self.vectors);
+        let no_room = fd_room()
+            .is_some_and(|(open, limit)| open.saturating_add(cost + others + FD_SLACK) > limit);
+        let victim = if no_room || live >= self.max_clients {
+            let refusal = if no_room {
+                RefuseReason::FdReserve
+            } else {
+                RefuseReason::TooManyClients
+            };
+            Some(self.eviction_candidate().ok_or(refusal)?)
+        } else {
+            None
+        };
         let id = self.alloc_id().ok_or(RefuseReason::NoFreeId)?;
         let resources = |e: DoorbellError| match e {
             DoorbellError::Sys { source, .. } => RefuseReason::Resources(source),
@@ -181,7 +274,13 @@ impl<K: Clone> Vm<K> {
             .map_err(|e| RefuseReason::Resources(errno_of(&e)))?;
         let event = EpollEvent::new(Client::interest(false), token(slot, Some(id)));
         epoll.add(&stream, event).map_err(RefuseReason::Resources)?;
-        let mut client = Client::new(stream, eventfds);
+        let mut client = Client::new(stream, creds, eventfds).map_err(RefuseReason::Resources)?;
+        // Nothing can fail from here on: make room. The victim is removed,
+        // and the others told, by `settle`.
+        if let Some(c) = victim.and_then(|v| self.clients.get_mut(&v)) {
+            c.out.clear();
+            c.doomed = Some(LeaveReason::Evicted);
+        }
         // The handshake, in the spec's order: version, own id, shared
         // memory, every existing peer (the host first: ids ascend) once per
         // vector with its eventfd, then its own id once per vector with its
@@ -195,6 +294,7 @@ impl<K: Clone> Vm<K> {
         let others = self
             .clients
             .iter()
+            .filter(|(_, c)| c.doomed.is_none())
             .flat_map(|(&peer, c)| c.eventfds.iter().map(move |fd| (peer, fd)));
         for (peer, fd) in host.chain(others) {
             hello.push(Outgoing::new(i64::from(peer), Some(Arc::clone(fd))));
@@ -202,6 +302,7 @@ impl<K: Clone> Vm<K> {
         for fd in &client.eventfds {
             hello.push(Outgoing::new(i64::from(id), Some(Arc::clone(fd))));
         }
+        client.handshake = hello.len();
         for msg in hello {
             client.queue(msg, self.queue_limit);
         }
@@ -270,11 +371,13 @@ impl<K: Clone> Vm<K> {
             if doomed.is_empty() {
                 return;
             }
+            let mut gone = Vec::with_capacity(doomed.len());
             for &(peer, reason) in &doomed {
                 if let Some(client) = self.clients.remove(&peer) {
                     let _ = epoll.delete(&client.stream);
-                    // Dropping closes the socket and this server's
-                    // references to the peer's eventfds.
+                    // Dropping closes the socket; the peer's eventfds live
+                    // on only in messages not yet sent to others.
+                    gone.push((peer, client.eventfds.clone()));
                     drop(client);
                 }
                 events.push(ServerEvent::PeerLeft {
@@ -283,9 +386,16 @@ impl<K: Clone> Vm<K> {
                     reason,
                 });
             }
+            // A client that was never sent any of a departed peer's
+            // eventfds forgets it silently; the others are told it left.
+            // So queues (and the fds they keep open) only ever refer to
+            // live peers, however many come and go while a client does
+            // not read.
             for other in self.clients.values_mut() {
-                for &(peer, _) in &doomed {
-                    other.queue(Outgoing::new(i64::from(peer), None), self.queue_limit);
+                for (peer, fds) in &gone {
+                    if other.forget(fds) {
+                        other.queue(Outgoing::new(i64::from(*peer), None), self.queue_limit);
+                    }
                 }
             }
         }

@@ -1,0 +1,39 @@
+//! Every input kept under `regressions/<target>/` (crashes found once, and
+//! seeds worth keeping), replayed through the target's check on stable.
+
+use std::fs;
+use std::path::Path;
+
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("regressions")
+        .join(target);
+    let mut count = 0;
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("entry").path();
+        let data = fs::read(&path).expect("read input");
+        check(&data);
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn ring_consumer_inputs() {
+    assert!(replay("ring_consumer", ivchan_fuzz::ring_consumer) > 0);
+}
+
+#[test]
+fn header_inputs() {
+    assert!(replay("header", ivchan_fuzz::header) > 0);
+}
+
+#[test]
+fn domain_xml_inputs() {
+    assert!(replay("domain_xml", ivchan_fuzz::domain_xml) > 0);
+}
+
+#[test]
+fn qmp_reply_inputs() {
+    assert!(replay("qmp_reply", ivchan_fuzz::qmp_reply) > 0);
+}
