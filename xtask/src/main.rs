@@ -174,9 +174,19 @@ fn miri() {
 /// published first. Prints cargo's packaging report and each crate's files.
 fn publish_check() {
     step("publish dry run (cargo publish --workspace --dry-run)");
+    // The verify builds see the ivchan crates as registry packages of an
+    // unchanged version (0.1.0), and cargo reuses a registry package's
+    // compiled artifacts without looking at its contents: an earlier run's
+    // ivchan-protocol would stand in for the changed one. So each run
+    // verifies in a target directory of its own, made anew.
+    let target = project_root().join("target/publish-check");
+    let _ = std::fs::remove_dir_all(&target);
     // --allow-dirty: this checks what would be packaged, not whether the
     // working tree is committed (CI's clone always is).
-    run(cargo().args(["publish", "--workspace", "--dry-run", "--allow-dirty"]));
+    run(cargo()
+        .args(["publish", "--workspace", "--dry-run", "--allow-dirty"])
+        .arg("--target-dir")
+        .arg(&target));
     for krate in PUBLISHED {
         step(&format!("files packaged for {krate}"));
         run(cargo().args(["package", "--list", "--allow-dirty", "-p", krate]));
