@@ -195,7 +195,7 @@ fn publish_check() {
 
 /// The operator tools whose completions, man pages and `--help` are
 /// generated from their clap definitions.
-const TOOLS: &[&str] = &["ivchan", "ivchan-guest"];
+const TOOLS: &[&str] = &["ivchan", "ivchan-guest", "ivchan-provision"];
 
 /// Builds the tools and generates what a package installs beside them,
 /// into `target/assets/`: completions for bash, zsh and fish, and man
@@ -203,7 +203,14 @@ const TOOLS: &[&str] = &["ivchan", "ivchan-guest"];
 /// without a warning) and prints each tool's `--help`.
 fn cli_assets() {
     step("CLI assets: completions, man pages, --help (target/assets)");
-    run(cargo().args(["build", "-p", "ivchan-cli", "--bins"]));
+    run(cargo().args([
+        "build",
+        "-p",
+        "ivchan-cli",
+        "-p",
+        "ivchan-provision",
+        "--bins",
+    ]));
     let root = project_root();
     let assets = root.join("target/assets");
     let man = assets.join("man/man1");
@@ -269,13 +276,16 @@ fn cli_assets() {
     );
 }
 
-/// The binaries `cargo install --path cli` and `--path examples` install.
+/// The binaries `cargo install --path cli`, `--path examples` and `--path
+/// provision` install and that answer `--version` (not the QEMU wrapper,
+/// which hands every argument to QEMU).
 const INSTALLED: &[&str] = &[
     "ivchan",
     "ivchan-guest",
     "ivchan-host-agent",
     "ivchan-guest-agent",
     "ivchan-demo",
+    "ivchan-provision",
 ];
 
 /// Installs the tools and agents as the README says, into a clean
@@ -285,11 +295,11 @@ const INSTALLED: &[&str] = &[
 /// --root`: their ExecStart binaries and Documentation man pages must be
 /// the installed ones.
 fn install_check() {
-    step("install: cargo install --path cli, --path examples into target/install-root");
+    step("install: cargo install --path cli, examples, provision into target/install-root");
     let root = project_root().join("target/install-root");
     let _ = std::fs::remove_dir_all(&root);
     let prefix = root.join("usr/local");
-    for path in ["cli", "examples"] {
+    for path in ["cli", "examples", "provision"] {
         // The workspace's target directory: release artifacts are shared
         // with the e2e build instead of compiled again in a temporary one.
         run(cargo()
