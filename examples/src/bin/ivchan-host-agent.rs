@@ -30,6 +30,7 @@ use ivchan_host::{
     VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy,
 };
 use ivchan_protocol::{poll_until, CancelToken};
+use ivchan_testkit::process::cpu_time;
 
 #[derive(Parser, Clone)]
 #[command(
@@ -163,28 +164,13 @@ fn wait_for_doorbell(vm: &VmChannel, wait: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// CPU time (user + system) this process has used, from /proc/self/stat.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 12th and 13th of those, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
 /// Waits to receive for `secs` while the guest stays quiet; returns the CPU
 /// time used.
 fn idle(vm: &mut VmChannel, secs: u64) -> Result<Duration, String> {
-    let before = cpu_time();
+    let before = cpu_time("self");
     let mut buf = [0u8; 64];
     match vm.recv(&mut buf, Some(Duration::from_secs(secs))) {
-        Err(ChannelError::Timeout { .. }) => Ok(cpu_time().saturating_sub(before)),
+        Err(ChannelError::Timeout { .. }) => Ok(cpu_time("self").saturating_sub(before)),
         Ok(n) => Err(format!("unexpected {n}-byte message while idle")),
         Err(e) => Err(e.to_string()),
     }
