@@ -17,7 +17,7 @@ pub struct Verbosity {
     /// everything (RUST_LOG overrides).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Log errors only, and print no confirmation lines.
+    /// Log errors only, and print no confirmation lines (`init`, `reset`).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 }

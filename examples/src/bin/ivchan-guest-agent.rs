@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
 use ivchan_examples::{agent, cancel_on_signals, EXIT_INTERRUPTED};
 use ivchan_guest::{
     parse_pci_address, ChannelOptions, GuestChannel, MapOptions, OwnedChannel, Selector,
@@ -59,6 +60,10 @@ struct Args {
     /// Print the man page (roff) and exit.
     #[arg(long, exclusive = true, hide = true)]
     man: bool,
+    /// -v/-vv/-vvv: the libraries' log records (region files, device
+    /// selection) on stderr; -q errors only.
+    #[command(flatten)]
+    verbosity: Verbosity,
 }
 
 fn address_arg(text: &str) -> Result<String, String> {
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
         generate::man::<Args>("ivchan-guest-agent", None);
         return ExitCode::SUCCESS;
     }
+    args.verbosity.init();
     let token = match cancel_on_signals() {
         Ok(token) => token,
         Err(e) => {

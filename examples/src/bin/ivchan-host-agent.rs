@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use ivchan_cli::args::RegionArgs;
 use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
 use ivchan_examples::{agent, cancel_on_signals, traffic, EXIT_INTERRUPTED};
 use ivchan_host::{
     ChannelError, ChannelOptions, OwnedChannel, RegionFile, RegionOptions, ServerEvent, Supervisor,
@@ -98,6 +99,10 @@ struct Args {
     /// Print the man page (roff) and exit.
     #[arg(long, exclusive = true, hide = true)]
     man: bool,
+    /// -v/-vv/-vvv: the libraries' log records (region files, device
+    /// selection) on stderr; -q errors only.
+    #[command(flatten)]
+    verbosity: Verbosity,
 }
 
 fn rate(uuid: &VmUuid, what: &str, count: u64, bytes: u64, secs: f64) {
@@ -396,6 +401,7 @@ fn main() -> ExitCode {
         generate::man::<Args>("ivchan-host-agent", None);
         return ExitCode::SUCCESS;
     }
+    args.verbosity.init();
     let token = match cancel_on_signals() {
         Ok(token) => token,
         Err(e) => {
