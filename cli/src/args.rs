@@ -38,7 +38,7 @@ pub struct RegionArgs {
     /// Permission bits of a new region file (octal).
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
-    /// Owner of a new region file, USER[:GROUP] (names or numbers; needs
+    /// Owner of a new region file, USER or USER:GROUP (names or numbers; needs
     /// root), e.g. libvirt-qemu.
     #[arg(long, value_name = "USER[:GROUP]", value_parser = parse_owner_arg)]
     pub owner: Option<(Option<u32>, Option<u32>)>,
