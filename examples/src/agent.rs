@@ -16,7 +16,9 @@
 //! host opens every conversation with `hello NONCE`, repeated every half
 //! second, and discards everything it receives until `ok hello NONCE`; the
 //! guest drops whatever command it was carrying out when the host restarts
-//! (its blocking calls end with `PeerRestarted`) and answers the hello. When
+//! (its blocking calls end with `PeerRestarted`) and answers the hello. The
+//! guest carries out commands only from the host session it said hello to,
+//! so a new guest agent ignores what was sent to its predecessor. When
 //! the guest restarts, closes or falls silent in the middle of a step, the
 //! host waits for a live guest, says hello again and runs the step again
 //! ([`step`]). Nothing is recreated: the region and its rings carry on.
@@ -343,6 +345,10 @@ pub fn serve(
     let mut stream_next: Option<u64> = None;
     // The last hello answered: a repeated one is not answered twice.
     let mut last_hello = String::new();
+    // The host session (its epoch) this guest said hello to. Commands from
+    // any other session are void: they were meant for an earlier guest
+    // agent, or come from a host agent that has since restarted.
+    let mut session: Option<u64> = None;
     loop {
         // Look at the next message; consume it only once it is handled, so
         // a guest that dies meanwhile gets it again (at-least-once).
@@ -385,6 +391,14 @@ pub fn serve(
         release_next(ch)?;
         let line = String::from_utf8_lossy(&buf[..n]).into_owned();
         let words: Vec<&str> = line.split_whitespace().collect();
+        // The host's current session, as of this message (read after it,
+        // so a host that restarted and then wrote it shows its new epoch).
+        while ch.poll_peer().map_err(chan)?.is_some() {}
+        let host = ch.peer_status().map(|s| s.epoch);
+        if !matches!(words.as_slice(), ["hello", _]) && (session.is_none() || session != host) {
+            session = None;
+            continue;
+        }
         let answer = match words.as_slice() {
             ["exchange", count] | ["echo", count] => match count.parse::<u64>() {
                 Ok(count) => exchange(ch, count, words[0] == "echo", stall)
@@ -401,10 +415,10 @@ pub fn serve(
                     continue;
                 }
                 last_hello = (*nonce).to_owned();
-                // The host attached (a new epoch) before it said hello:
-                // take that change in now, so it does not end the first
-                // command of the new session as a "restart".
-                while ch.poll_peer().map_err(chan)?.is_some() {}
+                // The host's change of epoch before its hello was taken in
+                // above, so it does not end the first command of the new
+                // session as a "restart".
+                session = host;
                 Ok(format!("ok hello {nonce}"))
             }
             ["quit"] => {

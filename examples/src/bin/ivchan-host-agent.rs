@@ -308,6 +308,8 @@ fn stream(
         12 * count
     );
     if !args.keep_guest {
+        // The guest agent takes commands only within a session.
+        agent::hello(vm, deadline)?;
         agent::command(vm, "quit", Duration::from_secs(30))?;
     }
     Ok(())
