@@ -3,7 +3,9 @@
 //! run over a heap region (threads) and a mapped `/dev/shm` file
 //! (processes).
 
-use ivchan_protocol::{Consumer, DirectMemory, Header, InitParams, Producer, Region};
+use ivchan_protocol::{
+    Consumer, DirectMemory, Header, InitParams, Producer, Region, VolatileSlice,
+};
 
 use crate::wait::{WaitStrategy, Waiter};
 use crate::{REGION_SIZE, RING_SIZE};
@@ -30,7 +32,7 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
             Api::Copy => tx.send(msg).expect("bench ring stays healthy"),
             Api::ZeroCopy => match tx.reserve(msg.len()).expect("bench ring stays healthy") {
                 Some(mut grant) => {
-                    grant.copy_from_slice(msg);
+                    grant.write(0, msg).expect("length fits the grant");
                     grant.commit(msg.len()).expect("length fits the grant");
                     true
                 }
@@ -45,12 +47,13 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
 }
 
 /// Reads every cache line of a message in place, as a consumer that uses
-/// the bytes must: the lines have to cross from the producer's core.
+/// the bytes must: the lines have to cross from the producer's core. One
+/// byte per 64-byte line, through the volatile view.
 #[inline]
-pub fn touch(bytes: &[u8]) -> u8 {
+pub fn touch(bytes: VolatileSlice<'_>) -> u8 {
     let mut x = 0u8;
-    for line in bytes.chunks(64) {
-        x ^= line[0];
+    for at in (0..bytes.len()).step_by(64) {
+        x ^= bytes.read_u8(at).unwrap_or(0);
     }
     x
 }
@@ -75,7 +78,7 @@ pub fn recv<M: DirectMemory>(
             }
             Api::ZeroCopy => {
                 if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
-                    std::hint::black_box(touch(&msg));
+                    std::hint::black_box(touch(msg.volatile()));
                     let n = msg.len();
                     msg.release();
                     return n;
@@ -113,7 +116,7 @@ pub fn echo<M: DirectMemory>(
             waiter.reset();
             loop {
                 if let Some(mut grant) = tx.reserve(msg.len()).expect("bench ring stays healthy") {
-                    grant.copy_from_slice(&msg);
+                    grant.volatile_mut().copy_from_volatile(&msg.volatile());
                     grant.commit(msg.len()).expect("length fits the grant");
                     break;
                 }
