@@ -22,11 +22,70 @@ pub enum Api {
     ZeroCopy,
 }
 
+/// How often each side found the ring full or empty, and reloaded the
+/// other side's position, across every message sent and received in this
+/// process: the evidence for who waits (docs/bench/notes.md). Relaxed
+/// counters, bumped only on the slow paths; [`Counters::take`] reads and
+/// clears them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages sent.
+    pub sent: u64,
+    /// `reserve` calls that found the ring full.
+    pub full: u64,
+    /// Sends whose `reserve` had to reload `head` (cached free space short).
+    pub head_reloads: u64,
+    /// Messages received.
+    pub received: u64,
+    /// `peek` calls that found the ring empty.
+    pub empty: u64,
+    /// Receives whose `peek` had to reload `tail` (cached backlog used up).
+    pub tail_reloads: u64,
+}
+
+mod counters {
+    use std::sync::atomic::AtomicU64;
+    pub static SENT: AtomicU64 = AtomicU64::new(0);
+    pub static FULL: AtomicU64 = AtomicU64::new(0);
+    pub static HEAD_RELOADS: AtomicU64 = AtomicU64::new(0);
+    pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
+    pub static EMPTY: AtomicU64 = AtomicU64::new(0);
+    pub static TAIL_RELOADS: AtomicU64 = AtomicU64::new(0);
+}
+
+impl Counters {
+    /// Reads and clears this process's counters.
+    pub fn take() -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            sent: counters::SENT.swap(0, Relaxed),
+            full: counters::FULL.swap(0, Relaxed),
+            head_reloads: counters::HEAD_RELOADS.swap(0, Relaxed),
+            received: counters::RECEIVED.swap(0, Relaxed),
+            empty: counters::EMPTY.swap(0, Relaxed),
+            tail_reloads: counters::TAIL_RELOADS.swap(0, Relaxed),
+        }
+    }
+}
+
+#[inline]
+fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
+    if n != 0 {
+        c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Sends one message, waiting while the ring is full. One commit (one
 /// Release store of `tail`) per message.
 #[inline]
 pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter: &mut Waiter) {
     waiter.reset();
+    // Whether `reserve` will reload `head`: the cached free space is short
+    // (an upper bound on the record with padding).
+    if tx.free_bytes() < 2 * (msg.len() + 16) {
+        bump(&counters::HEAD_RELOADS, 1);
+    }
+    let mut full = 0;
     loop {
         let sent = match api {
             Api::Copy => tx.send(msg).expect("bench ring stays healthy"),
@@ -40,8 +99,11 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
             },
         };
         if sent {
+            counters::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bump(&counters::FULL, full);
             return;
         }
+        full += 1;
         waiter.wait();
     }
 }
@@ -69,22 +131,29 @@ pub fn recv<M: DirectMemory>(
     waiter: &mut Waiter,
 ) -> usize {
     waiter.reset();
+    let mut empty = 0;
     loop {
-        match api {
-            Api::Copy => {
-                if let Some(n) = rx.recv_into(buf).expect("bench ring stays healthy") {
-                    return n;
-                }
-            }
-            Api::ZeroCopy => {
-                if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
+        if rx.pending_bytes() == 0 {
+            bump(&counters::TAIL_RELOADS, 1);
+        }
+        let got = match api {
+            Api::Copy => rx.recv_into(buf).expect("bench ring stays healthy"),
+            Api::ZeroCopy => match rx.peek().expect("bench ring stays healthy") {
+                Some(msg) => {
                     std::hint::black_box(touch(msg.volatile()));
                     let n = msg.len();
                     msg.release();
-                    return n;
+                    Some(n)
                 }
-            }
+                None => None,
+            },
+        };
+        if let Some(n) = got {
+            counters::RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bump(&counters::EMPTY, empty);
+            return n;
         }
+        empty += 1;
         waiter.wait();
     }
 }
