@@ -395,6 +395,12 @@ impl<M: RingMemory> Producer<M> {
 }
 
 /// Room for one message, reserved by [`Producer::reserve`].
+///
+/// Fill it with [`write`](Self::write), through
+/// [`volatile_mut`](Self::volatile_mut) (typed writes, sub-views) or
+/// [`writer`](Self::writer) (`std::io::Write`), then
+/// [`commit`](Self::commit) the length written. Never a `&mut [u8]`: a
+/// hostile consumer may touch these bytes while we write them.
 #[derive(Debug)]
 pub struct WriteGrant<'a, M: RingMemory> {
     producer: &'a mut Producer<M>,
@@ -726,8 +732,30 @@ impl<M: RingMemory> Consumer<M> {
 /// A message borrowed in place by [`Consumer::peek`].
 ///
 /// An honest producer never touches it until it is released; a hostile one
-/// may change its bytes at any time, so treat them as untrusted (or copy
-/// them out once with [`read`](Self::read) and check the copy).
+/// may change its bytes at any time. So the payload is never a `&[u8]`:
+/// read it through [`volatile`](Self::volatile) (typed reads, sub-views,
+/// [`reader`](Self::reader)) or copy it out once with
+/// [`snapshot_into`](Self::snapshot_into) / [`read`](Self::read) and check
+/// the copy. `docs/PROTOCOL.md` section 6.1 says what a reader may assume.
+///
+/// ```
+/// # use ivchan_protocol::{Header, InitParams, Region, Side};
+/// # let mut memory = vec![0u64; (1 << 20) / 8];
+/// # let header = Header::create(Region::from_words(&mut memory),
+/// #     &InitParams { uuid: [7; 16], name: "doc", ring_size: None })?;
+/// # let (mut tx, _) = header.split(Side::Host)?;
+/// # let (_, mut rx) = header.split(Side::Guest)?;
+/// # tx.send(&[3, 0, 0, 0, b'a', b'b', b'c'])?;
+/// let msg = rx.peek()?.expect("a message");
+/// // Snapshot, then validate: one copy, checked, then used.
+/// let mut buf = [0u8; 64];
+/// let copy = msg.snapshot_into(&mut buf)?;
+/// let n = u32::from_le_bytes(copy[..4].try_into()?) as usize;
+/// let body = copy.get(4..4 + n).ok_or("bad length")?;
+/// assert_eq!(body, b"abc");
+/// msg.release();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ReadGrant<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,

@@ -216,6 +216,9 @@ pub struct Channel<'a> {
     broken: Option<LayoutError>,
     /// Doorbell wakes that found nothing to read, since attach.
     spurious_wakes: u64,
+    /// Spin leads learned by the last blocking send and receive
+    /// ([`Waiter::lead`]), so a stream keeps its batching across calls.
+    leads: [u32; 2],
 }
 
 /// Empty doorbell wakes in a row taken without pausing.
@@ -259,6 +262,7 @@ impl<'a> Channel<'a> {
             waited_for: None,
             broken: None,
             spurious_wakes: 0,
+            leads: [0; 2],
         })
     }
 
@@ -525,7 +529,8 @@ impl<'a> Channel<'a> {
     ) -> Result<T, ChannelError> {
         self.usable()?;
         let start = Instant::now();
-        let mut waiter = Waiter::new(self.options.wait);
+        let side = usize::from(on_receive);
+        let mut waiter = Waiter::with_lead(self.options.wait, self.leads[side]);
         let mut polls = 0u32;
         let mut checked = start;
         // Wakes from the doorbell in a row that found nothing to read.
@@ -533,6 +538,8 @@ impl<'a> Channel<'a> {
         let mut woke = false;
         loop {
             if let Some(value) = attempt(self)? {
+                waiter.reset();
+                self.leads[side] = waiter.lead();
                 return Ok(value);
             }
             if std::mem::take(&mut woke) {
