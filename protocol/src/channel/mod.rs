@@ -636,6 +636,11 @@ impl<'a> Channel<'a> {
                 }
                 if let Some(status) = self.peer.last {
                     if status.state == PeerState::Closed {
+                        // What the peer published before closing is still
+                        // delivered: it may have landed after our attempt.
+                        if let Some(value) = attempt(self)? {
+                            return Ok(value);
+                        }
                         return Err(ChannelError::PeerClosed);
                     }
                 }
