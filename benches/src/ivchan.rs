@@ -44,33 +44,48 @@ pub struct Counters {
 }
 
 mod counters {
-    use std::sync::atomic::AtomicU64;
-    pub static SENT: AtomicU64 = AtomicU64::new(0);
-    pub static FULL: AtomicU64 = AtomicU64::new(0);
-    pub static HEAD_RELOADS: AtomicU64 = AtomicU64::new(0);
-    pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
-    pub static EMPTY: AtomicU64 = AtomicU64::new(0);
-    pub static TAIL_RELOADS: AtomicU64 = AtomicU64::new(0);
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    /// One counter per 128-byte block, so the producer's and the
+    /// consumer's counters never share a cache line (or a prefetch pair).
+    #[repr(align(128))]
+    pub struct Padded(pub AtomicU64);
+
+    /// Off unless a caller asks ([`super::Counters::enable`]): counting
+    /// then costs one read of a shared, never-written flag per message.
+    pub static ENABLED: AtomicBool = AtomicBool::new(false);
+    pub static SENT: Padded = Padded(AtomicU64::new(0));
+    pub static FULL: Padded = Padded(AtomicU64::new(0));
+    pub static HEAD_RELOADS: Padded = Padded(AtomicU64::new(0));
+    pub static RECEIVED: Padded = Padded(AtomicU64::new(0));
+    pub static EMPTY: Padded = Padded(AtomicU64::new(0));
+    pub static TAIL_RELOADS: Padded = Padded(AtomicU64::new(0));
 }
 
 impl Counters {
+    /// Turns counting on for this process (off by default: the counts cost
+    /// atomic adds on the data path).
+    pub fn enable() {
+        counters::ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Reads and clears this process's counters.
     pub fn take() -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         Self {
-            sent: counters::SENT.swap(0, Relaxed),
-            full: counters::FULL.swap(0, Relaxed),
-            head_reloads: counters::HEAD_RELOADS.swap(0, Relaxed),
-            received: counters::RECEIVED.swap(0, Relaxed),
-            empty: counters::EMPTY.swap(0, Relaxed),
-            tail_reloads: counters::TAIL_RELOADS.swap(0, Relaxed),
+            sent: counters::SENT.0.swap(0, Relaxed),
+            full: counters::FULL.0.swap(0, Relaxed),
+            head_reloads: counters::HEAD_RELOADS.0.swap(0, Relaxed),
+            received: counters::RECEIVED.0.swap(0, Relaxed),
+            empty: counters::EMPTY.0.swap(0, Relaxed),
+            tail_reloads: counters::TAIL_RELOADS.0.swap(0, Relaxed),
         }
     }
 }
 
 #[inline]
 fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
-    if n != 0 {
+    if n != 0 && counters::ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
         c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -83,7 +98,7 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
     // Whether `reserve` will reload `head`: the cached free space is short
     // (an upper bound on the record with padding).
     if tx.free_bytes() < 2 * (msg.len() + 16) {
-        bump(&counters::HEAD_RELOADS, 1);
+        bump(&counters::HEAD_RELOADS.0, 1);
     }
     let mut full = 0;
     loop {
@@ -99,8 +114,8 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
             },
         };
         if sent {
-            counters::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bump(&counters::FULL, full);
+            bump(&counters::SENT.0, 1);
+            bump(&counters::FULL.0, full);
             return;
         }
         full += 1;
@@ -134,7 +149,7 @@ pub fn recv<M: DirectMemory>(
     let mut empty = 0;
     loop {
         if rx.pending_bytes() == 0 {
-            bump(&counters::TAIL_RELOADS, 1);
+            bump(&counters::TAIL_RELOADS.0, 1);
         }
         let got = match api {
             Api::Copy => rx.recv_into(buf).expect("bench ring stays healthy"),
@@ -149,8 +164,8 @@ pub fn recv<M: DirectMemory>(
             },
         };
         if let Some(n) = got {
-            counters::RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bump(&counters::EMPTY, empty);
+            bump(&counters::RECEIVED.0, 1);
+            bump(&counters::EMPTY.0, empty);
             return n;
         }
         empty += 1;

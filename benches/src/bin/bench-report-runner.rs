@@ -137,6 +137,9 @@ fn main() {
             }
         }
     }
+    if std::env::var_os("IVCHAN_BENCH_COUNTERS").is_some() {
+        ivchan_benches::ivchan::Counters::enable();
+    }
     println!("info\tsizes\t{SIZES:?}");
     println!("info\tlatency_sizes\t{LATENCY_SIZES:?}");
     println!("info\tregion_size\t{REGION_SIZE}");
