@@ -26,6 +26,8 @@ pub enum Error {
     NoFreeSlot(u8),
     #[error("unknown model {0:?} (expected ivshmem-plain or ivshmem-doorbell)")]
     UnknownModel(String),
+    #[error("unknown role {0:?} (expected master, the migratable default, or peer)")]
+    UnknownRole(String),
     #[error("model ivshmem-doorbell needs the ivshmem server's socket (--server PATH)")]
     DoorbellNeedsServer,
     #[error("--server {0:?} is only for model ivshmem-doorbell; the ivshmem-plain model has no server (add --model ivshmem-doorbell, or drop --server)")]
