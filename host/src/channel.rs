@@ -6,15 +6,17 @@
 //! events) is called on it directly.
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ivchan_protocol::naming::RegionSize;
 use ivchan_protocol::{
-    Channel, ChannelError, ChannelOptions, DoorbellAddress, OwnedChannel, Side, VmUuid,
+    Channel, ChannelError, ChannelOptions, DoorbellAddress, Header, OwnedChannel, PeerState,
+    Region, Side, SideStatus, VmUuid,
 };
 
 use crate::doorbell::{DoorbellError, DoorbellService, HostBell, VmOptions, HOST_PEER_ID};
-use crate::region_file::{RegionError, RegionFile, RegionOptions};
+use crate::region_file::{InspectedRegion, RegionError, RegionFile, RegionOptions};
 
 /// Errors from opening a host channel.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,17 @@ pub enum HostError {
     /// Starting the doorbell server failed.
     #[error("doorbell server: {0}")]
     DoorbellServer(#[source] DoorbellError),
+    /// A VM expected by live migration did not arrive: no running guest
+    /// showed up in its region within the wait.
+    #[error("VM {uuid}: no guest arrived in {path} within {waited:?} (was the migration started, and does the destination QEMU map this file?)")]
+    NotArrived {
+        /// The VM.
+        uuid: VmUuid,
+        /// Its region file.
+        path: PathBuf,
+        /// How long this side waited.
+        waited: Duration,
+    },
     /// Watching the region directory failed.
     #[error("watching {dir}: {source}")]
     Watch {
@@ -101,9 +114,23 @@ pub struct VmChannelBuilder {
     name: String,
     options: ChannelOptions,
     doorbell: Option<VmOptions>,
+    incoming: Option<Duration>,
 }
 
 impl VmChannelBuilder {
+    /// The VM arrives by live migration: after opening the region (and
+    /// starting its ivshmem server, so that the incoming QEMU can connect),
+    /// wait up to `wait` for the guest to arrive — the region holds the
+    /// header and rings QEMU migrated, with a guest side that is ready and
+    /// beating — and only then attach, resuming from the migrated rings.
+    /// Attaching earlier would write into a region the incoming migration
+    /// is about to overwrite. PROTOCOL.md, section 10, says what the
+    /// migrated rings hold.
+    pub fn incoming(mut self, wait: Duration) -> Self {
+        self.incoming = Some(wait);
+        self
+    }
+
     /// Where region files live and what they may look like (directory,
     /// prefix, size, owners, modes).
     pub fn regions(mut self, regions: RegionOptions) -> Self {
@@ -167,6 +194,9 @@ impl VmChannelBuilder {
             }
             None => (None, None),
         };
+        if let Some(wait) = self.incoming {
+            wait_for_arrival(&file, wait)?;
+        }
         Ok(VmChannel {
             channel: attach_host(file, &self.name, self.options, bell)?,
             doorbell: service,
@@ -220,6 +250,7 @@ impl VmChannel {
             name: "ivchan".to_owned(),
             options: ChannelOptions::default(),
             doorbell: None,
+            incoming: None,
         }
     }
 
@@ -266,5 +297,267 @@ impl VmChannel {
     /// still locked.
     pub fn close(self) -> RegionFile {
         self.channel.into_memory()
+    }
+}
+
+/// The guest's side block, if the region holds a valid header.
+fn guest_status(region: Region<'_>) -> Option<SideStatus> {
+    let header = Header::open(region).ok()?;
+    header.status(Side::Guest).ok()
+}
+
+/// Waits until `file` holds a header whose guest side is ready and whose
+/// heartbeat moves: a running guest, brought by the incoming migration.
+fn wait_for_arrival(file: &RegionFile, wait: Duration) -> Result<(), HostError> {
+    let start = Instant::now();
+    let first = guest_status(file.region());
+    loop {
+        if let Some(now) = guest_status(file.region()) {
+            let moved = first.is_none_or(|f| f.heartbeat != now.heartbeat || f.epoch != now.epoch);
+            if now.state == PeerState::Ready && moved {
+                return Ok(());
+            }
+        }
+        if start.elapsed() >= wait {
+            return Err(HostError::NotArrived {
+                uuid: *file.uuid(),
+                path: file.path().to_path_buf(),
+                waited: start.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How a guest left this host, as [`DepartureWatch`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestDeparture {
+    /// The guest was attached and running when it stopped, and no other
+    /// process maps its region any more: its QEMU let go of the region with
+    /// the guest still in it. That is what a live migration looks like from
+    /// the source (QEMU stops the guest at the switchover and exits once
+    /// the destination runs it); a QEMU killed outright looks the same.
+    /// Not a failure of the channel: the conversation goes on wherever the
+    /// guest went, with the host agent there (PROTOCOL.md, section 10).
+    Migrated,
+    /// The guest agent closed its side: it exited, or its VM shut down.
+    Gone,
+}
+
+impl std::fmt::Display for GuestDeparture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Migrated => "migrated (left this host while running)",
+            Self::Gone => "gone (its agent closed its side)",
+        })
+    }
+}
+
+/// Watches a VM's region, from any thread and without touching it, for the
+/// guest leaving this host: a live migration away, or the guest closing.
+/// A guest that is only paused or slow (QEMU still maps the region) is not
+/// reported, however long it stays silent.
+#[derive(Debug)]
+pub struct DepartureWatch {
+    view: InspectedRegion,
+    timeout: Duration,
+    last: Option<SideStatus>,
+    moved_at: Instant,
+}
+
+impl DepartureWatch {
+    /// Watches the region file at `path`; a heartbeat that stands still
+    /// for `timeout` (see [`ChannelOptions::peer_timeout`]) is silence.
+    pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Result<Self, RegionError> {
+        Ok(Self {
+            view: InspectedRegion::open(path)?,
+            timeout,
+            last: None,
+            moved_at: Instant::now(),
+        })
+    }
+
+    /// Reads the guest's side block once and says whether the guest has
+    /// left: [`GuestDeparture::Gone`] once it closed its side,
+    /// [`GuestDeparture::Migrated`] once it has been silent for the timeout
+    /// while ready and no process but this one maps the region.
+    pub fn poll(&mut self) -> Option<GuestDeparture> {
+        let now = guest_status(self.view.region())?;
+        let moved = self
+            .last
+            .is_none_or(|l| l.heartbeat != now.heartbeat || l.epoch != now.epoch);
+        let first = self.last.is_none();
+        self.last = Some(now);
+        if moved && !first {
+            self.moved_at = Instant::now();
+        }
+        match now.state {
+            PeerState::Closed => Some(GuestDeparture::Gone),
+            PeerState::Ready
+                if self.moved_at.elapsed() >= self.timeout
+                    && !mapped_by_others(self.view.path()) =>
+            {
+                Some(GuestDeparture::Migrated)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether a process other than this one maps the file at `path` (QEMU
+/// maps a VM's region for as long as the VM runs on this host). Reads
+/// `/proc/*/maps`, matching the file's device and inode; processes whose
+/// maps cannot be read (another user's, without privilege) do not count.
+pub fn mapped_by_others(path: &Path) -> bool {
+    mapped_by(path, Some(std::process::id()))
+}
+
+/// As [`mapped_by_others`], excluding process `except` (none: any process).
+fn mapped_by(path: &Path, except: Option<u32>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let (ino, dev) = (meta.ino(), meta.dev());
+    // `major:minor` as /proc/PID/maps writes it (hex), for the file's device.
+    let major = nix::sys::stat::major(dev);
+    let minor = nix::sys::stat::minor(dev);
+    let device = format!("{major:02x}:{minor:02x}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| Some(*pid) != except)
+        .any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+                maps.lines().any(|line| {
+                    let mut f = line.split_whitespace().skip(3);
+                    f.next() == Some(device.as_str())
+                        && f.next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+                })
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ivchan_protocol::InitParams;
+
+    fn region_in(dir: &Path) -> PathBuf {
+        let path = dir.join("fg_5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        path
+    }
+
+    /// Another process that maps a region until its stdin closes.
+    /// (The child's stdout is kept open: it writes nothing more.)
+    struct MapHolder(
+        std::process::Child,
+        #[allow(dead_code)] std::io::BufReader<std::process::ChildStdout>,
+    );
+
+    impl MapHolder {
+        fn spawn(path: &Path) -> Self {
+            use std::io::BufRead;
+            use std::process::Stdio;
+            let mut child = ivchan_testkit::child::ChildTest::new("channel::tests::hold_a_mapping")
+                .env("IVCHAN_HOLD_MAPPING", path)
+                .command()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The harness prints its own lines first.
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            while line.trim() != "mapped" {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "the child never mapped"
+                );
+            }
+            Self(child, out)
+        }
+    }
+
+    impl Drop for MapHolder {
+        fn drop(&mut self) {
+            drop(self.0.stdin.take());
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    #[ignore = "child process entry, run by the tests in this file"]
+    fn hold_a_mapping() {
+        use std::io::Read;
+        let Some(path) = std::env::var_os("IVCHAN_HOLD_MAPPING") else {
+            return;
+        };
+        let map = crate::PeerMapping::open(PathBuf::from(path)).unwrap();
+        println!("mapped");
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        drop(map);
+    }
+
+    #[test]
+    fn maps_are_found_by_device_and_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = region_in(dir.path());
+        assert!(!mapped_by(&path, None), "nobody maps it yet");
+        let peer = crate::PeerMapping::open(&path).unwrap();
+        assert!(mapped_by(&path, None), "this process maps it");
+        assert!(!mapped_by_others(&path), "only this process maps it");
+        drop(peer);
+        assert!(!mapped_by(&path, None));
+        let holder = MapHolder::spawn(&path);
+        assert!(mapped_by_others(&path), "the child maps it");
+        drop(holder);
+        assert!(!mapped_by_others(&path));
+    }
+
+    /// A guest that is ready with a frozen heartbeat and no QEMU mapping
+    /// the region left while running (migrated); one that closed is gone;
+    /// one that another process still maps is only silent.
+    #[test]
+    fn departures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = region_in(dir.path());
+        let guest = crate::PeerMapping::open(&path).unwrap();
+        let header = Header::create(
+            guest.region(),
+            &InitParams {
+                uuid: [7; 16],
+                name: "t",
+                ring_size: None,
+            },
+        )
+        .unwrap();
+        let mut watch = DepartureWatch::new(&path, Duration::ZERO).unwrap();
+        // No guest yet: absent is not a departure.
+        assert_eq!(watch.poll(), None);
+        header.begin_session(Side::Guest);
+        header.heartbeat(Side::Guest);
+        // Ready, silent (timeout zero), but this process maps it as the
+        // guest would: its own mapping does not count, so this is the
+        // migrated case.
+        assert_eq!(watch.poll(), Some(GuestDeparture::Migrated));
+        // Another process mapping the region (QEMU still running the
+        // guest, paused or slow) makes it no departure.
+        let holder = MapHolder::spawn(&path);
+        assert_eq!(watch.poll(), None);
+        drop(holder);
+        assert_eq!(watch.poll(), Some(GuestDeparture::Migrated));
+        header.set_state(Side::Guest, PeerState::Closed);
+        assert_eq!(watch.poll(), Some(GuestDeparture::Gone));
+        // A watch with a real timeout does not call a guest that just
+        // attached silent.
+        header.begin_session(Side::Guest);
+        let mut patient = DepartureWatch::new(&path, Duration::from_secs(3600)).unwrap();
+        assert_eq!(patient.poll(), None);
     }
 }
