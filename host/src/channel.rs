@@ -7,6 +7,8 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ivchan_protocol::naming::RegionSize;
@@ -47,7 +49,7 @@ pub enum HostError {
     DoorbellServer(#[source] DoorbellError),
     /// A VM expected by live migration did not arrive: no running guest
     /// showed up in its region within the wait.
-    #[error("VM {uuid}: no guest arrived in {path} within {waited:?} (was the migration started, and does the destination QEMU map this file?)")]
+    #[error("VM {uuid}: no guest arrived in {path} within {waited:?} (was the migration's completion signalled, and does the destination QEMU map this file?)")]
     NotArrived {
         /// The VM.
         uuid: VmUuid,
@@ -114,20 +116,23 @@ pub struct VmChannelBuilder {
     name: String,
     options: ChannelOptions,
     doorbell: Option<VmOptions>,
-    incoming: Option<Duration>,
+    incoming: Option<(Duration, Arc<AtomicBool>)>,
 }
 
 impl VmChannelBuilder {
-    /// The VM arrives by live migration: after opening the region (and
-    /// starting its ivshmem server, so that the incoming QEMU can connect),
-    /// wait up to `wait` for the guest to arrive — the region holds the
-    /// header and rings QEMU migrated, with a guest side that is ready and
-    /// beating — and only then attach, resuming from the migrated rings.
-    /// Attaching earlier would write into a region the incoming migration
-    /// is about to overwrite. PROTOCOL.md, section 10, says what the
-    /// migrated rings hold.
-    pub fn incoming(mut self, wait: Duration) -> Self {
-        self.incoming = Some(wait);
+    /// The VM arrives by live migration. The region is opened (and its
+    /// ivshmem server started, so that the incoming QEMU can connect) at
+    /// once, but this side attaches only after `arrived` is set — by the
+    /// caller, when its hypervisor reports the migration complete and the
+    /// VM running here (libvirt's "resumed (migrated)" event, QMP's
+    /// `RESUME` event or `query-status`) — and the region holds a ready,
+    /// beating guest side; up to `wait` in all. The region alone cannot
+    /// tell: during pre-copy QEMU keeps writing newer copies of the guest's
+    /// pages into it, heartbeat included, and anything this side wrote
+    /// before the last of them would be overwritten under it. Then it
+    /// resumes from the migrated rings (PROTOCOL.md, section 10).
+    pub fn incoming(mut self, wait: Duration, arrived: Arc<AtomicBool>) -> Self {
+        self.incoming = Some((wait, arrived));
         self
     }
 
@@ -194,8 +199,8 @@ impl VmChannelBuilder {
             }
             None => (None, None),
         };
-        if let Some(wait) = self.incoming {
-            wait_for_arrival(&file, wait)?;
+        if let Some((wait, arrived)) = &self.incoming {
+            wait_for_arrival(&file, *wait, arrived)?;
         }
         Ok(VmChannel {
             channel: attach_host(file, &self.name, self.options, bell)?,
@@ -306,13 +311,23 @@ fn guest_status(region: Region<'_>) -> Option<SideStatus> {
     header.status(Side::Guest).ok()
 }
 
-/// Waits until `file` holds a header whose guest side is ready and whose
-/// heartbeat moves: a running guest, brought by the incoming migration.
-fn wait_for_arrival(file: &RegionFile, wait: Duration) -> Result<(), HostError> {
+/// Waits until `arrived` is set, then until `file` holds a header whose
+/// guest side is ready and whose heartbeat moves: the guest runs here.
+fn wait_for_arrival(
+    file: &RegionFile,
+    wait: Duration,
+    arrived: &AtomicBool,
+) -> Result<(), HostError> {
     let start = Instant::now();
-    let first = guest_status(file.region());
+    let mut first = None;
     loop {
-        if let Some(now) = guest_status(file.region()) {
+        // SYNC POINT: pairs with the caller's store once its hypervisor
+        // reported the VM running here.
+        let here = arrived.load(Ordering::Acquire);
+        if here && first.is_none() {
+            first = Some(guest_status(file.region()));
+        }
+        if let (Some(first), Some(now)) = (first, guest_status(file.region()).filter(|_| here)) {
             let moved = first.is_none_or(|f| f.heartbeat != now.heartbeat || f.epoch != now.epoch);
             if now.state == PeerState::Ready && moved {
                 return Ok(());
@@ -502,6 +517,52 @@ mod tests {
         println!("mapped");
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         drop(map);
+    }
+
+    /// The incoming side attaches only once told the VM arrived, and then
+    /// only to a guest that beats; untold, it gives up with a typed error.
+    #[test]
+    fn incoming_waits_for_the_arrival_and_a_beating_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let uuid: VmUuid = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c".parse().unwrap();
+        let regions = RegionOptions::new().dir(dir.path());
+        let arrived = Arc::new(AtomicBool::new(false));
+        // The source's region, as the migration leaves it at the
+        // destination: a header, a ready guest.
+        let file = regions.open_or_create(&uuid).unwrap();
+        file.attach_or_init("t").unwrap();
+        let path = file.path().to_path_buf();
+        drop(file);
+        let guest = crate::PeerMapping::open(&path).unwrap();
+        let header = Header::open(guest.region()).unwrap();
+        header.begin_session(Side::Guest);
+        let builder = VmChannel::builder(&uuid)
+            .regions(regions)
+            .incoming(Duration::ZERO, arrived.clone());
+        let err = builder.clone().open_existing().unwrap_err();
+        assert!(matches!(err, HostError::NotArrived { .. }), "{err}");
+        // Told, it waits for the guest to beat, and attaches.
+        arrived.store(true, Ordering::Release);
+        let stop = Arc::new(AtomicBool::new(false));
+        let beating = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let guest = crate::PeerMapping::open(&path).unwrap();
+                let header = Header::open(guest.region()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    header.heartbeat(Side::Guest);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let vm = builder
+            .incoming(Duration::from_secs(600), arrived)
+            .open_existing()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        beating.join().unwrap();
+        assert_eq!(header.status(Side::Host).unwrap().state, PeerState::Ready);
+        drop(vm);
     }
 
     #[test]
