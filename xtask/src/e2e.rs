@@ -960,15 +960,19 @@ fn qmp_number(reply: &str, key: &str) -> Option<u64> {
 ///     waits for the guest with `--incoming`, attaches to the migrated
 ///     region and completes the stream, every acknowledgement checked and
 ///     in order. The source agent reports its guest migrated and exits 0.
-fn live_migration(kit: &Kit, doorbell: bool) -> Result<Outcome, String> {
+fn live_migration(kit: &Kit, doorbell: bool, abort: bool) -> Result<Outcome, String> {
     // About 10,000 messages a second flow here: enough for the stream to
     // outlast the migration by far.
     const COUNT: u64 = 300_000;
-    let tag = if doorbell { "doorbell" } else { "plain" };
-    let uuid = if doorbell {
-        "5b7e6a0c-1d2e-4f3a-9b8c-00000000e211"
-    } else {
-        "5b7e6a0c-1d2e-4f3a-9b8c-00000000e210"
+    let tag = match (doorbell, abort) {
+        (_, true) => "abort",
+        (true, _) => "doorbell",
+        (false, _) => "plain",
+    };
+    let uuid = match (doorbell, abort) {
+        (_, true) => "5b7e6a0c-1d2e-4f3a-9b8c-00000000e212",
+        (true, _) => "5b7e6a0c-1d2e-4f3a-9b8c-00000000e211",
+        (false, _) => "5b7e6a0c-1d2e-4f3a-9b8c-00000000e210",
     };
     let src_region = region_for(uuid);
     let dst_dir = Path::new(naming::REGION_DIR).join(format!("ivchan-e2e-dest-{tag}"));
@@ -1114,6 +1118,9 @@ fn live_migration(kit: &Kit, doorbell: bool) -> Result<Outcome, String> {
         ));
     }
     let acked_in_precopy = stream_acked(&src_state) - acked_at_start;
+    if abort {
+        return abort_migration(q, acked_in_precopy, &src_state, src_agent, src, dst);
+    }
     // Quiesce the source host agent and let the guest drain what it was
     // sent; hand the stream's progress to the destination's agent.
     signal(src_agent.child.id(), "-STOP")?;
@@ -1183,12 +1190,64 @@ fn live_migration(kit: &Kit, doorbell: bool) -> Result<Outcome, String> {
     Ok(totals(&out))
 }
 
+/// The rest of `migrate-abort`: the migration is cancelled halfway
+/// through pre-copy; the guest stays on the source, where the stream
+/// completes with the same host agent, which never reports a departure
+/// (QEMU kept mapping the region) nor sees a restart.
+fn abort_migration(
+    mut q: Qmp,
+    acked_in_precopy: u64,
+    src_state: &Path,
+    mut src_agent: HostAgent,
+    mut src: Guest,
+    mut dst: Guest,
+) -> Result<Outcome, String> {
+    q.execute(r#"{"execute":"migrate_cancel"}"#)?;
+    wait_for(
+        "the migration to be cancelled",
+        Duration::from_secs(30),
+        || {
+            q.execute(r#"{"execute":"query-migrate"}"#)
+                .is_ok_and(|s| s.contains("\"cancelled\""))
+        },
+    )?;
+    let running = q.execute(r#"{"execute":"query-status"}"#)?;
+    if !running.contains("\"running\"") {
+        return Err(format!(
+            "the source does not run the guest after the cancel: {running}"
+        ));
+    }
+    drop(q);
+    let after = stream_acked(src_state);
+    eprintln!(
+        "xtask:   migration cancelled after {acked_in_precopy} messages acknowledged in pre-copy; the guest stays (at {after})"
+    );
+    // The incoming side gives up on the broken stream.
+    let _ = dst.wait(Duration::from_secs(30));
+    let out = src_agent
+        .finish_unless(Duration::from_secs(300), || src.died())
+        .map_err(|e| with_console(e, &src))?;
+    if !out.contains("stream complete") || out.contains("guest migrated") {
+        return Err(format!("the stream did not complete on the source:\n{out}"));
+    }
+    if !out.contains("0 guest restarts seen") {
+        return Err(format!("the source agent saw the guest restart:\n{out}"));
+    }
+    echo_lines(&out, &["stream complete"]);
+    check_guest(&mut src, "0000:00:1f.0")?;
+    Ok(totals(&out))
+}
+
 fn migrate_plain(kit: &Kit) -> Result<Outcome, String> {
-    live_migration(kit, false)
+    live_migration(kit, false, false)
 }
 
 fn migrate_doorbell(kit: &Kit) -> Result<Outcome, String> {
-    live_migration(kit, true)
+    live_migration(kit, true, false)
+}
+
+fn migrate_abort(kit: &Kit) -> Result<Outcome, String> {
+    live_migration(kit, false, true)
 }
 
 type Scenario = fn(&Kit) -> Result<Outcome, String>;
@@ -1208,6 +1267,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("hotplug-q35", hotplug_q35),
     ("migrate-plain", migrate_plain),
     ("migrate-doorbell", migrate_doorbell),
+    ("migrate-abort", migrate_abort),
 ];
 
 fn build_kit() -> Result<Kit, String> {
