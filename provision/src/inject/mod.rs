@@ -144,6 +144,20 @@ pub fn domain_uuid(text: &str) -> Result<VmUuid> {
     Ok(Domain::parse(text)?.uuid)
 }
 
+/// The ivshmem server sockets (`<shmem><server path=…>`, the doorbell
+/// model) the domain's QEMU will connect to when it starts.
+pub fn shmem_servers(text: &str) -> Result<Vec<std::path::PathBuf>> {
+    let d = Domain::parse(text)?;
+    Ok(d.shmems()
+        .into_iter()
+        .filter_map(|(el, _)| {
+            let server = d.doc.child(el, "server")?;
+            d.doc.elements[server].attr_value("path").ok().flatten()
+        })
+        .map(std::path::PathBuf::from)
+        .collect())
+}
+
 /// Whether the domain XML has `<features><acpi/></features>`.
 pub fn has_acpi(text: &str) -> Result<bool> {
     let d = Domain::parse(text)?;
