@@ -394,6 +394,7 @@ fn supervise(args: &Args, count: usize, token: &CancelToken) -> Result<(), Strin
                     }));
                 }
                 VmEvent::Gone(uuid) => println!("{uuid}: region removed"),
+                VmEvent::Departed { uuid, how } => println!("{uuid}: guest {how}"),
                 VmEvent::Refused { uuid, error } => println!("{uuid}: refused: {error}"),
             }
         }
