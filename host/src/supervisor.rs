@@ -12,6 +12,13 @@
 //! [`VmEvent::Departed`] (see [`DepartureWatch`]): the application stops
 //! serving it without calling it a failure.
 //!
+//! On a live migration's destination the region file appears (QEMU or the
+//! hook creates it) well before the migration completes, and attaching
+//! then would write into a region the incoming migration is still
+//! overwriting: [`Supervisor::hold`] the VM when its migration is announced
+//! and [`Supervisor::release`] it once the hypervisor reports it running
+//! here (PROTOCOL.md, section 10).
+//!
 //! With [`Supervisor::serve_doorbells`], one ivshmem server (on a thread of
 //! its own) serves every VM's `ivshmem-doorbell` device, and each channel
 //! handed out sleeps on its doorbell when idle.
@@ -96,6 +103,11 @@ pub struct Supervisor {
     refused: BTreeSet<VmUuid>,
     scanned: bool,
     doorbells: Option<Doorbells>,
+    /// VMs not to attach to yet (arriving by live migration), and whether
+    /// their region was seen meanwhile.
+    held: BTreeMap<VmUuid, bool>,
+    /// Released VMs whose region was seen while held: opened next poll.
+    released: Vec<VmUuid>,
     /// Served VMs watched for their guest leaving, and whether it has
     /// (reported, until it is seen back).
     departures: BTreeMap<VmUuid, (DepartureWatch, bool)>,
@@ -153,6 +165,8 @@ impl Supervisor {
             scanned: false,
             doorbells: None,
             departures: BTreeMap::new(),
+            held: BTreeMap::new(),
+            released: Vec::new(),
         })
     }
 
@@ -180,6 +194,26 @@ impl Supervisor {
         self.doorbells.as_ref().map(|d| &d.service)
     }
 
+    /// Holds VM `uuid` back: its region is not opened (nor reported) until
+    /// [`release`](Self::release). For a VM arriving by live migration,
+    /// whose region must not be attached to before the migration completes.
+    /// A VM already served is not affected. With
+    /// [`serve_doorbells`](Self::serve_doorbells), a held VM has no ivshmem
+    /// server yet, and an incoming QEMU needs one at start: serve such a VM
+    /// with [`VmChannelBuilder::incoming`](crate::VmChannelBuilder::incoming)
+    /// and [`doorbell`](crate::VmChannelBuilder::doorbell) instead.
+    pub fn hold(&mut self, uuid: VmUuid) {
+        self.held.entry(uuid).or_insert(false);
+    }
+
+    /// Ends a [`hold`](Self::hold): the region, if it was seen meanwhile,
+    /// is opened at the next [`poll`](Self::poll) and reported as usual.
+    pub fn release(&mut self, uuid: &VmUuid) {
+        if self.held.remove(uuid) == Some(true) {
+            self.released.push(*uuid);
+        }
+    }
+
     /// VMs currently served.
     pub fn served(&self) -> impl Iterator<Item = &VmUuid> {
         self.served.iter()
@@ -192,6 +226,11 @@ impl Supervisor {
     /// guests for departures, so it may return an empty list.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<Vec<VmEvent>, HostError> {
         let mut events = Vec::new();
+        for uuid in std::mem::take(&mut self.released) {
+            if !self.served.contains(&uuid) {
+                self.try_open(uuid, &mut events);
+            }
+        }
         self.check_departures(&mut events);
         if !events.is_empty() {
             return Ok(events);
@@ -308,6 +347,10 @@ impl Supervisor {
     }
 
     fn try_open(&mut self, uuid: VmUuid, events: &mut Vec<VmEvent>) {
+        if let Some(seen) = self.held.get_mut(&uuid) {
+            *seen = true;
+            return;
+        }
         match self.open(&uuid) {
             Ok(channel) => {
                 self.waiting.remove(&uuid);
@@ -387,5 +430,29 @@ mod tests {
             "{events:?}"
         );
         drop(vm);
+    }
+
+    /// A held VM's region is neither opened nor reported while held (so
+    /// nothing is written into it), and is served once released.
+    #[test]
+    fn a_held_vm_is_served_only_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let uuid: VmUuid = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2d".parse().unwrap();
+        let regions = RegionOptions::new().dir(dir.path());
+        let mut sup = Supervisor::new(regions.clone(), "t", ChannelOptions::default()).unwrap();
+        sup.hold(uuid);
+        assert!(sup.poll(Some(Duration::ZERO)).unwrap().is_empty());
+        let path = regions.open_or_create(&uuid).unwrap().path().to_path_buf();
+        assert!(sup.poll(Some(Duration::ZERO)).unwrap().is_empty());
+        assert!(
+            std::fs::read(&path).unwrap().iter().all(|&b| b == 0),
+            "nothing written into a held region"
+        );
+        sup.release(&uuid);
+        let events = sup.poll(Some(Duration::ZERO)).unwrap();
+        assert!(
+            matches!(events.as_slice(), [VmEvent::Appeared(vm)] if *vm.uuid() == uuid),
+            "{events:?}"
+        );
     }
 }
