@@ -298,6 +298,24 @@ impl VmChannel {
         self.doorbell.as_ref()
     }
 
+    /// Bytes of host→guest messages the guest has not consumed yet, as the
+    /// region says now (the guest's `head` against the published `tail`;
+    /// a `head` the guest made up is clamped to the ring). Before a live
+    /// migration's switchover the host stops sending and waits for this to
+    /// be 0: QEMU does not carry the host's unconsumed records reliably
+    /// (PROTOCOL.md, section 10).
+    pub fn unread_by_guest(&self) -> u64 {
+        let Ok(header) = Header::open(self.channel.memory().region()) else {
+            return 0;
+        };
+        let (head, tail) = header.ring_positions(ivchan_protocol::Direction::HostToGuest);
+        let capacity = header
+            .layout()
+            .ring(ivchan_protocol::Direction::HostToGuest)
+            .size as u64;
+        tail.wrapping_sub(head).min(capacity)
+    }
+
     /// Detaches cleanly (the guest sees `closed`) and hands back the file,
     /// still locked.
     pub fn close(self) -> RegionFile {
@@ -555,10 +573,24 @@ mod tests {
                 }
             })
         };
-        let vm = builder
+        let mut vm = builder
             .incoming(Duration::from_secs(600), arrived)
             .open_existing()
             .unwrap();
+        // Nothing sent: nothing for the guest to drain; then one message,
+        // until the guest consumes it.
+        assert_eq!(vm.unread_by_guest(), 0);
+        vm.send(b"hi", None).unwrap();
+        assert_eq!(
+            vm.unread_by_guest(),
+            16,
+            "one record: 8 bytes of header, 8 of payload"
+        );
+        let (_tx, mut rx) = header.split(Side::Guest).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(rx.recv_into(&mut buf).unwrap(), Some(2));
+        rx.publish();
+        assert_eq!(vm.unread_by_guest(), 0);
         stop.store(true, Ordering::Relaxed);
         beating.join().unwrap();
         assert_eq!(header.status(Side::Host).unwrap().state, PeerState::Ready);
