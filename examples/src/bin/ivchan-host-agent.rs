@@ -80,7 +80,7 @@ struct Args {
     #[arg(long)]
     keep_guest: bool,
     /// Serve QEMU's ivshmem-doorbell device on this UNIX socket (the host
-    /// agent is its peer 0) and sleep on the doorbell when idle.
+    /// agent is its peer 1, the VM's QEMU peer 0) and sleep on the doorbell when idle.
     #[arg(long, conflicts_with = "supervise")]
     doorbell: Option<PathBuf>,
     /// Group (name) allowed to connect to the doorbell socket, e.g.
