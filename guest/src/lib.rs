@@ -22,6 +22,8 @@
 //! Mapping needs root (sysfs `resource2` is 0600) and a kernel that is not in
 //! lockdown mode. All `unsafe` code is in [`mapping`].
 
+#![warn(missing_docs)]
+
 pub mod channel;
 pub mod discovery;
 mod error;
@@ -37,3 +39,8 @@ pub use ivchan_protocol::{
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{parse_pci_address, select, select_waiting, Selector};
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
