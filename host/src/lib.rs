@@ -30,7 +30,9 @@ pub mod doorbell;
 pub mod region_file;
 pub mod supervisor;
 
-pub use channel::{HostError, VmChannel, VmChannelBuilder};
+pub use channel::{
+    mapped_by_others, DepartureWatch, GuestDeparture, HostError, VmChannel, VmChannelBuilder,
+};
 pub use doorbell::{
     ChannelBell, Doorbell, DoorbellError, DoorbellServer, DoorbellService, DoorbellSet, HostBell,
     ServerEvent, VmOptions, HOST_PEER_ID,

@@ -337,19 +337,20 @@ fn handshake_order_for_one_then_two_clients() {
     let mut log = Vec::new();
 
     let a = connect(&path);
-    pump_until(&mut server, &mut log, |l| connected(l) == [1]);
+    pump_until(&mut server, &mut log, |l| connected(l) == [0]);
     let hello_a = handshake_pumped(&mut server, &mut log, &a, 2);
-    // version, id 1, -1+shm, host 0 twice (one eventfd each), own 1 twice.
+    // version, id 0 (QEMU's master), -1+shm, host 1 twice (one eventfd
+    // each), own 0 twice.
     assert_eq!(
         hello_a.trace,
         [
             (0, false),
-            (1, false),
+            (0, false),
             (-1, true),
-            (0, true),
-            (0, true),
             (1, true),
-            (1, true)
+            (1, true),
+            (0, true),
+            (0, true)
         ]
     );
     assert_eq!(
@@ -360,7 +361,7 @@ fn handshake_order_for_one_then_two_clients() {
     assert!(try_recv(&a).is_none(), "nothing after the handshake");
 
     let b = connect(&path);
-    pump_until(&mut server, &mut log, |l| connected(l) == [1, 2]);
+    pump_until(&mut server, &mut log, |l| connected(l) == [0, 2]);
     let hello_b = handshake_pumped(&mut server, &mut log, &b, 2);
     assert_eq!(
         hello_b.trace,
@@ -368,15 +369,15 @@ fn handshake_order_for_one_then_two_clients() {
             (0, false),
             (2, false),
             (-1, true),
-            (0, true),
-            (0, true),
             (1, true),
             (1, true),
+            (0, true),
+            (0, true),
             (2, true),
             (2, true)
         ]
     );
-    assert_eq!(server.peers(&vm).unwrap(), [1, 2]);
+    assert_eq!(server.peers(&vm).unwrap(), [0, 2]);
 
     // The first client learns of the second: id 2 once per vector, each
     // with an eventfd, and those ring what the second waits on.
@@ -390,7 +391,7 @@ fn handshake_order_for_one_then_two_clients() {
     write_eventfd(&fd0);
     assert_eq!(eventfd_count(&hello_b.own[0], Duration::from_secs(1)), 1);
     // ... and what the first gave the second rings the first.
-    write_eventfd(&hello_b.peers[&1][0]);
+    write_eventfd(&hello_b.peers[&0][0]);
     assert_eq!(eventfd_count(&hello_a.own[0], Duration::from_secs(1)), 1);
 
     // The shared memory is the region file: same inode, and bytes written
@@ -415,13 +416,13 @@ fn handshake_order_for_one_then_two_clients() {
     let (v, fd) = recv_msg(&a).unwrap().unwrap();
     assert_eq!((v, fd.is_none()), (2, true));
     assert!(try_recv(&a).is_none());
-    assert_eq!(server.peers(&vm).unwrap(), [1]);
+    assert_eq!(server.peers(&vm).unwrap(), [0]);
     assert!(matches!(
         server.ring_peer(&vm, 2, 0),
         Err(DoorbellError::UnknownPeer { peer: 2, .. })
     ));
     assert!(matches!(
-        server.ring_peer(&vm, 1, 2),
+        server.ring_peer(&vm, 0, 2),
         Err(DoorbellError::BadVector {
             vector: 2,
             vectors: 2
@@ -461,7 +462,7 @@ fn ringing_both_ways_over_many_vms() {
         .map(|c| handshake_pumped(&mut server, &mut log, c, 1))
         .collect();
     for h in &hellos {
-        assert_eq!(h.id, 1, "each VM has its own id space");
+        assert_eq!(h.id, 0, "each VM has its own id space");
     }
 
     // Nothing rang yet.
@@ -672,7 +673,7 @@ fn a_client_that_never_reads_costs_nothing_and_is_not_waited_for() {
     let mut log = Vec::new();
     let baseline = fd_count();
     let sleeper = connect(&path);
-    pump_until(&mut server, &mut log, |l| connected(l) == [1]);
+    pump_until(&mut server, &mut log, |l| connected(l) == [0]);
 
     let mut slowest = Duration::ZERO;
     let mut after_first = 0;
@@ -685,7 +686,7 @@ fn a_client_that_never_reads_costs_nothing_and_is_not_waited_for() {
             slowest = slowest.max(t.elapsed());
         }
         let hello = handshake_pumped(&mut server, &mut log, &c, 2);
-        assert!(hello.peers.contains_key(&1), "the sleeper is a peer");
+        assert!(hello.peers.contains_key(&0), "the sleeper is a peer");
         drop((c, hello));
         pump_until(&mut server, &mut log, |l| left(l).len() == before);
         if cycle == 0 {
@@ -698,7 +699,7 @@ fn a_client_that_never_reads_costs_nothing_and_is_not_waited_for() {
     );
     // 299 departed peers' eventfds are not kept open for the sleeper.
     assert_eq!(fd_count(), after_first, "fds kept for the sleeper");
-    assert_eq!(server.peers(&vm).unwrap(), [1], "the sleeper stays");
+    assert_eq!(server.peers(&vm).unwrap(), [0], "the sleeper stays");
     eprintln!("300 join/leave cycles past a sleeper; slowest process(): {slowest:?}");
 
     // What it got: the version and its id, no fd (a client that does not
@@ -710,7 +711,7 @@ fn a_client_that_never_reads_costs_nothing_and_is_not_waited_for() {
     while let Ok(Some((v, fd))) = recv_msg(&sleeper) {
         got.push((v, fd.is_some()));
     }
-    assert_eq!(got, [(0, false), (1, false)]);
+    assert_eq!(got, [(0, false), (0, false)]);
     drop(sleeper);
     pump_until(&mut server, &mut log, |l| {
         left(l).len() == connected(l).len()
@@ -727,14 +728,14 @@ fn too_many_clients_are_closed() {
     // Three clients that take their handshakes fill the VM; two more are
     // refused (none of the three can be evicted).
     let mut clients: Vec<UnixStream> = Vec::new();
-    for i in 1..=3 {
+    for i in [0, 2, 3] {
         let c = connect(&path);
         assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, i);
         clients.push(c);
     }
     clients.extend((0..2).map(|_| connect(&path)));
     pump_until(&mut server, &mut log, |l| l.len() == 5);
-    assert_eq!(connected(&log), [1, 2, 3]);
+    assert_eq!(connected(&log), [0, 2, 3]);
     let refused = log
         .iter()
         .filter(|e| {
@@ -757,7 +758,8 @@ fn too_many_clients_are_closed() {
     pump_until(&mut server, &mut log, |l| left(l).len() == 3);
     let c = connect(&path);
     pump_until(&mut server, &mut log, |l| connected(l).len() == 4);
-    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, 4);
+    // Id 0 is free again: the next guest peer takes it (QEMU's master).
+    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, 0);
 }
 
 #[test]
@@ -781,8 +783,8 @@ fn socket_file_stale_replaced_others_refused() {
     assert_eq!(meta.gid(), gid);
     let mut log = Vec::new();
     let c = connect(&path);
-    pump_until(&mut server, &mut log, |l| connected(l) == [1]);
-    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, 1);
+    pump_until(&mut server, &mut log, |l| connected(l) == [0]);
+    assert_eq!(handshake_pumped(&mut server, &mut log, &c, 1).id, 0);
 
     // A live socket (this server's) is not taken over.
     let mut other = DoorbellServer::new().unwrap();
@@ -966,7 +968,10 @@ fn qemu_ivshmem_doorbell_connects_and_leaves() {
         .args(["-display", "none", "-monitor", "none", "-serial", "none"])
         .arg("-chardev")
         .arg(format!("socket,path={},id=ivs", path.display()))
-        .args(["-device", "ivshmem-doorbell,chardev=ivs,vectors=2"])
+        .args([
+            "-device",
+            "ivshmem-doorbell,chardev=ivs,vectors=2,master=on",
+        ])
         .stdin(Stdio::null())
         .stdout(File::create(&log_path).unwrap())
         .stderr(File::create(dir.path().join("qemu.err")).unwrap())
@@ -983,8 +988,8 @@ fn qemu_ivshmem_doorbell_connects_and_leaves() {
         assert!(Instant::now() < deadline, "QEMU never connected");
         log.extend(server.process(Some(Duration::from_millis(50))).unwrap());
     }
-    assert_eq!(connected(&log), [1]);
-    assert_eq!(server.peers(&vm).unwrap(), [1]);
+    assert_eq!(connected(&log), [0]);
+    assert_eq!(server.peers(&vm).unwrap(), [0]);
     assert_eq!(server.vectors(&vm).unwrap(), 2);
 
     // QEMU takes the handshake (it reads it while realizing the device and
@@ -1010,9 +1015,9 @@ fn qemu_ivshmem_doorbell_connects_and_leaves() {
     child.kill().unwrap();
     child.wait().unwrap();
     pump_until(&mut server, &mut log, |l| !left(l).is_empty());
-    assert_eq!(left(&log), [(1, LeaveReason::Closed)]);
+    assert_eq!(left(&log), [(0, LeaveReason::Closed)]);
     assert!(server.peers(&vm).unwrap().is_empty());
-    eprintln!("qemu: ivshmem-doorbell connected as peer 1 with 2 vectors, left when killed");
+    eprintln!("qemu: ivshmem-doorbell connected as peer 0 with 2 vectors, left when killed");
 }
 
 /// The library's own doorbells: a supervisor serving doorbells hands out

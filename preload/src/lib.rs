@@ -31,6 +31,7 @@
 //! | `IVCHAN_SIZE` | `8M` (power of two from 1M to 16G; bytes or a K, M or G suffix) |
 //! | `IVCHAN_SLOT` | `0x1f` (bus 0); on q35 the highest `pcie.0` slot below the chipset's that no `-device` takes |
 //! | `IVCHAN_ARG_FORM` | `json`, or `legacy` for `key=value` arguments |
+//! | `IVCHAN_ROLE` | `master` (QEMU migrates the region with the VM), or `peer` (QEMU refuses to migrate it) |
 
 #![warn(missing_docs)]
 
@@ -409,6 +410,11 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
         Some(b"legacy") => true,
         Some(s) => return refuse(b"IVCHAN_ARG_FORM", s, &[b"json or legacy"]),
     };
+    let master: &[u8] = match env(b"IVCHAN_ROLE") {
+        None | Some(b"master") => b"on",
+        Some(b"peer") => b"off",
+        Some(s) => return refuse(b"IVCHAN_ROLE", s, &[b"master or peer"]),
+    };
     // Path: the template with every {uuid} replaced; by default naming's
     // directory and prefix, /dev/shm/fg_{uuid}.
     let mut path = Buf::<ARG_BUF>::new();
@@ -444,7 +450,9 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
         o.push(b",size=")?;
         o.push_u64(size)?;
         o.push(b",share=on")?;
-        d.push(b"ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,addr=")?;
+        d.push(b"ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,master=")?;
+        d.push(master)?;
+        d.push(b",addr=")?;
         d.push(&addr)?;
     } else {
         o.push(br#"{"qom-type":"memory-backend-file","id":"ivchan-mem","mem-path":""#)?;
@@ -452,7 +460,9 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
         o.push(br#"","size":"#)?;
         o.push_u64(size)?;
         o.push(br#","share":true}"#)?;
-        d.push(br#"{"driver":"ivshmem-plain","id":"ivchan-shm","memdev":"ivchan-mem","addr":""#)?;
+        d.push(br#"{"driver":"ivshmem-plain","id":"ivchan-shm","memdev":"ivchan-mem","master":""#)?;
+        d.push(master)?;
+        d.push(br#"","addr":""#)?;
         d.push(&addr)?;
         d.push(br#""}"#)?;
     }

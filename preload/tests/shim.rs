@@ -101,7 +101,7 @@ fn qemu_exec_gets_the_device() {
                 r#"{{"qom-type":"memory-backend-file","id":"ivchan-mem","mem-path":"/dev/shm/fg_{CANON}","size":8388608,"share":true}}"#
             ),
             "-device",
-            r#"{"driver":"ivshmem-plain","id":"ivchan-shm","memdev":"ivchan-mem","addr":"0x1f"}"#,
+            r#"{"driver":"ivshmem-plain","id":"ivchan-shm","memdev":"ivchan-mem","master":"on","addr":"0x1f"}"#,
         ]
     );
     let legacy = exec_under_shim(
@@ -112,6 +112,7 @@ fn qemu_exec_gets_the_device() {
             ("IVCHAN_SIZE", "16M"),
             ("IVCHAN_SLOT", "0x10"),
             ("IVCHAN_REGION", "/run/a,b/{uuid}"),
+            ("IVCHAN_ROLE", "peer"),
         ],
     );
     assert_eq!(
@@ -120,7 +121,7 @@ fn qemu_exec_gets_the_device() {
             "-object".to_string(),
             format!("memory-backend-file,id=ivchan-mem,mem-path=/run/a,,b/{CANON},size=16777216,share=on"),
             "-device".to_string(),
-            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,addr=0x10".to_string(),
+            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,master=off,addr=0x10".to_string(),
         ]
     );
 }

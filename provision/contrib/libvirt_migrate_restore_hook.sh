@@ -6,6 +6,13 @@
 # libvirtd. Other operations print nothing, so the XML is left alone.
 # (For preparing the region file at `prepare begin`, use
 # `ivchan-provision install-hook` instead.)
+# On a live migration's destination libvirt runs this filter (`migrate
+# begin`), then `prepare begin`, where ivchan-provision's hook creates the
+# destination's region and, for ivshmem-doorbell, checks that the ivshmem
+# server's socket is there (start `ivchan-host-agent --doorbell SOCK
+# --incoming` first). The filter only adds the device where it is missing,
+# with the master role; it never changes a device the source already has,
+# since the destination's device must match the source's.
 case "$2 $3" in
     "migrate begin"|"restore begin")
         exec /usr/bin/ivchan-provision filter

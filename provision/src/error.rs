@@ -51,6 +51,9 @@ pub enum Error {
     /// A device model other than `ivshmem-plain` or `ivshmem-doorbell`.
     #[error("unknown model {0:?} (expected ivshmem-plain or ivshmem-doorbell)")]
     UnknownModel(String),
+    /// A device role other than `master` or `peer`.
+    #[error("unknown role {0:?} (expected master, the migratable default, or peer)")]
+    UnknownRole(String),
     /// `ivshmem-doorbell` without the ivshmem server's socket.
     #[error("model ivshmem-doorbell needs the ivshmem server's socket (--server PATH)")]
     DoorbellNeedsServer,

@@ -6,7 +6,13 @@
 //! prepare resources: on `prepare begin` this one creates the region file
 //! with the right owner and mode and writes the ivchan header into it, so
 //! the guest sees a header even before a host agent runs; on `release end`
-//! it removes the file or keeps it. The region file itself is the host
+//! it removes the file or keeps it. libvirt runs `prepare begin` on the
+//! destination of a live migration too, before the incoming QEMU starts,
+//! so the destination's region is made the same way (the migration then
+//! fills it). For an `ivshmem-doorbell` device, `prepare` also checks that
+//! the ivshmem server's socket is at the domain's `<server path>`: QEMU
+//! connects at start (an incoming one as well) and fails without it, so the
+//! hook fails first, saying which server to start. The region file itself is the host
 //! crate's [`RegionFile`](ivchan_host::RegionFile) (`O_NOFOLLOW`, `fstat` checks, `flock`), released
 //! as soon as the hook is done. The hook fails closed: with `strict` (the
 //! CLI's default; `--fail-open` turns it off) any error on `prepare` — a
@@ -149,7 +155,12 @@ pub fn run(args: &[String], xml: &str, cfg: &HookConfig) -> Result<Option<String
     match (op, sub) {
         (Some("prepare"), Some("begin")) => {
             let uuid = crate::inject::domain_uuid(xml)?;
-            prepare(&cfg.region_options()?, &uuid, cfg).map(Some)
+            let made = prepare(&cfg.region_options()?, &uuid, cfg)?;
+            let mut said = vec![made];
+            for server in crate::inject::shmem_servers(xml)? {
+                said.push(check_server(&server)?);
+            }
+            Ok(Some(said.join("; ")))
         }
         (Some("release"), Some("end")) if cfg.on_release == OnRelease::Remove => {
             let uuid = crate::inject::domain_uuid(xml)?;
@@ -193,6 +204,32 @@ fn prepare(opts: &RegionOptions, uuid: &VmUuid, cfg: &HookConfig) -> Result<Stri
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Checks that the socket of an ivshmem server (the doorbell model) is in
+/// place at `server`. Without connecting: a connection would be a peer of
+/// the server, and the VM's QEMU must be its first guest peer (peer 0, which
+/// QEMU requires of a `master=on` device). Whether a server still listens
+/// behind the file is not checked (ivchan's server binds elsewhere and
+/// moves the socket into place, so the kernel's socket table does not name
+/// this path); QEMU itself reports a dead one.
+fn check_server(server: &Path) -> Result<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let missing = |why: &str| {
+        Error::Hook(format!(
+        "no ivshmem server socket at {} ({why}): QEMU's ivshmem-doorbell device connects to it at start, also on a migration's destination; start the host agent first (ivchan-host-agent --uuid UUID --doorbell {} [--incoming])",
+        server.display(),
+        server.display()
+    ))
+    };
+    let meta = fs::symlink_metadata(server).map_err(|e| missing(&e.to_string()))?;
+    if !meta.file_type().is_socket() {
+        return Err(missing("not a socket"));
+    }
+    Ok(format!(
+        "ivshmem server socket {} in place",
+        server.display()
+    ))
 }
 
 fn check_existing_size(path: &Path, len: usize, size: u64) -> Result<()> {
@@ -508,6 +545,43 @@ mod tests {
         assert!(run(&args("prepare", "begin"), &domain(), &cfg).is_err());
         assert!(run(&args("release", "end"), &domain(), &cfg).is_err());
         assert!(path.is_dir());
+    }
+
+    /// A doorbell domain's server socket is checked at `prepare`: in place,
+    /// it passes (without a connection); missing or not a socket, the hook
+    /// fails closed naming the server to start.
+    #[test]
+    fn prepare_checks_the_doorbell_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vm.sock");
+        let xml = domain().replace(
+            "<devices/>",
+            &format!(
+                "<devices><shmem name='fg_x'><model type='ivshmem-doorbell'/><server path='{}'/></shmem></devices>",
+                sock.display()
+            ),
+        );
+        assert_eq!(
+            crate::inject::shmem_servers(&xml).unwrap(),
+            vec![sock.clone()]
+        );
+        let cfg = config(dir.path());
+        let e = run(&args("prepare", "begin"), &xml, &cfg).unwrap_err();
+        assert!(e.to_string().contains("no ivshmem server socket at"), "{e}");
+        fs::write(&sock, b"").unwrap();
+        let e = run(&args("prepare", "begin"), &xml, &cfg).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        fs::remove_file(&sock).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let msg = run(&args("prepare", "begin"), &xml, &cfg).unwrap().unwrap();
+        assert!(msg.contains("ivshmem server socket"), "{msg}");
+        assert!(
+            msg.contains("with an ivchan header") || msg.contains("kept existing"),
+            "{msg}"
+        );
+        // The check connected to nothing.
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! let xml = "<domain type='kvm'>\n  <uuid>6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b</uuid>\n  <devices>\n  </devices>\n</domain>\n";
 //! let spec = Spec::default(); // ivshmem-plain, 8 MiB, bus 0 slot 0x1f, /dev/shm/fg_<uuid>
 //! let added = inject(xml, &spec, Route::Shmem)?;
-//! assert!(added.xml.contains("<shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b'>"));
+//! assert!(added.xml.contains("<shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b' role='master'>"));
 //! // Idempotent, and undo restores the original bytes.
 //! assert!(!inject(&added.xml, &spec, Route::Shmem)?.changed);
 //! assert_eq!(undo(&added.xml, &spec, Route::Shmem)?.xml, xml);
@@ -43,4 +43,4 @@ pub mod xml;
 pub use error::{Error, Result};
 pub use inject::{inject, status, undo, Outcome, Route, Status};
 pub use ivchan_protocol::VmUuid;
-pub use spec::{ArgForm, Model, Spec};
+pub use spec::{ArgForm, Model, Role, Spec};

@@ -331,6 +331,7 @@ pub fn hot_add(m: &mut dyn Monitor, spec: &Spec, uuid: &VmUuid) -> Result<HotAdd
             ("chardev-remove", CHR_ID)
         }
     };
+    dev["master"] = json!(spec.role.qemu_value());
     let mut added = m.execute("device_add", Some(dev.clone()));
     for port in ports.iter().skip(1) {
         if added.is_ok() {

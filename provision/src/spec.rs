@@ -71,6 +71,63 @@ impl Model {
     }
 }
 
+/// Who owns the region's contents, which decides whether the VM can be
+/// live-migrated (QEMU's `master` property, libvirt's `<shmem role=…>`).
+///
+/// With `master=on` QEMU migrates the region's contents with the guest, as
+/// guest RAM: the destination's region receives them. In peer mode
+/// (QEMU's default, `master=off`) the region stays host-local and QEMU
+/// refuses every migration ("Migration is disabled when using feature
+/// 'peer mode' in device 'ivshmem'"). ivchan has one VM per region, so
+/// the VM is always its region's only user and master is right: the
+/// default. Peer mode only fits regions several VMs share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// `master=on`, `<shmem role='master'>`: migratable.
+    #[default]
+    Master,
+    /// `master=off`, `<shmem role='peer'>`: the VM cannot be migrated.
+    Peer,
+}
+
+impl Role {
+    /// Parses `master` or `peer`.
+    pub fn parse(name: &str) -> Result<Role> {
+        match name {
+            "master" => Ok(Role::Master),
+            "peer" => Ok(Role::Peer),
+            other => Err(Error::UnknownRole(other.to_string())),
+        }
+    }
+
+    /// libvirt's name (`<shmem role=…>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Peer => "peer",
+        }
+    }
+
+    /// QEMU's `master` property value.
+    pub fn qemu_value(self) -> &'static str {
+        match self {
+            Role::Master => "on",
+            Role::Peer => "off",
+        }
+    }
+
+    /// What the operator should know about a device with this role, if
+    /// anything: a peer device blocks live migration.
+    pub fn warning(self) -> Option<&'static str> {
+        match self {
+            Role::Master => None,
+            Role::Peer => Some(
+                "role peer (master=off): QEMU refuses to live-migrate this VM (\"Migration is disabled when using feature 'peer mode' in device 'ivshmem'\"); the default, master, migrates the region with the guest",
+            ),
+        }
+    }
+}
+
 /// How `-object`/`-device` values are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ArgForm {
@@ -86,6 +143,8 @@ pub enum ArgForm {
 pub struct Spec {
     /// Plain or doorbell.
     pub model: Model,
+    /// Master (migratable, the default) or peer.
+    pub role: Role,
     /// Region size in bytes: a power of two from
     /// [`naming::MIN_REGION_SIZE`] (1 MiB) to [`naming::MAX_REGION_SIZE`]
     /// (16 GiB), checked by [`Spec::validate`].
@@ -109,6 +168,7 @@ impl Default for Spec {
     fn default() -> Self {
         Spec {
             model: Model::Plain,
+            role: Role::Master,
             size: naming::DEFAULT_REGION_SIZE,
             bus: None,
             slot: None,
@@ -184,6 +244,7 @@ impl Spec {
     /// is the machine's root bus).
     pub fn qemu_args(&self, uuid: &VmUuid, bus: Option<&str>, slot: u8) -> Vec<String> {
         let addr = format!("0x{slot:02x}");
+        let master = self.role.qemu_value();
         match (&self.model, self.arg_form) {
             (Model::Plain, ArgForm::Json) => {
                 let path = self.region_path(uuid);
@@ -197,7 +258,7 @@ impl Spec {
                     ),
                     "-device".into(),
                     format!(
-                        r#"{{"driver":"ivshmem-plain","id":"{DEV_ID}","memdev":"{MEM_ID}",{}"addr":"{addr}"}}"#,
+                        r#"{{"driver":"ivshmem-plain","id":"{DEV_ID}","memdev":"{MEM_ID}","master":"{master}",{}"addr":"{addr}"}}"#,
                         bus.map(|b| format!(r#""bus":"{b}","#)).unwrap_or_default()
                     ),
                 ]
@@ -213,7 +274,7 @@ impl Spec {
                     ),
                     "-device".into(),
                     format!(
-                        "ivshmem-plain,id={DEV_ID},memdev={MEM_ID},{}addr={addr}",
+                        "ivshmem-plain,id={DEV_ID},memdev={MEM_ID},master={master},{}addr={addr}",
                         bus.map(|b| format!("bus={b},")).unwrap_or_default()
                     ),
                 ]
@@ -226,11 +287,11 @@ impl Spec {
                 );
                 let device = match form {
                     ArgForm::Json => format!(
-                        r#"{{"driver":"ivshmem-doorbell","id":"{DEV_ID}","chardev":"{CHR_ID}","vectors":{vectors},{}"addr":"{addr}"}}"#,
+                        r#"{{"driver":"ivshmem-doorbell","id":"{DEV_ID}","chardev":"{CHR_ID}","vectors":{vectors},"master":"{master}",{}"addr":"{addr}"}}"#,
                         bus.map(|b| format!(r#""bus":"{b}","#)).unwrap_or_default()
                     ),
                     ArgForm::Legacy => format!(
-                        "ivshmem-doorbell,id={DEV_ID},chardev={CHR_ID},vectors={vectors},{}addr={addr}",
+                        "ivshmem-doorbell,id={DEV_ID},chardev={CHR_ID},vectors={vectors},master={master},{}addr={addr}",
                         bus.map(|b| format!("bus={b},")).unwrap_or_default()
                     ),
                 };
@@ -401,6 +462,15 @@ mod tests {
         assert_eq!(v["size"], 8388608);
         let d: serde_json::Value = serde_json::from_str(&a[3]).unwrap();
         assert_eq!(d["addr"], "0x1f");
+        // Migratable by default.
+        assert_eq!(d["master"], "on");
+        let peer = Spec {
+            role: Role::Peer,
+            ..Spec::default()
+        };
+        let d: serde_json::Value =
+            serde_json::from_str(&peer.qemu_args(&u, None, 0x1f)[3]).unwrap();
+        assert_eq!(d["master"], "off");
         let legacy = Spec {
             arg_form: ArgForm::Legacy,
             ..Spec::default()
@@ -408,13 +478,35 @@ mod tests {
         let a = legacy.qemu_args(&u, None, 3);
         assert_eq!(
             a[3],
-            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,addr=0x03"
+            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,master=on,addr=0x03"
         );
         let a = legacy.qemu_args(&u, Some("pci.4"), 0);
         assert_eq!(
             a[3],
-            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,bus=pci.4,addr=0x00"
+            "ivshmem-plain,id=ivchan-shm,memdev=ivchan-mem,master=on,bus=pci.4,addr=0x00"
         );
+        let doorbell = Spec {
+            model: Model::Doorbell {
+                server: "/run/s.sock".into(),
+                vectors: 1,
+            },
+            ..Spec::default()
+        };
+        let d: serde_json::Value =
+            serde_json::from_str(&doorbell.qemu_args(&u, None, 0x1f)[3]).unwrap();
+        assert_eq!(d["master"], "on");
+    }
+
+    #[test]
+    fn roles() {
+        assert_eq!(Role::default(), Role::Master);
+        assert_eq!(Role::parse("peer").unwrap(), Role::Peer);
+        assert!(matches!(Role::parse("slave"), Err(Error::UnknownRole(r)) if r == "slave"));
+        assert!(Role::Master.warning().is_none());
+        assert!(Role::Peer
+            .warning()
+            .unwrap()
+            .contains("refuses to live-migrate"));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! | `IVCHAN_SIZE` | `8M` |
 //! | `IVCHAN_BUS`, `IVCHAN_SLOT` | `0`, `0x1f` |
 //! | `IVCHAN_MODEL`, `IVCHAN_SERVER` | `ivshmem-plain`, none |
+//! | `IVCHAN_ROLE` | `master` (migratable; `peer` blocks live migration) |
 //! | `IVCHAN_ARG_FORM` | `json` (or `legacy`) |
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::spec::{parse_bus, parse_size, parse_slot, parse_uuid, ArgForm, Model, Spec};
+use crate::spec::{parse_bus, parse_size, parse_slot, parse_uuid, ArgForm, Model, Role, Spec};
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/ivchan/qemu-wrapper.conf";
@@ -81,6 +82,9 @@ impl WrapperConfig {
                     )))
                 }
             };
+        }
+        if let Some(v) = get("IVCHAN_ROLE") {
+            spec.role = Role::parse(&v)?;
         }
         if let Some(v) = get("IVCHAN_MODEL") {
             spec.model = Model::parse(&v, get("IVCHAN_SERVER").map(PathBuf::from), None)?;

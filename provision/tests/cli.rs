@@ -42,7 +42,9 @@ fn inject_in_place_then_undo_with_backup() {
     let o = run(&["inject", p, "--backup"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let injected = fs::read_to_string(&f).unwrap();
-    assert!(injected.contains("<shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b'>"));
+    assert!(
+        injected.contains("<shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b' role='master'>")
+    );
     assert_eq!(
         fs::read_to_string(dir.path().join("dom.xml.bak")).unwrap(),
         minimal()

@@ -76,6 +76,29 @@ fn connect(vm: &mut Vm, sock: &Path) -> Qmp {
     }
 }
 
+/// Migrates the VM to nowhere (`exec:cat > /dev/null`): what QEMU says
+/// about the device's migratability, without a second QEMU. `Ok` once the
+/// migration completed, `Err` with QEMU's reason when it refused or failed.
+fn migrate_to_nowhere(q: &mut Qmp) -> Result<(), String> {
+    q.execute(
+        "migrate",
+        Some(serde_json::json!({ "uri": "exec:cat > /dev/null" })),
+    )
+    .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = q
+            .execute("query-migrate", None)
+            .map_err(|e| e.to_string())?;
+        match st["status"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("failed") => return Err(st.to_string()),
+            _ if Instant::now() > deadline => return Err(format!("still migrating: {st}")),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn region(dir: &Path) -> PathBuf {
     dir.join(format!("fg_{UUID}"))
 }
@@ -125,6 +148,9 @@ fn qmp_hot_add_against_real_qemu() {
     let again = provision_qmp();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already present"));
+    // The hot-added device is a master: QEMU migrates the VM.
+    let mut q = connect(&mut vm, &sock);
+    migrate_to_nowhere(&mut q).expect("QEMU refused to migrate a VM with the hot-added device");
     println!("QMP hot-add: {found:?}");
 }
 
@@ -189,7 +215,20 @@ fn wrapper_starts_real_qemu_with_the_device() {
     );
     let exe = std::fs::read_link(format!("/proc/{}/exe", vm.0.id())).unwrap();
     assert_eq!(std::fs::canonicalize(&real).unwrap(), exe);
-    println!("wrapper: {found:?}");
+    // The default role is master: QEMU migrates the VM.
+    migrate_to_nowhere(&mut q).expect("QEMU refused to migrate the wrapper's VM");
+    drop(q);
+    drop(vm);
+    // IVCHAN_ROLE=peer: the device QEMU's own default gives; QEMU refuses
+    // to migrate, which is why it is not ivchan's default.
+    let _ = std::fs::remove_file(region(dir.path()));
+    let mut env = env.to_vec();
+    env.push(("IVCHAN_ROLE", "peer".to_string()));
+    let mut vm = start(wrapper, &base_args(&sock), &env);
+    let mut q = connect(&mut vm, &sock);
+    let refused = migrate_to_nowhere(&mut q).expect_err("QEMU migrated a peer-mode VM");
+    assert!(refused.contains("peer mode"), "{refused}");
+    println!("wrapper: {found:?}; peer role refused: {refused}");
 }
 
 /// q35: QMP hot-add goes to slot 0 of a free pcie-root-port (pcie.0 takes

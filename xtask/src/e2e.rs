@@ -853,6 +853,467 @@ fn several_guests(kit: &Kit) -> Result<Outcome, String> {
     Ok(totals(&out))
 }
 
+/// A QMP connection to a QEMU started with `-qmp unix:PATH,server=on,wait=off`,
+/// enough for migration: commands are JSON text, replies are read as text.
+struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Result<Self, String> {
+        let start = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                    return Err(format!("QMP {}: {e}", path.display()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut qmp = Self {
+            reader: std::io::BufReader::new(stream),
+            writer,
+        };
+        qmp.line()?; // the greeting
+        qmp.execute(r#"{"execute":"qmp_capabilities"}"#)?;
+        Ok(qmp)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("QMP: QEMU closed the connection".into()),
+            Ok(_) => Ok(line),
+            Err(e) => Err(format!("QMP: {e}")),
+        }
+    }
+
+    /// Sends one command; its reply line (events before it are skipped).
+    fn execute(&mut self, command: &str) -> Result<String, String> {
+        use std::io::Write;
+        writeln!(self.writer, "{command}").map_err(|e| format!("QMP: {e}"))?;
+        loop {
+            let line = self.line()?;
+            if line.contains("\"error\"") {
+                return Err(format!("QMP {command}: {}", line.trim()));
+            }
+            if line.contains("\"return\"") {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+/// One `u64` of a region file, little-endian, at `offset`.
+fn region_word(region: &Path, offset: u64) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(region).map_err(|e| format!("{}: {e}", region.display()))?;
+    let mut w = [0u8; 8];
+    f.read_exact_at(&mut w, offset)
+        .map_err(|e| format!("{}: {e}", region.display()))?;
+    Ok(u64::from_le_bytes(w))
+}
+
+/// Host-to-guest ring positions (tail, head) in a region with the default
+/// layout (PROTOCOL.md, sections 2 and 3.3).
+fn host_to_guest_positions(region: &Path) -> Result<(u64, u64), String> {
+    Ok((region_word(region, 0x1000)?, region_word(region, 0x1080)?))
+}
+
+fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("kill {sig} {pid} failed"))
+    }
+}
+
+/// The value of `"key": N` in a QMP reply line, if present.
+fn qmp_number(reply: &str, key: &str) -> Option<u64> {
+    let at = reply.find(&format!("\"{key}\": "))? + key.len() + 4;
+    let digits: String = reply[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// 11/12. Live migration between two QEMU processes standing for two
+///     hosts, each with its own region directory and host agent. The
+///     source streams acknowledged messages both ways; the migration runs
+///     (bandwidth-limited, so pre-copy lasts seconds) while traffic flows.
+///     Before the switchover the source's host agent is quiesced (stopped)
+///     and the guest drains the host-to-guest ring, because QEMU does not
+///     see the host agent's writes to the region (PROTOCOL.md, section 10);
+///     the stream's progress is handed to the destination's agent, which
+///     waits for the guest with `--incoming`, attaches to the migrated
+///     region and completes the stream, every acknowledgement checked and
+///     in order. The source agent reports its guest migrated and exits 0.
+fn live_migration(kit: &Kit, doorbell: bool, abort: bool) -> Result<Outcome, String> {
+    // About 10,000 messages a second flow here: enough for the stream to
+    // outlast the migration by far.
+    const COUNT: u64 = 300_000;
+    let tag = match (doorbell, abort) {
+        (_, true) => "abort",
+        (true, _) => "doorbell",
+        (false, _) => "plain",
+    };
+    let uuid = match (doorbell, abort) {
+        (_, true) => "5b7e6a0c-1d2e-4f3a-9b8c-00000000e212",
+        (true, _) => "5b7e6a0c-1d2e-4f3a-9b8c-00000000e211",
+        (false, _) => "5b7e6a0c-1d2e-4f3a-9b8c-00000000e210",
+    };
+    let src_region = region_for(uuid);
+    let dst_dir = Path::new(naming::REGION_DIR).join(format!("ivchan-e2e-dest-{tag}"));
+    let dst_region = dst_dir.join(naming::region_file_name(&vm_uuid(uuid)));
+    let cache = vm::cache_dir();
+    let file = |what: &str| cache.join(format!("migrate-{tag}.{what}"));
+    let (src_state, dst_state) = (file("src-state"), file("dst-state"));
+    let (src_qmp, dst_qmp, channel) = (file("src.qmp"), file("dst.qmp"), file("migration.sock"));
+    let (src_sock, dst_sock) = (file("src.sock"), file("dst.sock"));
+    let _ = fs::remove_dir_all(&dst_dir);
+    for p in [
+        &src_region,
+        &src_state,
+        &dst_state,
+        &channel,
+        &src_sock,
+        &dst_sock,
+    ] {
+        let _ = fs::remove_file(p);
+    }
+    fs::create_dir_all(&dst_dir).map_err(|e| e.to_string())?;
+    let _cleanup = Cleanup(vec![
+        src_region.clone(),
+        dst_dir.clone(),
+        src_state.clone(),
+        dst_state.clone(),
+        channel.clone(),
+        src_qmp.clone(),
+        dst_qmp.clone(),
+        src_sock.clone(),
+        dst_sock.clone(),
+    ]);
+    let arg = |p: &Path| p.to_string_lossy().into_owned();
+    let count = COUNT.to_string();
+    let agent_args = |state: &Path, sock: &Path, dir: Option<&Path>| {
+        let mut a = vec![
+            "--uuid".to_owned(),
+            uuid.to_owned(),
+            "--stream".to_owned(),
+            count.clone(),
+            "--state".to_owned(),
+            arg(state),
+            "--wait".to_owned(),
+            "300".to_owned(),
+        ];
+        if doorbell {
+            a.extend(["--doorbell".to_owned(), arg(sock)]);
+        }
+        if let Some(dir) = dir {
+            a.extend(["--dir".to_owned(), arg(dir), "--incoming".to_owned()]);
+        }
+        a
+    };
+    let device = |region: &Path, sock: &Path| -> Vec<String> {
+        let mut a = vec!["-uuid".to_owned(), uuid.to_owned()];
+        if doorbell {
+            a.extend([
+                "-chardev".to_owned(),
+                format!("socket,path={},id=ivs", sock.display()),
+                "-device".to_owned(),
+                "ivshmem-doorbell,chardev=ivs,vectors=1,master=on,bus=pci.0,addr=0x1f".to_owned(),
+            ]);
+        } else {
+            a.extend([
+                "-object".to_owned(),
+                format!(
+                    "memory-backend-file,id=ivchan,mem-path={},size=8M,share=on",
+                    region.display()
+                ),
+                "-device".to_owned(),
+                "ivshmem-plain,memdev=ivchan,master=on,bus=pci.0,addr=0x1f".to_owned(),
+            ]);
+        }
+        a
+    };
+    let refs = |v: &[String]| v.to_vec();
+
+    // The source host: its agent, then its VM.
+    let src_args = agent_args(&src_state, &src_sock, None);
+    let src_args: Vec<&str> = src_args.iter().map(String::as_str).collect();
+    let mut src_agent = HostAgent::spawn(kit, &format!("migrate-{tag}-src"), &src_args)?;
+    let ready = if doorbell { &src_sock } else { &src_region };
+    wait_for("the source agent", Duration::from_secs(10), || {
+        ready.exists()
+    })?;
+    let mut qemu = device(&src_region, &src_sock);
+    qemu.extend([
+        "-qmp".to_owned(),
+        format!("unix:{},server=on,wait=off", src_qmp.display()),
+    ]);
+    let mut src = Guest::boot(
+        &format!("migrate-{tag}-src"),
+        &kit.kernel,
+        &kit.initrd,
+        &refs(&qemu),
+    )?;
+
+    // The destination host: its agent waits for the guest to arrive (with
+    // the doorbell model its server must listen before QEMU starts), then
+    // QEMU waits for the incoming migration.
+    let dst_args = agent_args(&dst_state, &dst_sock, Some(&dst_dir));
+    let dst_args: Vec<&str> = dst_args.iter().map(String::as_str).collect();
+    let mut dst_agent = HostAgent::spawn(kit, &format!("migrate-{tag}-dst"), &dst_args)?;
+    let ready = if doorbell { &dst_sock } else { &dst_region };
+    wait_for("the destination agent", Duration::from_secs(10), || {
+        ready.exists()
+    })?;
+    let mut qemu = device(&dst_region, &dst_sock);
+    qemu.extend([
+        "-qmp".to_owned(),
+        format!("unix:{},server=on,wait=off", dst_qmp.display()),
+        "-incoming".to_owned(),
+        format!("unix:{}", channel.display()),
+    ]);
+    let mut dst = Guest::boot(
+        &format!("migrate-{tag}-dst"),
+        &kit.kernel,
+        &kit.initrd,
+        &refs(&qemu),
+    )?;
+
+    wait_for(
+        "2,000 acknowledgements on the source",
+        Duration::from_secs(180),
+        || stream_acked(&src_state) >= 2000,
+    )
+    .map_err(|e| with_console(format!("{e}\nsource agent:\n{}", src_agent.output()), &src))?;
+    let mut q = Qmp::connect(&src_qmp)?;
+    // Slow pre-copy: the migration runs for seconds while traffic flows.
+    q.execute(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":4194304}}"#)?;
+    let started = Instant::now();
+    let acked_at_start = stream_acked(&src_state);
+    eprintln!("xtask:   migration started at {acked_at_start} acknowledged");
+    q.execute(&format!(
+        r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}}}}"#,
+        channel.display()
+    ))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let status = q.execute(r#"{"execute":"query-migrate"}"#)?;
+    if !status.contains("\"active\"") {
+        return Err(format!(
+            "the migration is not in pre-copy after 3 s: {status}"
+        ));
+    }
+    let acked_in_precopy = stream_acked(&src_state) - acked_at_start;
+    if abort {
+        return abort_migration(q, acked_in_precopy, &src_state, src_agent, src, dst);
+    }
+    // Quiesce the source host agent and let the guest drain what it was
+    // sent; hand the stream's progress to the destination's agent.
+    signal(src_agent.child.id(), "-STOP")?;
+    wait_for(
+        "the guest to drain the host-to-guest ring",
+        Duration::from_secs(30),
+        || host_to_guest_positions(&src_region).is_ok_and(|(tail, head)| tail == head),
+    )?;
+    fs::copy(&src_state, &dst_state).map_err(|e| e.to_string())?;
+    let handed = stream_acked(&dst_state);
+    q.execute(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1073741824}}"#)?;
+    let done = loop {
+        let status = q.execute(r#"{"execute":"query-migrate"}"#)?;
+        if status.contains("\"completed\"") {
+            break status;
+        }
+        if status.contains("\"failed\"") || started.elapsed() > Duration::from_secs(120) {
+            return Err(format!("migration did not complete: {status}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "xtask:   migrated in {:.1} s (downtime {} ms, {} MB sent); {acked_in_precopy} messages acknowledged during pre-copy; handed over at {handed}",
+        started.elapsed().as_secs_f64(),
+        qmp_number(&done, "downtime").unwrap_or(0),
+        qmp_number(&done, "transferred").unwrap_or(0) >> 20,
+    );
+    // The destination runs the guest: tell its agent (as an orchestrator
+    // would on libvirt's "resumed (migrated)" event).
+    let mut dq = Qmp::connect(&dst_qmp)?;
+    let running = dq.execute(r#"{"execute":"query-status"}"#)?;
+    if !running.contains("\"running\"") {
+        return Err(format!("the destination does not run the guest: {running}"));
+    }
+    drop(dq);
+    signal(dst_agent.child.id(), "-USR1")?;
+    // As libvirt does: the source QEMU quits once the destination runs.
+    let _ = q.execute(r#"{"execute":"quit"}"#);
+    drop(q);
+    src.wait(Duration::from_secs(30))?;
+    signal(src_agent.child.id(), "-CONT")?;
+    let src_out = src_agent.finish(Duration::from_secs(60))?;
+    if !src_out.contains("guest migrated") {
+        return Err(format!(
+            "the source agent did not report the migration:\n{src_out}"
+        ));
+    }
+    echo_lines(&src_out, &["handed over"]);
+    let out = dst_agent
+        .finish_unless(Duration::from_secs(300), || dst.died())
+        .map_err(|e| with_console(e, &dst))?;
+    if !out.contains("stream complete") || stream_acked(&dst_state) != COUNT {
+        return Err(format!(
+            "the stream did not complete on the destination:\n{out}"
+        ));
+    }
+    echo_lines(&out, &["stream complete"]);
+    // The destination's console starts at the switchover: the guest agent
+    // that attached on the source exits there.
+    dst.wait(Duration::from_secs(120))?;
+    if !dst.console().contains("ivchan-vm: agent exit 0") {
+        return Err(format!(
+            "the guest agent failed on the destination; console:\n{}",
+            dst.console_tail(25)
+        ));
+    }
+    Ok(totals(&out))
+}
+
+/// The rest of `migrate-abort`: the migration is cancelled halfway
+/// through pre-copy; the guest stays on the source, where the stream
+/// completes with the same host agent, which never reports a departure
+/// (QEMU kept mapping the region) nor sees a restart.
+fn abort_migration(
+    mut q: Qmp,
+    acked_in_precopy: u64,
+    src_state: &Path,
+    mut src_agent: HostAgent,
+    mut src: Guest,
+    mut dst: Guest,
+) -> Result<Outcome, String> {
+    q.execute(r#"{"execute":"migrate_cancel"}"#)?;
+    wait_for(
+        "the migration to be cancelled",
+        Duration::from_secs(30),
+        || {
+            q.execute(r#"{"execute":"query-migrate"}"#)
+                .is_ok_and(|s| s.contains("\"cancelled\""))
+        },
+    )?;
+    let running = q.execute(r#"{"execute":"query-status"}"#)?;
+    if !running.contains("\"running\"") {
+        return Err(format!(
+            "the source does not run the guest after the cancel: {running}"
+        ));
+    }
+    drop(q);
+    let after = stream_acked(src_state);
+    eprintln!(
+        "xtask:   migration cancelled after {acked_in_precopy} messages acknowledged in pre-copy; the guest stays (at {after})"
+    );
+    // The incoming side gives up on the broken stream.
+    let _ = dst.wait(Duration::from_secs(30));
+    let out = src_agent
+        .finish_unless(Duration::from_secs(300), || src.died())
+        .map_err(|e| with_console(e, &src))?;
+    if !out.contains("stream complete") || out.contains("guest migrated") {
+        return Err(format!("the stream did not complete on the source:\n{out}"));
+    }
+    if !out.contains("0 guest restarts seen") {
+        return Err(format!("the source agent saw the guest restart:\n{out}"));
+    }
+    echo_lines(&out, &["stream complete"]);
+    check_guest(&mut src, "0000:00:1f.0")?;
+    Ok(totals(&out))
+}
+
+/// 14. libvirt: the domain XML route's `<shmem role='master'>` (the
+///     default) passes `virsh define` and starts with `"master":"on"`;
+///     libvirt's own migratability check (the Begin phase of `virsh migrate
+///     --live`) lets it through, failing only later, because source and
+///     destination are the same libvirtd here. The same domain with
+///     `--role peer` is refused by that check, with QEMU's "peer mode".
+fn migrate_libvirt(kit: &Kit) -> Result<Outcome, String> {
+    libvirt::ensure()?;
+    for (role, uuid) in [
+        ("master", "5b7e6a0c-1d2e-4f3a-9b8c-00000000e213"),
+        ("peer", "5b7e6a0c-1d2e-4f3a-9b8c-00000000e214"),
+    ] {
+        let _cleanup = Cleanup(vec![region_for(uuid)]);
+        let dom = Domain::new(
+            &format!("ivchan-e2e-migrate-{role}"),
+            uuid,
+            &kit.kernel,
+            &kit.initrd,
+            &vm::cache_dir(),
+        )?;
+        run(Command::new(&kit.provision)
+            .args(["inject", "--role", role])
+            .arg(&dom.xml));
+        dom.define_and_start()?;
+        let cmdline = dom.qemu_cmdline()?;
+        let want = if role == "master" {
+            "\"master\":\"on\""
+        } else {
+            "\"master\":\"off\""
+        };
+        if !cmdline.contains(want) {
+            return Err(format!("{role}: QEMU command line lacks {want}: {cmdline}"));
+        }
+        let err = match libvirt::virsh(&["migrate", "--live", &dom.name, "qemu+unix:///system"]) {
+            Ok(out) => {
+                return Err(format!(
+                    "{role}: virsh migrate to the same libvirtd succeeded: {out}"
+                ))
+            }
+            Err(e) => e,
+        };
+        eprintln!("xtask:   role {role}: virsh migrate --live: {}", err.trim());
+        // The peer device is refused in libvirt's Begin phase (libvirt 9.0
+        // asks QEMU for its migration blockers); the master one passes it
+        // and fails at the destination's Prepare, the same host here.
+        let expected = if role == "peer" {
+            "peer mode"
+        } else {
+            "same host"
+        };
+        if !err.contains(expected) {
+            return Err(format!(
+                "{role}: unexpected answer from libvirt's migration check: {err}"
+            ));
+        }
+        let state = libvirt::virsh(&["domstate", &dom.name])?;
+        if state.trim() != "running" {
+            return Err(format!(
+                "{role}: the domain is {} after the refused migration",
+                state.trim()
+            ));
+        }
+    }
+    Ok(Outcome::default())
+}
+
+fn migrate_plain(kit: &Kit) -> Result<Outcome, String> {
+    live_migration(kit, false, false)
+}
+
+fn migrate_doorbell(kit: &Kit) -> Result<Outcome, String> {
+    live_migration(kit, true, false)
+}
+
+fn migrate_abort(kit: &Kit) -> Result<Outcome, String> {
+    live_migration(kit, false, true)
+}
+
 type Scenario = fn(&Kit) -> Result<Outcome, String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -868,6 +1329,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("doorbell-libvirt", doorbell_libvirt),
     ("libvirt-q35", libvirt_q35),
     ("hotplug-q35", hotplug_q35),
+    ("migrate-plain", migrate_plain),
+    ("migrate-doorbell", migrate_doorbell),
+    ("migrate-abort", migrate_abort),
+    ("migrate-libvirt", migrate_libvirt),
 ];
 
 fn build_kit() -> Result<Kit, String> {

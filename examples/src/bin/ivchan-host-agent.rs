@@ -8,7 +8,9 @@
 //!   `--dir`, each in its own thread, until 3 have finished.
 //! - `ivchan-host-agent --uuid U --stream 20000 --state FILE`: a stream that
 //!   survives either side restarting; rerun with the same state file after
-//!   a kill and it resumes.
+//!   a kill and it resumes. If the guest leaves this host while running
+//!   (a live migration away), the agent says so and exits 0: the stream
+//!   goes on with the destination's agent, started with `--incoming`.
 //!
 //! Region files are trusted as `ivchan` trusts them (`--allow-owner`,
 //! `--allow-group`; the hook's, QEMU's and `ivchan init`'s files open with
@@ -27,8 +29,8 @@ use ivchan_cli::generate::{self, Shell};
 use ivchan_cli::logging::Verbosity;
 use ivchan_examples::{agent, cancel_on_signals, traffic, EXIT_INTERRUPTED};
 use ivchan_host::{
-    ChannelError, ChannelOptions, OwnedChannel, RegionFile, RegionOptions, ServerEvent, Supervisor,
-    VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy,
+    ChannelError, ChannelOptions, DepartureWatch, OwnedChannel, RegionFile, RegionOptions,
+    ServerEvent, Supervisor, VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy,
 };
 use ivchan_protocol::{poll_until, CancelToken};
 use ivchan_testkit::process::cpu_time;
@@ -68,6 +70,12 @@ struct Args {
     /// A file to transfer to the guest agent.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// The VM arrives by live migration: serve its doorbell socket at once;
+    /// once SIGUSR1 says the migration completed (send it when the
+    /// hypervisor reports the VM running here) and the guest beats in the
+    /// region, attach and resume from the migrated rings (within --wait).
+    #[arg(long, conflicts_with = "supervise")]
+    incoming: bool,
     /// Seconds to wait for the guest agent to attach.
     #[arg(long, default_value_t = 120)]
     wait: u64,
@@ -75,7 +83,7 @@ struct Args {
     #[arg(long)]
     keep_guest: bool,
     /// Serve QEMU's ivshmem-doorbell device on this UNIX socket (the host
-    /// agent is its peer 0) and sleep on the doorbell when idle.
+    /// agent is its peer 1, the VM's QEMU peer 0) and sleep on the doorbell when idle.
     #[arg(long, conflicts_with = "supervise")]
     doorbell: Option<PathBuf>,
     /// Group (name) allowed to connect to the doorbell socket, e.g.
@@ -283,6 +291,9 @@ fn stream(
     state: &std::path::Path,
     args: &Args,
 ) -> Result<(), String> {
+    // A guest that leaves this host (a live migration away) ends the
+    // stream here without failing it: a watcher sees it and cancels.
+    let departed = watch_departure(vm)?;
     let mut state = agent::StreamState::open(state)?;
     println!(
         "{}: stream of {count}, resuming at {} sent, {} acknowledged",
@@ -293,7 +304,17 @@ fn stream(
     let deadline = Duration::from_secs(args.wait);
     let uuid = *vm.uuid();
     let t = Instant::now();
-    let stats = agent::stream_host(vm, count, &mut state, deadline)?;
+    let stats = match agent::stream_host(vm, count, &mut state, deadline) {
+        Err(_) if departed.get().is_some() => {
+            let how = departed.get().map(ToString::to_string).unwrap_or_default();
+            println!(
+                "{uuid}: guest {how}: stream handed over at {} sent, {} acknowledged (of {count})",
+                state.sent, state.acked
+            );
+            return Ok(());
+        }
+        other => other?,
+    };
     println!(
         "{uuid}: stream complete: {} sent by this process, {} duplicate acknowledgements, {} guest restarts seen, {:.2} s",
         stats.sent,
@@ -313,6 +334,34 @@ fn stream(
         agent::command(vm, "quit", Duration::from_secs(30))?;
     }
     Ok(())
+}
+
+/// Starts a thread that watches the VM's region for its guest leaving
+/// this host and then cancels the channel (whose token also follows the
+/// signal token); returns where the departure will be recorded.
+fn watch_departure(
+    vm: &mut VmChannel,
+) -> Result<std::sync::Arc<std::sync::OnceLock<ivchan_host::GuestDeparture>>, String> {
+    let timeout = vm.options().peer_timeout.unwrap_or(Duration::from_secs(5));
+    let mut watch = DepartureWatch::new(vm.path(), timeout).map_err(|e| e.to_string())?;
+    let signals = vm.cancel_token().cloned();
+    let token = CancelToken::new();
+    vm.set_cancel(Some(token.clone()));
+    let departed = std::sync::Arc::new(std::sync::OnceLock::new());
+    let seen = departed.clone();
+    std::thread::spawn(move || loop {
+        if signals.as_ref().is_some_and(CancelToken::is_cancelled) {
+            token.cancel();
+            return;
+        }
+        if let Some(how) = watch.poll() {
+            let _ = seen.set(how);
+            token.cancel();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    Ok(departed)
 }
 
 fn supervise(args: &Args, count: usize, token: &CancelToken) -> Result<(), String> {
@@ -346,6 +395,7 @@ fn supervise(args: &Args, count: usize, token: &CancelToken) -> Result<(), Strin
                     }));
                 }
                 VmEvent::Gone(uuid) => println!("{uuid}: region removed"),
+                VmEvent::Departed { uuid, how } => println!("{uuid}: guest {how}"),
                 VmEvent::Refused { uuid, error } => println!("{uuid}: refused: {error}"),
             }
         }
@@ -381,6 +431,13 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
         }
         builder = builder.doorbell(server);
         println!("{uuid}: ivshmem server on {}", socket.display());
+    }
+    if args.incoming {
+        let arrived = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, arrived.clone())
+            .map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
+        println!("{uuid}: waiting for the guest to arrive by live migration (SIGUSR1)");
+        builder = builder.incoming(Duration::from_secs(args.wait), arrived);
     }
     let mut vm = builder.open().map_err(|e| e.to_string())?;
     vm.set_cancel(Some(token.clone()));

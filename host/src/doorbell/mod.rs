@@ -57,8 +57,17 @@ pub use service::{DoorbellService, HostBell};
 
 /// The host agent's peer id on every VM's ivshmem server. Guests ring the
 /// host by writing `(HOST_PEER_ID << 16) | vector` to BAR0's Doorbell
-/// register; guest peers get ids from 1.
-pub const HOST_PEER_ID: u16 = 0;
+/// register (the host publishes it in its side block). A guest peer gets
+/// id 0 whenever it is free, then ids from 2: QEMU refuses to start an
+/// `ivshmem-doorbell` device with `master=on` (the migratable one, which
+/// ivchan provisions by default) unless it is peer 0 ("master must connect
+/// to the server before any peers"), and a VM's QEMU is its region's only
+/// guest peer.
+pub const HOST_PEER_ID: u16 = 1;
+
+/// The guest peer id a VM's QEMU gets when it is the only guest peer: the
+/// one QEMU requires of a `master=on` device.
+pub const MASTER_PEER_ID: u16 = 0;
 
 /// The highest peer id (the Doorbell register has 16 bits for it).
 pub const MAX_PEER_ID: u16 = u16::MAX;

@@ -303,7 +303,7 @@ impl<K> AsFd for DoorbellSet<K> {
 
 /// A channel's doorbell on the host: rings the guest through the guest
 /// peer's eventfd (QEMU turns it into an MSI-X interrupt), and sleeps on the
-/// host's own eventfd (written by QEMU when the guest rings peer 0).
+/// host's own eventfd (written by QEMU when the guest rings [`HOST_PEER_ID`](super::HOST_PEER_ID)).
 /// Attach it with [`Channel::set_notifier`](ivchan_protocol::Channel::set_notifier).
 #[derive(Debug)]
 pub struct ChannelBell {

@@ -23,7 +23,7 @@ use crate::region_file::{RegionFile, VmUuid};
 
 /// A channel's doorbell on the host, kept current by a [`DoorbellService`]:
 /// it sleeps on the host's eventfd of its VM (QEMU writes it when the guest
-/// rings peer 0), and rings whichever guest peer connected last.
+/// rings [`HOST_PEER_ID`](super::HOST_PEER_ID)), and rings whichever guest peer connected last.
 #[derive(Debug, Clone)]
 pub struct HostBell(Arc<BellState>);
 

@@ -16,7 +16,7 @@ use ivchan_provision::hook::{self, HookConfig, OnRelease, Owner, DEFAULT_CHANNEL
 use ivchan_provision::qmp::{self, Qmp, VirshMonitor};
 use ivchan_provision::spec::{default_region, parse_bus, parse_size, parse_slot, parse_uuid};
 use ivchan_provision::virsh::{self, Virsh, DEFAULT_URI};
-use ivchan_provision::{fsutil, inject, ArgForm, Error, Model, Result, Route, Spec};
+use ivchan_provision::{fsutil, inject, ArgForm, Error, Model, Result, Role, Route, Spec};
 
 #[derive(Parser)]
 #[command(
@@ -154,6 +154,11 @@ struct DeviceOpts {
     /// Device model: ivshmem-plain or ivshmem-doorbell.
     #[arg(long, default_value = "ivshmem-plain")]
     model: String,
+    /// master (default): QEMU migrates the region with the guest, so the VM
+    /// can be live-migrated; peer: the region stays host-local and QEMU
+    /// refuses to migrate the VM.
+    #[arg(long, default_value = "master")]
+    role: String,
     /// ivshmem server socket (ivshmem-doorbell only).
     #[arg(long)]
     server: Option<PathBuf>,
@@ -192,6 +197,7 @@ impl DeviceOpts {
     fn spec(&self) -> Result<Spec> {
         let spec = Spec {
             model: Model::parse(&self.model, self.server.clone(), self.vectors)?,
+            role: Role::parse(&self.role)?,
             size: parse_size(&self.size)?,
             bus: self.bus.as_deref().map(parse_bus).transpose()?,
             slot: self.slot.as_deref().map(parse_slot).transpose()?,
@@ -204,6 +210,9 @@ impl DeviceOpts {
             },
         };
         spec.validate()?;
+        if let Some(w) = spec.role.warning() {
+            warn(w);
+        }
         Ok(spec)
     }
 

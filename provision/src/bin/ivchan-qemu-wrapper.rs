@@ -40,7 +40,12 @@ fn main() -> ExitCode {
     };
     let final_args = if valid {
         match plan(&args, &cfg.spec) {
-            Plan::Add(a) => a,
+            Plan::Add(a) => {
+                if let Some(w) = cfg.spec.role.warning() {
+                    eprintln!("ivchan-qemu-wrapper: {w}");
+                }
+                a
+            }
             Plan::PassThrough(PassReason::NoFreeSlot) => {
                 eprintln!("ivchan-qemu-wrapper: every slot of pcie.0 is taken on this q35 machine; set IVCHAN_BUS/IVCHAN_SLOT; passing the arguments through unchanged");
                 args

@@ -144,6 +144,20 @@ pub fn domain_uuid(text: &str) -> Result<VmUuid> {
     Ok(Domain::parse(text)?.uuid)
 }
 
+/// The ivshmem server sockets (`<shmem><server path=…>`, the doorbell
+/// model) the domain's QEMU will connect to when it starts.
+pub fn shmem_servers(text: &str) -> Result<Vec<std::path::PathBuf>> {
+    let d = Domain::parse(text)?;
+    Ok(d.shmems()
+        .into_iter()
+        .filter_map(|(el, _)| {
+            let server = d.doc.child(el, "server")?;
+            d.doc.elements[server].attr_value("path").ok().flatten()
+        })
+        .map(std::path::PathBuf::from)
+        .collect())
+}
+
 /// Whether the domain XML has `<features><acpi/></features>`.
 pub fn has_acpi(text: &str) -> Result<bool> {
     let d = Domain::parse(text)?;
@@ -166,10 +180,26 @@ mod tests {
         let s = Spec::default();
         let o = inject(DOM, &s, Route::Shmem).unwrap();
         assert!(o.changed);
-        assert!(o.xml.contains("\n    <shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b'>\n      <model type='ivshmem-plain'/>\n      <size unit='M'>8</size>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x1f' function='0x0'/>\n    </shmem>\n  </devices>"), "{}", o.xml);
+        assert!(o.xml.contains("\n    <shmem name='fg_6b9e1e0a-5c1f-4b7e-9a51-1d2c3e4f5a6b' role='master'>\n      <model type='ivshmem-plain'/>\n      <size unit='M'>8</size>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x1f' function='0x0'/>\n    </shmem>\n  </devices>"), "{}", o.xml);
         let again = inject(&o.xml, &s, Route::Shmem).unwrap();
         assert!(!again.changed);
         assert_eq!(undo(&o.xml, &s, Route::Shmem).unwrap().xml, DOM);
+        // A device from before roles (no role attribute) becomes migratable
+        // in place, and says so; asking for peer changes it back.
+        let old = o.xml.replace(" role='master'", "");
+        let up = inject(&old, &s, Route::Shmem).unwrap();
+        assert!(up.changed && up.xml == o.xml, "{}", up.xml);
+        assert!(
+            up.warnings[0].contains("role: none -> master"),
+            "{:?}",
+            up.warnings
+        );
+        let peer = Spec {
+            role: crate::spec::Role::Peer,
+            ..Spec::default()
+        };
+        let down = inject(&o.xml, &peer, Route::Shmem).unwrap();
+        assert!(down.xml.contains(" role='peer'>"), "{}", down.xml);
     }
 
     #[test]

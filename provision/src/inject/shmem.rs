@@ -14,7 +14,14 @@ fn shmem_lines(spec: &Spec, name: &str, place: &Placement, q: char) -> Vec<(usiz
     // A validated size is a power of two of at least 1 MiB: whole MiB.
     let mib = spec.size >> 20;
     let mut lines = vec![
-        (0, format!("<shmem name={q}{}{q}>", a(name))),
+        (
+            0,
+            format!(
+                "<shmem name={q}{}{q} role={q}{}{q}>",
+                a(name),
+                spec.role.name()
+            ),
+        ),
         (1, format!("<model type={q}{}{q}/>", spec.model.name())),
     ];
     if matches!(spec.model, Model::Plain) {
@@ -122,6 +129,7 @@ pub fn shmem_device_xml(text: &str, spec: &Spec) -> Result<Option<HotplugDevice>
 /// What an existing `<shmem>` says.
 #[derive(Debug, Default)]
 struct Existing {
+    role: Option<String>,
     model: Option<String>,
     bytes: Option<u64>,
     server: Option<String>,
@@ -163,6 +171,7 @@ impl Existing {
                 .and_then(|v| u8::try_from(v).ok())
         };
         Existing {
+            role: d.doc.elements[el].attr_value("role").ok().flatten(),
             model: attr("model", "type"),
             bytes,
             server: attr("server", "path"),
@@ -181,6 +190,13 @@ impl Existing {
                 "model: {} -> {}",
                 show(&self.model),
                 spec.model.name()
+            ));
+        }
+        if self.role.as_deref() != Some(spec.role.name()) {
+            out.push(format!(
+                "role: {} -> {}",
+                show(&self.role),
+                spec.role.name()
             ));
         }
         match &spec.model {

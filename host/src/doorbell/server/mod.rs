@@ -3,8 +3,9 @@
 //!
 //! Each VM has its own socket, shared-memory fd, vector count and peer
 //! table. The host agent is peer [`HOST_PEER_ID`] of every VM, with its own
-//! eventfds; guests (QEMU `ivshmem-doorbell` devices, or any client) get ids
-//! from 1. Every connection is non-blocking: the server queues what it owes
+//! eventfds; guests (QEMU `ivshmem-doorbell` devices, or any client) get id
+//! 0 whenever it is free (QEMU requires it of a `master=on` device), then
+//! ids from 2. Every connection is non-blocking: the server queues what it owes
 //! each client (bounded) and flushes when the socket is writable, so one
 //! slow or hostile client never stalls the others.
 //!

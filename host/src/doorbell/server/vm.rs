@@ -18,7 +18,7 @@ use super::client::{Client, Outgoing};
 use super::socket::SocketFile;
 use super::{errno_of, token, LeaveReason, PeerCredentials, RefuseReason, ServerEvent, VmOptions};
 use crate::doorbell::notify::new_eventfd;
-use crate::doorbell::{DoorbellError, HOST_PEER_ID, MAX_PEER_ID};
+use crate::doorbell::{DoorbellError, HOST_PEER_ID, MASTER_PEER_ID, MAX_PEER_ID};
 
 /// Connections accepted per readiness event of a listening socket, so a
 /// connection storm on one VM's socket cannot starve the others.
@@ -57,7 +57,7 @@ pub(super) struct Vm<K> {
     pub(super) listener: UnixListener,
     pub(super) vectors: u16,
     shm: Arc<OwnedFd>,
-    /// The host agent's eventfds (peer 0), one per vector.
+    /// The host agent's eventfds (peer [`HOST_PEER_ID`]), one per vector.
     pub(super) host: Vec<Arc<OwnedFd>>,
     pub(super) clients: BTreeMap<u16, Client>,
     next_id: u16,
@@ -78,13 +78,20 @@ pub(super) fn new_eventfds(vectors: u16) -> Result<Vec<Arc<OwnedFd>>, DoorbellEr
     (0..vectors).map(|_| new_eventfd().map(Arc::new)).collect()
 }
 
-/// The next guest peer id from `next` on (1 to 65535, wrapping to 1 like
-/// QEMU's server), skipping ids in use; `None` when all are in use.
+/// The next guest peer id: [`MASTER_PEER_ID`] (0) whenever it is free
+/// (QEMU requires it of a migratable, `master=on` device, so a VM's QEMU
+/// gets it again after a restart), else the next from `next` on (2 to
+/// 65535, wrapping to 2 like QEMU's server counts), skipping the host's
+/// id and ids in use; `None` when all are in use.
 fn next_free_id(next: &mut u16, in_use: impl Fn(u16) -> bool) -> Option<u16> {
+    if !in_use(MASTER_PEER_ID) {
+        return Some(MASTER_PEER_ID);
+    }
+    let first = HOST_PEER_ID + 1;
     for _ in 0..MAX_PEER_ID {
-        let id = (*next).max(1);
-        *next = if id == MAX_PEER_ID { 1 } else { id + 1 };
-        if id != HOST_PEER_ID && !in_use(id) {
+        let id = (*next).max(first);
+        *next = if id == MAX_PEER_ID { first } else { id + 1 };
+        if id != HOST_PEER_ID && id != MASTER_PEER_ID && !in_use(id) {
             return Some(id);
         }
     }
@@ -115,7 +122,7 @@ impl<K: Clone> Vm<K> {
             shm: Arc::new(shm),
             host,
             clients: BTreeMap::new(),
-            next_id: 1,
+            next_id: HOST_PEER_ID + 1,
             max_clients: opts.max_clients,
             opts: opts.clone(),
             queue_limit,
@@ -282,7 +289,7 @@ impl<K: Clone> Vm<K> {
             c.doomed = Some(LeaveReason::Evicted);
         }
         // The handshake, in the spec's order: version, own id, shared
-        // memory, every existing peer (the host first: ids ascend) once per
+        // memory, every existing peer (the host first) once per
         // vector with its eventfd, then its own id once per vector with its
         // own eventfds.
         let mut hello = vec![
@@ -408,21 +415,30 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
-    fn ids_start_at_1_wrap_at_65535_and_skip_ids_in_use() {
-        let mut next = 1;
+    fn ids_start_at_0_then_2_wrap_at_65535_and_skip_ids_in_use() {
+        let mut next = HOST_PEER_ID + 1;
         let mut used = BTreeSet::new();
-        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(1));
-        used.insert(1);
+        // The first guest peer is 0 (QEMU's master), and so is the next
+        // one whenever 0 is free again.
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(0));
+        used.insert(0);
         assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(2));
-        // Freed ids are not reused until the counter comes round.
+        used.insert(2);
         assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(3));
+        // Freed ids other than 0 are not reused until the counter comes round.
+        used.remove(&2);
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(4));
+        used.remove(&0);
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(0));
+        used.insert(0);
+        used.insert(2);
         next = MAX_PEER_ID;
         assert_eq!(
             next_free_id(&mut next, |id| used.contains(&id)),
             Some(65535)
         );
-        // Wraps to 1 (never 0, the host), skipping 1 (in use).
-        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(2));
+        // Wraps to 2 (never 1, the host), skipping 2 (in use).
+        assert_eq!(next_free_id(&mut next, |id| used.contains(&id)), Some(3));
         // All in use: none, after one lap.
         assert_eq!(next_free_id(&mut next, |_| true), None);
         // Only one free id: found wherever the counter is.
