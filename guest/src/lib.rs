@@ -20,13 +20,20 @@
 //! [`MappedBar`] are the pieces underneath, for tools that only inspect.
 //!
 //! Mapping needs root (sysfs `resource2` is 0600) and a kernel that is not in
-//! lockdown mode. All `unsafe` code is in [`mapping`].
+//! lockdown mode. All `unsafe` code is in [`mapping`] and the VFIO ioctls.
+//!
+//! On an `ivshmem-doorbell` device the guest sleeps on the device's MSI-X
+//! interrupt when it can: through VFIO, or through ivchan's small kernel
+//! driver (`guest-driver/` in the repository); otherwise it polls
+//! ([`wake`]).
 
 pub mod channel;
 pub mod discovery;
 mod error;
 pub mod mapping;
 pub mod select;
+mod vfio;
+pub mod wake;
 
 pub use channel::{GuestChannel, GuestChannelBuilder, DEFAULT_OPEN_TIMEOUT};
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
@@ -37,3 +44,4 @@ pub use ivchan_protocol::{
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{parse_pci_address, select, select_waiting, Selector};
+pub use wake::{WakePreference, WakeSource};

@@ -89,6 +89,15 @@ impl Mapping {
         Self::own(map).map(Self::watched)
     }
 
+    /// As [`shared`](Self::shared), `len` bytes from byte `offset` (a
+    /// multiple of the page size): one region of a device file, such as a
+    /// BAR of a VFIO device.
+    pub fn shared_at(file: &File, offset: u64, len: usize) -> io::Result<Self> {
+        // SAFETY: as in `shared`.
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(file) }?;
+        Self::own(map).map(Self::watched)
+    }
+
     /// Maps `len` bytes of `file` private copy-on-write, for inspection:
     /// `file` may be open read-only, pages this process never writes keep
     /// showing the file's contents (Linux), and no store ever reaches it.

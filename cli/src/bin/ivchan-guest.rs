@@ -134,6 +134,8 @@ fn inspect(sysfs: &Path, address: Option<String>) -> Result<(), GuestError> {
     let selector = address.map_or(Selector::Identity, Selector::Address);
     let bar = select(sysfs, &selector, &MapOptions::default())?;
     print_device(bar.device());
+    let (wake, why) = ivchan_guest::wake::likely_source(bar.device());
+    say!("wakes by  {wake} ({why})");
     let header = bar.header()?;
     match product_uuid(sysfs) {
         Ok(vm) => match bar.check_identity(&header, &vm) {

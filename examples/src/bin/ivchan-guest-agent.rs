@@ -16,6 +16,7 @@ use clap::Parser;
 use ivchan_examples::{agent, cancel_on_signals, EXIT_INTERRUPTED};
 use ivchan_guest::{
     parse_pci_address, ChannelOptions, GuestChannel, MapOptions, OwnedChannel, Selector,
+    WakePreference,
 };
 use ivchan_protocol::{CancelToken, PeerState, SharedMemory};
 
@@ -48,9 +49,20 @@ struct Args {
     /// Where received files go.
     #[arg(long, default_value = "/tmp")]
     dir: PathBuf,
+    /// How to wait for the host's messages: auto (VFIO, then ivchan's
+    /// guest driver, then polling), vfio, driver or polling.
+    #[arg(long, default_value = "auto", value_parser = wake_arg)]
+    wake: WakePreference,
     /// Seconds without progress before a transfer fails.
     #[arg(long, default_value_t = 30)]
     stall: u64,
+}
+
+fn wake_arg(text: &str) -> Result<WakePreference, String> {
+    match text {
+        "auto" => Ok(WakePreference::Auto),
+        other => other.parse().map(WakePreference::Only),
+    }
 }
 
 fn address_arg(text: &str) -> Result<String, String> {
@@ -111,8 +123,13 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
         .map_options(map)
         .options(options)
         .timeout(wait)
+        .wake(args.wake)
         .open()
         .map_err(|e| e.to_string())?;
+    eprintln!(
+        "ivchan-guest-agent: waits for the host's messages by {}",
+        ch.wake_source()
+    );
     let address = ch.address().to_owned();
     serve(&mut ch, &address, args, token)
 }
