@@ -23,6 +23,8 @@ use crate::libvirt::{self, Domain};
 use crate::vm::{self, Guest};
 use crate::{cargo, packages, project_root, run, step};
 
+mod irq;
+
 /// What one scenario did.
 #[derive(Debug, Default, Clone)]
 struct Outcome {
@@ -36,6 +38,7 @@ struct Outcome {
 struct Kit {
     kernel: PathBuf,
     initrd: PathBuf,
+    agent: PathBuf,
     host_agent: PathBuf,
     ivchan: PathBuf,
     wrapper: PathBuf,
@@ -870,6 +873,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("doorbell-libvirt", doorbell_libvirt),
     ("libvirt-q35", libvirt_q35),
     ("hotplug-q35", hotplug_q35),
+    ("doorbell-driver", irq::doorbell_driver),
 ];
 
 fn build_kit() -> Result<Kit, String> {
@@ -902,6 +906,7 @@ fn build_kit() -> Result<Kit, String> {
     Ok(Kit {
         kernel,
         initrd,
+        agent,
         host_agent: bin("ivchan-host-agent"),
         ivchan: bin("ivchan"),
         wrapper: bin("ivchan-qemu-wrapper"),

@@ -26,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "libvirt-daemon-driver-qemu",
     "libvirt-clients",
     "libxml2-utils",
+    // Building the guest driver against the guest kernel's headers.
+    "make",
+    "gcc",
 ];
 
 fn project_root() -> PathBuf {
