@@ -874,6 +874,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("libvirt-q35", libvirt_q35),
     ("hotplug-q35", hotplug_q35),
     ("doorbell-driver", irq::doorbell_driver),
+    ("doorbell-vfio", irq::doorbell_vfio),
 ];
 
 fn build_kit() -> Result<Kit, String> {
