@@ -4,6 +4,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use crate::discovery::DeviceKind;
 use crate::error::GuestError;
 use crate::mapping::{MapOptions, MappedBar, Registers};
 use crate::select::{select, Selector};
-use crate::wake::{self, Interrupts, WakePreference, WakeSource};
+use crate::wake::{self, Interrupts, WakeCounters, WakePreference, WakeSource, WakeStats};
 
 /// How long [`GuestChannel::open`] waits, by default, for the device to
 /// appear and for the host to write its header.
@@ -40,6 +41,7 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct GuestChannel {
     channel: OwnedChannel<MappedBar>,
     wake: WakeSource,
+    counters: Arc<WakeCounters>,
 }
 
 impl Deref for GuestChannel {
@@ -222,6 +224,8 @@ impl GuestChannel {
         let source = interrupts
             .as_ref()
             .map_or(WakeSource::Polling, Interrupts::source);
+        let counters = Arc::new(WakeCounters::default());
+        let bell_counters = counters.clone();
         let channel = OwnedChannel::new(bar, |region| {
             let header = Header::open(region)?;
             let mut channel = Channel::attach(header, Side::Guest, options)?;
@@ -234,6 +238,7 @@ impl GuestChannel {
                     regs,
                     header,
                     interrupts,
+                    counters: bell_counters,
                 })));
             }
             Ok(channel)
@@ -242,12 +247,19 @@ impl GuestChannel {
         Ok(Self {
             channel,
             wake: source,
+            counters,
         })
     }
 
     /// How this channel waits for incoming messages.
     pub fn wake_source(&self) -> WakeSource {
         self.wake
+    }
+
+    /// How this channel's sleeps on its interrupt ended so far (all zero
+    /// when polling).
+    pub fn wake_stats(&self) -> WakeStats {
+        self.counters.get()
     }
 
     /// PCI address of the device.
@@ -269,6 +281,7 @@ struct GuestBell<'a> {
     regs: Registers,
     header: Header<'a>,
     interrupts: Option<Interrupts>,
+    counters: Arc<WakeCounters>,
 }
 
 impl Notifier for GuestBell<'_> {
@@ -286,7 +299,7 @@ impl Notifier for GuestBell<'_> {
 
     fn wait(&self, timeout: Duration) {
         match &self.interrupts {
-            Some(interrupts) => interrupts.wait(timeout),
+            Some(interrupts) => interrupts.wait(timeout, &self.counters),
             None => thread::sleep(timeout),
         }
     }

@@ -44,4 +44,4 @@ pub use ivchan_protocol::{
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{parse_pci_address, select, select_waiting, Selector};
-pub use wake::{WakePreference, WakeSource};
+pub use wake::{WakePreference, WakeSource, WakeStats};

@@ -15,6 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -84,6 +85,32 @@ pub enum WakePreference {
     Only(WakeSource),
 }
 
+/// How the guest's sleeps on its interrupt ended, since the channel opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WakeStats {
+    /// Sleeps ended by an interrupt (or one already pending).
+    pub interrupts: u64,
+    /// Sleeps that ran out their timeout (the channel naps at most a
+    /// heartbeat interval, so an idle guest times out ten times a second).
+    pub timeouts: u64,
+}
+
+/// Counters shared between the channel's notifier and the guest channel.
+#[derive(Debug, Default)]
+pub(crate) struct WakeCounters {
+    interrupts: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl WakeCounters {
+    pub(crate) fn get(&self) -> WakeStats {
+        WakeStats {
+            interrupts: self.interrupts.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// What a guest sleeps on once set up.
 #[derive(Debug)]
 pub(crate) enum Interrupts {
@@ -117,18 +144,22 @@ impl Interrupts {
     /// Sleeps until an interrupt came since the last wait (then takes it),
     /// or `timeout` passed. A device that went away (hot-unplug) makes it
     /// sleep out the timeout, up to 10 ms at a time, rather than spin.
-    pub(crate) fn wait(&self, timeout: Duration) {
+    pub(crate) fn wait(&self, timeout: Duration, counters: &WakeCounters) {
         let fd = self.fd();
         let ms = timeout.as_micros().div_ceil(1000);
         let ms = u16::try_from(ms).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(0) => {
+                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Errno::EINTR) => {}
             Ok(_) => {
                 let revents = fds[0].revents().unwrap_or(PollFlags::empty());
                 if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
                     std::thread::sleep(timeout.min(Duration::from_millis(10)));
                 } else {
+                    counters.interrupts.fetch_add(1, Ordering::Relaxed);
                     self.take();
                 }
             }

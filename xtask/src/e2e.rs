@@ -875,6 +875,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("hotplug-q35", hotplug_q35),
     ("doorbell-driver", irq::doorbell_driver),
     ("doorbell-vfio", irq::doorbell_vfio),
+    ("wake", irq::wake),
 ];
 
 fn build_kit() -> Result<Kit, String> {

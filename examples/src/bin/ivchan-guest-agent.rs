@@ -131,7 +131,13 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
         ch.wake_source()
     );
     let address = ch.address().to_owned();
-    serve(&mut ch, &address, args, token)
+    let served = serve(&mut ch, &address, args, token);
+    let stats = ch.wake_stats();
+    eprintln!(
+        "ivchan-guest-agent: woken by {} interrupts, {} sleeps timed out",
+        stats.interrupts, stats.timeouts
+    );
+    served
 }
 
 fn main() -> ExitCode {

@@ -14,6 +14,7 @@ use super::{
     check_guest, echo_lines, region_for, totals, wait_for, Cleanup, HostAgent, Kit, Outcome,
 };
 use crate::vm::{self, Guest};
+use crate::{cargo, project_root, run};
 
 /// Shell lines that start the guest agent with `agent_args`, sample its
 /// CPU each second while it runs, and report its exit status and the
@@ -321,4 +322,113 @@ pub(super) fn doorbell_vfio(kit: &Kit) -> Result<Outcome, String> {
     }
     report("vfio", &out, &console);
     Ok(totals(&out))
+}
+
+/// Runs `ivchan-wake-bench` against one doorbell guest; returns its output
+/// and the guest's console.
+fn run_wake_bench(
+    name: &str,
+    uuid: &str,
+    initrd: &Path,
+    kit: &Kit,
+    rounds: u64,
+) -> Result<(String, String), String> {
+    let region = region_for(uuid);
+    let socket = vm::cache_dir().join(format!("{name}.sock"));
+    let _cleanup = Cleanup(vec![region.clone(), socket.clone()]);
+    let log = vm::cache_dir().join(format!("{name}.host.log"));
+    let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let bench = project_root().join("target/release/ivchan-wake-bench");
+    let child = std::process::Command::new(&bench)
+        .args(["--uuid", uuid, "--doorbell"])
+        .arg(&socket)
+        .args(["--rounds", &rounds.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bench.display()))?;
+    let mut host = HostAgent { child, log };
+    wait_for("the doorbell socket", Duration::from_secs(10), || {
+        socket.exists()
+    })?;
+    let args = [
+        "-uuid".to_owned(),
+        uuid.to_owned(),
+        "-chardev".to_owned(),
+        format!("socket,path={},id=ivshmem", socket.display()),
+        "-device".to_owned(),
+        "ivshmem-doorbell,chardev=ivshmem,vectors=1,bus=pci.0,addr=0x1f".to_owned(),
+    ];
+    let mut guest = Guest::boot(name, &kit.kernel, initrd, &args)?;
+    // About a millisecond a round under TCG, with room to spare.
+    let limit = Duration::from_secs(120 + rounds / 200);
+    let out = host
+        .finish_unless(limit, || guest.died())
+        .map_err(|e| super::with_console(e, &guest))?;
+    check_guest(&mut guest, "0000:00:1f.0")?;
+    Ok((out, guest.console()))
+}
+
+/// 15. Wake-ups: rounds of one message sent only once the guest agent
+///     sleeps (its `WAKE_ME` is set), through the driver, then against a
+///     polling guest; round trip p50/p99, and no lost wake-up (a round
+///     that waits out the guest's nap). `IVCHAN_WAKE_ROUNDS` sets the
+///     rounds of the driver guest (default 10,000; the polling guest runs
+///     10,000).
+pub(super) fn wake(kit: &Kit) -> Result<Outcome, String> {
+    run(cargo()
+        .args(["build", "--release", "-p", "ivchan-examples"])
+        .args(["--bin", "ivchan-wake-bench"]));
+    let rounds = std::env::var("IVCHAN_WAKE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10_000u64);
+    let initrd = driver_initrd(kit, "wake-driver", "--wake driver")?;
+    let (out, console) = run_wake_bench(
+        "wake-driver",
+        "5b7e6a0c-1d2e-4f3a-9b8c-00000000e216",
+        &initrd,
+        kit,
+        rounds,
+    )?;
+    must_contain(&console, &["waits for the host's messages by driver"])?;
+    echo_lines(&out, &["wake "]);
+    echo_lines(&console, &["woken by"]);
+    // Every ring is one eventfd write, one MSI-X message, one interrupt:
+    // a ring that did not become an interrupt is a lost wake-up.
+    let rings = number_before(&out, " times:").ok_or("the bench did not report its rings")?;
+    let irqs = interrupts(&console);
+    eprintln!("xtask:   driver route: host rang {rings} times, guest took {irqs} interrupts");
+    if irqs != rings {
+        return Err(format!(
+            "host rang {rings} times but the guest took {irqs} interrupts"
+        ));
+    }
+    let initrd = vm::initramfs_with(
+        "wake-polling",
+        &kit.agent,
+        &[],
+        &agent_script("--wake polling"),
+    )?;
+    let (out, _) = run_wake_bench(
+        "wake-polling",
+        "5b7e6a0c-1d2e-4f3a-9b8c-00000000e217",
+        &initrd,
+        kit,
+        10_000,
+    )?;
+    echo_lines(&out, &["wake "]);
+    Ok(Outcome {
+        to_guest_msgs: rounds + 10_000,
+        to_guest_bytes: 64 * (rounds + 10_000),
+        from_guest_msgs: rounds + 10_000,
+        from_guest_bytes: 64 * (rounds + 10_000),
+    })
+}
+
+/// The number just before `marker` in `text` (`rang 42 times:` -> 42).
+fn number_before(text: &str, marker: &str) -> Option<u64> {
+    let head = &text[..text.find(marker)?];
+    head.rsplit(' ').next()?.parse().ok()
 }
