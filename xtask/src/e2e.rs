@@ -876,6 +876,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("doorbell-driver", irq::doorbell_driver),
     ("doorbell-vfio", irq::doorbell_vfio),
     ("wake", irq::wake),
+    ("driver-unplug", irq::driver_unplug),
 ];
 
 fn build_kit() -> Result<Kit, String> {

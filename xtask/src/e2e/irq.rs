@@ -432,3 +432,85 @@ fn number_before(text: &str, marker: &str) -> Option<u64> {
     let head = &text[..text.find(marker)?];
     head.rsplit(' ').next()?.parse().ok()
 }
+
+/// 16. The driver survives hot-unplug: a reader blocks in `read` on
+///     `/dev/ivshmem0`, the device is removed through QEMU's monitor
+///     (`device_del`, ACPI eject), the reader gets an error instead of
+///     hanging, and the module still unloads cleanly.
+pub(super) fn driver_unplug(kit: &Kit) -> Result<Outcome, String> {
+    let module = vm::guest_driver(&kit.kernel)?;
+    let script = "insmod /lib/ivshmem_doorbell.ko && echo 'ivchan-vm: driver loaded'\n\
+         (dd if=/dev/ivshmem0 of=/dev/null bs=4 count=1 2>/tmp/dd.err; \
+          echo \"ivchan-vm: reader returned $? $(head -1 /tmp/dd.err)\") &\n\
+         sleep 1\n\
+         echo 'ivchan-vm: reader waiting'\n\
+         n=0; while [ -e /sys/bus/pci/devices/0000:00:1f.0 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n\
+         echo 'ivchan-vm: device gone'\n\
+         wait\n\
+         rmmod ivshmem_doorbell && echo 'ivchan-vm: driver unloaded'\n\
+         dmesg | grep -iE 'ivshmem|BUG|WARNING|Oops' | sed 's/^/ivchan-dmesg /'\n";
+    let initrd = vm::initramfs_with(
+        "irq-unplug",
+        &kit.agent,
+        &[(module, "/lib/ivshmem_doorbell.ko".to_owned())],
+        script,
+    )?;
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e218";
+    let region = region_for(uuid);
+    let socket = vm::cache_dir().join("irq-unplug.sock");
+    let monitor = vm::cache_dir().join("irq-unplug.monitor");
+    let _cleanup = Cleanup(vec![region.clone(), socket.clone(), monitor.clone()]);
+    let socket_arg = socket.to_string_lossy().into_owned();
+    // Only the ivshmem server is wanted: no guest agent runs.
+    let _host = HostAgent::spawn(
+        kit,
+        "irq-unplug",
+        &["--uuid", uuid, "--doorbell", &socket_arg, "--wait", "120"],
+    )?;
+    wait_for("the doorbell socket", Duration::from_secs(10), || {
+        socket.exists()
+    })?;
+    let args = [
+        "-uuid".to_owned(),
+        uuid.to_owned(),
+        "-monitor".to_owned(),
+        format!("unix:{},server=on,wait=off", monitor.display()),
+        "-chardev".to_owned(),
+        format!("socket,path={},id=ivshmem", socket.display()),
+        "-device".to_owned(),
+        "ivshmem-doorbell,id=ivs0,chardev=ivshmem,vectors=1,bus=pci.0,addr=0x1f".to_owned(),
+    ];
+    let mut guest = Guest::boot("irq-unplug", &kit.kernel, &initrd, &args)?;
+    wait_for("the reader", Duration::from_secs(120), || {
+        guest.console().contains("ivchan-vm: reader waiting")
+    })
+    .map_err(|e| format!("{e}; console:\n{}", guest.console_tail(20)))?;
+    {
+        use std::io::Write;
+        let mut mon = std::os::unix::net::UnixStream::connect(&monitor)
+            .map_err(|e| format!("{}: {e}", monitor.display()))?;
+        mon.write_all(b"device_del ivs0\n")
+            .map_err(|e| format!("monitor: {e}"))?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    guest.wait(Duration::from_secs(120))?;
+    let console = guest.console();
+    must_contain(
+        &console,
+        &[
+            "ivchan-vm: device gone",
+            "ivchan-vm: reader returned 1",
+            "ivchan-vm: driver unloaded",
+        ],
+    )?;
+    for bad in ["BUG", "WARNING", "Oops"] {
+        if console
+            .lines()
+            .any(|l| l.starts_with("ivchan-dmesg") && l.contains(bad))
+        {
+            return Err(format!("the kernel logged {bad}:\n{console}"));
+        }
+    }
+    echo_lines(&console, &["reader returned", "ivchan-dmesg"]);
+    Ok(Outcome::default())
+}
