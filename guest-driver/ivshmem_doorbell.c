@@ -187,7 +187,7 @@ static int ivdb_mmap(struct file *file, struct vm_area_struct *vma)
 		ret = -EINVAL;
 		goto out;
 	}
-	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+	/* io_remap_pfn_range marks the VMA VM_IO | VM_PFNMAP | VM_DONTEXPAND. */
 	vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
 	ret = io_remap_pfn_range(vma, vma->vm_start,
 				 dev->bar_start[bar] >> PAGE_SHIFT, size,

@@ -1,4 +1,4 @@
-//! Mapping BAR2 through sysfs (or VFIO). With [`crate::vfio`]'s ioctls,
+//! Mapping BAR2 through sysfs (or VFIO). With the VFIO ioctls,
 //! the crate's only `unsafe` code.
 //!
 //! `resource2` gives an uncached mapping: every load and store goes to the
