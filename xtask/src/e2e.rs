@@ -877,6 +877,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("doorbell-vfio", irq::doorbell_vfio),
     ("wake", irq::wake),
     ("driver-unplug", irq::driver_unplug),
+    ("wake-vfio", irq::wake_vfio),
 ];
 
 fn build_kit() -> Result<Kit, String> {
