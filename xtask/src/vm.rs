@@ -118,7 +118,15 @@ pub fn kernel_headers(vmlinuz: &Path) -> Result<PathBuf, String> {
     }
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let package = format!("linux-headers-{version}");
-    let deps = output(Command::new("apt-cache").args(["depends", &package]))?;
+    // Debian drops an old kernel ABI's headers from the archive: a kernel
+    // cached before that needs fetching again.
+    let stale = |e: String| {
+        format!(
+            "{e}\n(no {package} to fetch: if the cached kernel is older than the archive's, remove {} to fetch the current one)",
+            cache_dir().join("kernel").display()
+        )
+    };
+    let deps = output(Command::new("apt-cache").args(["depends", &package])).map_err(stale)?;
     let mut packages = vec![package.clone()];
     packages.extend(
         deps.lines()
@@ -133,7 +141,8 @@ pub fn kernel_headers(vmlinuz: &Path) -> Result<PathBuf, String> {
             .arg("download")
             .args(&packages)
             .current_dir(&dir),
-    )?;
+    )
+    .map_err(stale)?;
     for entry in fs::read_dir(&dir).map_err(|e| e.to_string())? {
         let deb = entry.map_err(|e| e.to_string())?.path();
         if deb.extension().is_some_and(|x| x == "deb") {

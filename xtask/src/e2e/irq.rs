@@ -571,3 +571,42 @@ pub(super) fn wake_vfio(kit: &Kit) -> Result<Outcome, String> {
         from_guest_bytes: 64 * rounds,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_cpu_is_the_quietest_ten_seconds_scaled() {
+        // Busy for the first 2 s, then 1 ms and 10 wake-ups a second.
+        let mut console = String::from("ivchan-vm: guest up\n");
+        let mut ns = 0u64;
+        let mut switches = 0u64;
+        for t in 0..15u64 {
+            console.push_str(&format!("ivchan-cpu {t}.00 {ns} {switches} 3\n"));
+            ns += if t < 2 { 500_000_000 } else { 1_000_000 };
+            switches += if t < 2 { 5_000 } else { 10 };
+        }
+        let (ms, wakes) = idle_cpu(&console).unwrap();
+        assert!((ms - 10.0).abs() < 1e-9, "{ms}");
+        assert_eq!(wakes, 100);
+        assert_eq!(idle_cpu("ivchan-cpu 1.00 5 5 0\n"), None);
+    }
+
+    #[test]
+    fn interrupts_take_the_count_after_exit_or_the_most_sampled() {
+        let driver =
+            "ivchan-cpu 1.0 10 1 4\nivchan-irq  24: 9 PCI-MSI 507904-edge ivshmem_doorbell\n";
+        assert_eq!(interrupts(driver), 9);
+        let vfio = "ivchan-cpu 1.0 10 1 4\nivchan-cpu 2.0 10 1 7\nivchan-cpu 3.0 10 1\n";
+        assert_eq!(interrupts(vfio), 7);
+        assert_eq!(interrupts("nothing"), 0);
+    }
+
+    #[test]
+    fn the_bench_reports_its_rings() {
+        let out = "U: wake 10 rounds in 1.0 s, guest asleep at 9, host rang 9 times: p50 1ms";
+        assert_eq!(number_before(out, " times:"), Some(9));
+        assert_eq!(number_before("no rings", " times:"), None);
+    }
+}
