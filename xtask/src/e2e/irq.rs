@@ -41,6 +41,7 @@ fn driver_initrd(kit: &Kit, name: &str, agent_args: &str) -> Result<PathBuf, Str
     let script = format!(
         "insmod /lib/ivshmem_doorbell.ko && echo 'ivchan-vm: driver loaded'\n\
          ls /sys/bus/pci/devices/*/misc/ 2>/dev/null | sed 's/^/ivchan-vm: misc /'\n\
+         /bin/ivchan-guest inspect 2>&1 | grep 'wakes by' | sed 's/^/ivchan-vm: inspect /'\n\
          {}\
          rmmod ivshmem_doorbell && echo 'ivchan-vm: driver unloaded'\n",
         agent_script(agent_args)
@@ -48,9 +49,21 @@ fn driver_initrd(kit: &Kit, name: &str, agent_args: &str) -> Result<PathBuf, Str
     vm::initramfs_with(
         name,
         &kit.agent,
-        &[(module, "/lib/ivshmem_doorbell.ko".to_owned())],
+        &[
+            (module, "/lib/ivshmem_doorbell.ko".to_owned()),
+            (static_guest_cli(), "/bin/ivchan-guest".to_owned()),
+        ],
         &script,
     )
+}
+
+/// `ivchan-guest` (the guest's inspection tool), static like the agent.
+fn static_guest_cli() -> PathBuf {
+    run(cargo()
+        .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .args(["-p", "ivchan-cli", "--bin", "ivchan-guest"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"));
+    project_root().join("target/x86_64-unknown-linux-gnu/release/ivchan-guest")
 }
 
 /// Agent CPU over the quietest 10 s window: (milliseconds, wake-ups).
@@ -208,6 +221,7 @@ pub(super) fn doorbell_driver(kit: &Kit) -> Result<Outcome, String> {
         &console,
         &[
             "ivchan-vm: driver loaded",
+            "ivchan-vm: inspect wakes by  driver (bound to ivshmem_doorbell)",
             "waits for the host's messages by driver",
             "ivchan-vm: driver unloaded",
         ],
