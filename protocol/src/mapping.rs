@@ -200,6 +200,18 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "Miri cannot mmap")]
+    fn a_mapping_at_an_offset_starts_there() {
+        let file = tempfile_in_shm();
+        file.set_len(3 * 4096).expect("size");
+        let whole = Mapping::shared(&file, 3 * 4096).expect("map whole");
+        let part = Mapping::shared_at(&file, 4096, 2 * 4096).expect("map part");
+        assert_eq!(part.len(), 2 * 4096);
+        whole.region().store(4096 + 8, 0xbeef, Ordering::Release);
+        assert_eq!(part.region().load(8, Ordering::Acquire), 0xbeef);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot mmap")]
     fn anonymous_memory_is_zeroed_and_moves_with_its_owner() {
         let m = Mapping::anonymous(1 << 20).expect("map");
         assert_eq!(m.len(), 1 << 20);
