@@ -13,12 +13,12 @@
  *    file last read, then returns the total interrupt count as a native
  *    u32 (UIO style). O_NONBLOCK gives -EAGAIN instead of blocking.
  *  - poll: readable when the count moved since this file last read.
- *  - mmap at offset N * PAGE_SIZE maps BAR N (0: registers, 2: shared
- *    memory), uncached.
+ *  - mmap (shared) at offset N * PAGE_SIZE maps BAR N (0: registers, 2:
+ *    shared memory), uncached.
  *
  * Once the device is removed (hot-unplug, unbind, rmmod) read and poll
- * report -ENODEV / POLLERR | POLLHUP, mappings are torn down, and the
- * files stay valid until closed. The driver sets no policy: it counts
+ * report -ENODEV / POLLERR | POLLHUP, mappings are torn down (a later
+ * access gets SIGBUS), and the files stay valid until closed. The driver sets no policy: it counts
  * interrupts, it never rings anyone and never touches the shared memory.
  * It does not claim the BARs, so sysfs resourceN mappings keep working.
  */
@@ -37,6 +37,7 @@
 #include <linux/poll.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/wait.h>
 
 #define DRV_NAME "ivshmem_doorbell"
@@ -167,34 +168,67 @@ static __poll_t ivdb_poll(struct file *file, poll_table *wait)
 	return 0;
 }
 
+/*
+ * BAR pages are inserted on fault, under the device lock: after removal a
+ * fault gets SIGBUS, and the pages already in place are zapped by
+ * ivdb_remove. (Mapping eagerly at mmap time would leave a window where a
+ * mapping made just before removal is not yet linked to be zapped.)
+ */
+static vm_fault_t ivdb_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct ivdb_file *f = vma->vm_private_data;
+	struct ivdb_dev *dev = f->dev;
+	unsigned long bar = vma->vm_pgoff;
+	unsigned long page = vmf->pgoff - vma->vm_pgoff;
+	vm_fault_t ret;
+
+	mutex_lock(&dev->lock);
+	if (dev->gone || page >= PAGE_ALIGN(dev->bar_len[bar]) >> PAGE_SHIFT)
+		ret = VM_FAULT_SIGBUS;
+	else
+		ret = vmf_insert_pfn(vma, vmf->address,
+				     (dev->bar_start[bar] >> PAGE_SHIFT) + page);
+	mutex_unlock(&dev->lock);
+	return ret;
+}
+
+static const struct vm_operations_struct ivdb_vm_ops = {
+	.fault = ivdb_fault,
+};
+
 static int ivdb_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct ivdb_file *f = file->private_data;
 	struct ivdb_dev *dev = f->dev;
 	unsigned long bar = vma->vm_pgoff;
 	unsigned long size = vma->vm_end - vma->vm_start;
-	int ret;
+	int ret = 0;
 
 	if (bar != 0 && bar != 2)
 		return -EINVAL;
+	/* Device memory is shared, never copied on write. */
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
 	mutex_lock(&dev->lock);
-	if (dev->gone) {
+	if (dev->gone)
 		ret = -ENODEV;
-		goto out;
-	}
-	if (dev->bar_len[bar] == 0 || size > PAGE_ALIGN(dev->bar_len[bar]) ||
-	    !PAGE_ALIGNED(dev->bar_start[bar])) {
+	else if (dev->bar_len[bar] == 0 ||
+		 size > PAGE_ALIGN(dev->bar_len[bar]) ||
+		 !PAGE_ALIGNED(dev->bar_start[bar]))
 		ret = -EINVAL;
-		goto out;
-	}
-	/* io_remap_pfn_range marks the VMA VM_IO | VM_PFNMAP | VM_DONTEXPAND. */
-	vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
-	ret = io_remap_pfn_range(vma, vma->vm_start,
-				 dev->bar_start[bar] >> PAGE_SHIFT, size,
-				 vma->vm_page_prot);
-out:
 	mutex_unlock(&dev->lock);
-	return ret;
+	if (ret)
+		return ret;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_set(vma, VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP);
+#else
+	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+#endif
+	vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
+	vma->vm_private_data = f;
+	vma->vm_ops = &ivdb_vm_ops;
+	return 0;
 }
 
 static const struct file_operations ivdb_fops = {

@@ -42,6 +42,7 @@ pub struct GuestChannel {
     channel: OwnedChannel<MappedBar>,
     wake: WakeSource,
     counters: Arc<WakeCounters>,
+    peer: Option<u16>,
 }
 
 impl Deref for GuestChannel {
@@ -195,7 +196,8 @@ impl GuestChannel {
     /// an `ivshmem-doorbell` device the guest publishes its peer id
     /// (IVPosition) in its side block, rings the host through BAR0 when the
     /// host asks to be woken, and sleeps on the device's interrupt when
-    /// `wake` finds one (VFIO remaps both BARs through `/dev/vfio`);
+    /// `wake` finds one (VFIO remaps both BARs through `/dev/vfio`, the
+    /// driver maps BAR0 through its device file);
     /// otherwise it polls for incoming messages.
     pub fn from_bar_waking(
         bar: MappedBar,
@@ -215,6 +217,10 @@ impl GuestChannel {
                 drop(bar);
                 (remapped, Some(registers))
             }
+            (Some(Interrupts::Driver(driver)), _) => {
+                let registers = Registers::map_driver(bar.device(), driver)?;
+                (bar, Some(registers))
+            }
             (_, DeviceKind::Doorbell) => {
                 let registers = Registers::map(bar.device())?;
                 (bar, Some(registers))
@@ -226,13 +232,13 @@ impl GuestChannel {
             .map_or(WakeSource::Polling, Interrupts::source);
         let counters = Arc::new(WakeCounters::default());
         let bell_counters = counters.clone();
+        // IVPosition is a 16-bit peer id in a 32-bit register.
+        #[allow(clippy::cast_possible_truncation)]
+        let peer = registers.as_ref().map(|r| r.iv_position() as u16);
         let channel = OwnedChannel::new(bar, |region| {
             let header = Header::open(region)?;
             let mut channel = Channel::attach(header, Side::Guest, options)?;
-            if let Some(regs) = registers {
-                // IVPosition is a 16-bit peer id in a 32-bit register.
-                #[allow(clippy::cast_possible_truncation)]
-                let peer = regs.iv_position() as u16;
+            if let (Some(regs), Some(peer)) = (registers, peer) {
                 header.set_doorbell(Side::Guest, Some(DoorbellAddress { peer, vectors: 1 }));
                 channel.set_notifier(Some(Box::new(GuestBell {
                     regs,
@@ -248,12 +254,19 @@ impl GuestChannel {
             channel,
             wake: source,
             counters,
+            peer,
         })
     }
 
     /// How this channel waits for incoming messages.
     pub fn wake_source(&self) -> WakeSource {
         self.wake
+    }
+
+    /// This guest's peer id on the host's ivshmem server (IVPosition, read
+    /// from BAR0), on a doorbell device.
+    pub fn peer_id(&self) -> Option<u16> {
+        self.peer
     }
 
     /// How this channel's sleeps on its interrupt ended so far (all zero

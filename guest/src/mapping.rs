@@ -26,6 +26,7 @@ use memmap2::{MmapMut, MmapOptions};
 
 use crate::discovery::{not_root_hint, IvshmemDevice};
 use crate::vfio::VfioDevice;
+use crate::wake::DriverFile;
 use crate::{GuestError, VmUuid};
 
 /// How to map a device.
@@ -288,6 +289,15 @@ impl Registers {
         }
         let path = Path::new("/dev/vfio").join(&device.address);
         Self::map_file(vfio.file(), bar.offset, &path, &device.address)
+    }
+
+    /// Maps BAR0 through ivchan's guest driver (`/dev/ivshmemN` at offset
+    /// 0), which the driver tears down if the device goes away.
+    pub(crate) fn map_driver(
+        device: &IvshmemDevice,
+        driver: &DriverFile,
+    ) -> Result<Self, GuestError> {
+        Self::map_file(driver.file(), 0, driver.path(), &device.address)
     }
 
     fn map_file(file: &File, offset: u64, path: &Path, address: &str) -> Result<Self, GuestError> {

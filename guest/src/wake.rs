@@ -180,6 +180,7 @@ impl Interrupts {
 #[derive(Debug)]
 pub(crate) struct DriverFile {
     file: File,
+    path: std::path::PathBuf,
 }
 
 impl DriverFile {
@@ -204,12 +205,24 @@ impl DriverFile {
             .find(|n| n.starts_with("ivshmem"))
             .ok_or_else(|| wake_err(format!("no ivshmem device file under {}", misc.display())))?;
         let path = Path::new("/dev").join(&name);
+        // Read and write: BAR0 is mapped through it too.
         let file = OpenOptions::new()
             .read(true)
+            .write(true)
             .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| GuestError::from_io(&path, "open", e))?;
-        Ok(Self { file })
+        Ok(Self { file, path })
+    }
+
+    /// The open device file (its `mmap` maps the BARs).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Its path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 }
 

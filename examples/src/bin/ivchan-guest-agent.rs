@@ -126,10 +126,16 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
         .wake(args.wake)
         .open()
         .map_err(|e| e.to_string())?;
-    eprintln!(
-        "ivchan-guest-agent: waits for the host's messages by {}",
-        ch.wake_source()
-    );
+    match ch.peer_id() {
+        Some(peer) => eprintln!(
+            "ivchan-guest-agent: waits for the host's messages by {}, as doorbell peer {peer}",
+            ch.wake_source()
+        ),
+        None => eprintln!(
+            "ivchan-guest-agent: waits for the host's messages by {}",
+            ch.wake_source()
+        ),
+    }
     let address = ch.address().to_owned();
     let served = serve(&mut ch, &address, args, token);
     let stats = ch.wake_stats();
