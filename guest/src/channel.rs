@@ -73,6 +73,17 @@ pub struct GuestChannelBuilder {
 impl GuestChannelBuilder {
     /// How to wait for the host's messages (default: the best available,
     /// see [`WakePreference::Auto`]); [`WakePreference::Only`] forces one.
+    ///
+    /// ```no_run
+    /// use ivchan_guest::{GuestChannel, WakePreference, WakeSource};
+    ///
+    /// // Sleep on ivchan's guest driver, or fail (no silent polling).
+    /// let ch = GuestChannel::builder()
+    ///     .wake(WakePreference::Only(WakeSource::Driver))
+    ///     .open()?;
+    /// assert_eq!(ch.wake_source(), WakeSource::Driver);
+    /// # Ok::<(), ivchan_guest::GuestError>(())
+    /// ```
     pub fn wake(mut self, wake: WakePreference) -> Self {
         self.wake = wake;
         self
