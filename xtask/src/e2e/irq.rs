@@ -426,16 +426,8 @@ pub(super) fn wake(kit: &Kit) -> Result<Outcome, String> {
     must_contain(&console, &["waits for the host's messages by driver"])?;
     echo_lines(&out, &["wake "]);
     echo_lines(&console, &["woken by"]);
-    // Every ring is one eventfd write, one MSI-X message, one interrupt:
-    // a ring that did not become an interrupt is a lost wake-up.
-    let rings = number_before(&out, " times:").ok_or("the bench did not report its rings")?;
     let irqs = interrupts(&console);
-    eprintln!("xtask:   driver route: host rang {rings} times, guest took {irqs} interrupts");
-    if irqs != rings {
-        return Err(format!(
-            "host rang {rings} times but the guest took {irqs} interrupts"
-        ));
-    }
+    check_rings(&out, irqs, "took", "interrupts")?;
     let initrd = vm::initramfs_with(
         "wake-polling",
         &kit.agent,
@@ -457,6 +449,35 @@ pub(super) fn wake(kit: &Kit) -> Result<Outcome, String> {
         from_guest_msgs: rounds + 10_000,
         from_guest_bytes: 64 * (rounds + 10_000),
     })
+}
+
+/// Checks a wake bench's rings against what the guest received.
+///
+/// No lost wake-up, the protocol's promise: the host rang at least once
+/// for every round it published while the guest had asked to be woken.
+/// Delivery: each ring is one eventfd write and, normally, one MSI-X
+/// interrupt; two writes before QEMU's main loop reads the eventfd merge
+/// into one (seen 4 times in 975,853 rings with the host's load average
+/// at 10), and the guest's bounded nap covers that round. A route that
+/// drops interrupts (bus mastering off) loses them all, so a shortfall
+/// of more than one in a thousand fails.
+fn check_rings(out: &str, received: u64, verb: &str, what: &str) -> Result<(), String> {
+    let asleep = number_before(out, ", host rang").ok_or("the bench did not report its rounds")?;
+    let rings = number_before(out, " times:").ok_or("the bench did not report its rings")?;
+    eprintln!(
+        "xtask:   guest asleep at {asleep} publishes; host rang {rings} times; guest {verb} {received} {what}"
+    );
+    if rings < asleep {
+        return Err(format!(
+            "lost wake-up: the guest was asleep at {asleep} publishes but the host rang {rings} times"
+        ));
+    }
+    if received < rings - rings / 1000 {
+        return Err(format!(
+            "host rang {rings} times but the guest {verb} only {received} {what}"
+        ));
+    }
+    Ok(())
 }
 
 /// The number just before `marker` in `text` (`rang 42 times:` -> 42).
@@ -569,20 +590,12 @@ pub(super) fn wake_vfio(kit: &Kit) -> Result<Outcome, String> {
     echo_lines(&console, &["woken by"]);
     // VFIO's /proc/interrupts line leaves with the agent, so the guest's
     // own count of sleeps ended by its eventfd stands in for it.
-    let rings = number_before(&out, " times:").ok_or("the bench did not report its rings")?;
     let woken = console
         .split("woken by ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
         .ok_or("the guest agent did not report its wake-ups")?;
-    eprintln!(
-        "xtask:   vfio route: host rang {rings} times, {woken} guest sleeps ended by the eventfd"
-    );
-    if woken < rings {
-        return Err(format!(
-            "host rang {rings} times but only {woken} guest sleeps ended by it"
-        ));
-    }
+    check_rings(&out, woken, "ended", "sleeps on its eventfd")?;
     Ok(Outcome {
         to_guest_msgs: rounds,
         to_guest_bytes: 64 * rounds,
@@ -626,6 +639,11 @@ mod tests {
     fn the_bench_reports_its_rings() {
         let out = "U: wake 10 rounds in 1.0 s, guest asleep at 9, host rang 9 times: p50 1ms";
         assert_eq!(number_before(out, " times:"), Some(9));
+        assert_eq!(number_before(out, ", host rang"), Some(9));
         assert_eq!(number_before("no rings", " times:"), None);
+        assert!(check_rings(out, 9, "took", "interrupts").is_ok());
+        assert!(check_rings(out, 0, "took", "interrupts").is_err());
+        let lost = "U: wake 10 rounds in 1.0 s, guest asleep at 9, host rang 8 times: p50 1ms";
+        assert!(check_rings(lost, 8, "took", "interrupts").is_err());
     }
 }
