@@ -4,6 +4,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::discovery::DeviceKind;
 use crate::error::GuestError;
 use crate::mapping::{MapOptions, MappedBar, Registers};
 use crate::select::{select, Selector};
+use crate::wake::{self, Interrupts, WakeCounters, WakePreference, WakeSource, WakeStats};
 
 /// How long [`GuestChannel::open`] waits, by default, for the device to
 /// appear and for the host to write its header.
@@ -38,6 +40,9 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct GuestChannel {
     channel: OwnedChannel<MappedBar>,
+    wake: WakeSource,
+    counters: Arc<WakeCounters>,
+    peer: Option<u16>,
 }
 
 impl Deref for GuestChannel {
@@ -62,9 +67,28 @@ pub struct GuestChannelBuilder {
     map: MapOptions,
     options: ChannelOptions,
     timeout: Duration,
+    wake: WakePreference,
 }
 
 impl GuestChannelBuilder {
+    /// How to wait for the host's messages (default: the best available,
+    /// see [`WakePreference::Auto`]); [`WakePreference::Only`] forces one.
+    ///
+    /// ```no_run
+    /// use ivchan_guest::{GuestChannel, WakePreference, WakeSource};
+    ///
+    /// // Sleep on ivchan's guest driver, or fail (no silent polling).
+    /// let ch = GuestChannel::builder()
+    ///     .wake(WakePreference::Only(WakeSource::Driver))
+    ///     .open()?;
+    /// assert_eq!(ch.wake_source(), WakeSource::Driver);
+    /// # Ok::<(), ivchan_guest::GuestError>(())
+    /// ```
+    pub fn wake(mut self, wake: WakePreference) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// Use the device at this PCI address (`0000:00:1f.0`).
     pub fn address(mut self, address: &str) -> Self {
         self.selector = Selector::Address(address.to_owned());
@@ -142,7 +166,7 @@ impl GuestChannelBuilder {
             });
         };
         let left = self.timeout.saturating_sub(start.elapsed());
-        GuestChannel::from_bar(bar, self.options, left)
+        GuestChannel::from_bar_waking(bar, self.options, left, self.wake)
     }
 }
 
@@ -163,41 +187,103 @@ impl GuestChannel {
             map: MapOptions::default(),
             options: ChannelOptions::default(),
             timeout: DEFAULT_OPEN_TIMEOUT,
+            wake: WakePreference::Auto,
         }
+    }
+
+    /// Attaches as the guest over a mapped BAR, waiting up to `wait` for the
+    /// host's header, with the best wake source available
+    /// ([`from_bar_waking`](Self::from_bar_waking)).
+    pub fn from_bar(
+        bar: MappedBar,
+        options: ChannelOptions,
+        wait: Duration,
+    ) -> Result<Self, GuestError> {
+        Self::from_bar_waking(bar, options, wait, WakePreference::Auto)
     }
 
     /// Attaches as the guest over a mapped BAR, waiting up to `wait` for the
     /// host's header. A write-combining mapping turns on the store fence. On
     /// an `ivshmem-doorbell` device the guest publishes its peer id
-    /// (IVPosition) in its side block and rings the host through BAR0 when
-    /// the host asks to be woken; it cannot receive interrupts in user space
-    /// here, so it keeps polling for incoming messages.
-    pub fn from_bar(
+    /// (IVPosition) in its side block, rings the host through BAR0 when the
+    /// host asks to be woken, and sleeps on the device's interrupt when
+    /// `wake` finds one (VFIO remaps both BARs through `/dev/vfio`, the
+    /// driver maps BAR0 through its device file);
+    /// otherwise it polls for incoming messages.
+    pub fn from_bar_waking(
         bar: MappedBar,
         mut options: ChannelOptions,
         wait: Duration,
+        wake: WakePreference,
     ) -> Result<Self, GuestError> {
         let address = bar.device().address.clone();
         options.write_combining |= bar.write_combining();
         bar.wait_for_header(wait)?;
-        let registers = match bar.device().kind {
-            DeviceKind::Doorbell => Some(Registers::map(bar.device())?),
-            DeviceKind::Plain => None,
+        let interrupts = wake::open(bar.device(), wake)?;
+        let (bar, registers) = match (&interrupts, bar.device().kind) {
+            (Some(Interrupts::Vfio(vfio)), _) => {
+                let device = bar.device().clone();
+                let registers = Registers::map_vfio(&device, vfio)?;
+                let remapped = MappedBar::map_vfio(device, vfio)?;
+                drop(bar);
+                (remapped, Some(registers))
+            }
+            (Some(Interrupts::Driver(driver)), _) => {
+                let registers = Registers::map_driver(bar.device(), driver)?;
+                (bar, Some(registers))
+            }
+            (_, DeviceKind::Doorbell) => {
+                let registers = Registers::map(bar.device())?;
+                (bar, Some(registers))
+            }
+            (_, DeviceKind::Plain) => (bar, None),
         };
+        let source = interrupts
+            .as_ref()
+            .map_or(WakeSource::Polling, Interrupts::source);
+        let counters = Arc::new(WakeCounters::default());
+        let bell_counters = counters.clone();
+        // IVPosition is a 16-bit peer id in a 32-bit register.
+        #[allow(clippy::cast_possible_truncation)]
+        let peer = registers.as_ref().map(|r| r.iv_position() as u16);
         let channel = OwnedChannel::new(bar, |region| {
             let header = Header::open(region)?;
             let mut channel = Channel::attach(header, Side::Guest, options)?;
-            if let Some(regs) = registers {
-                // IVPosition is a 16-bit peer id in a 32-bit register.
-                #[allow(clippy::cast_possible_truncation)]
-                let peer = regs.iv_position() as u16;
+            if let (Some(regs), Some(peer)) = (registers, peer) {
                 header.set_doorbell(Side::Guest, Some(DoorbellAddress { peer, vectors: 1 }));
-                channel.set_notifier(Some(Box::new(GuestBell { regs, header })));
+                channel.set_notifier(Some(Box::new(GuestBell {
+                    regs,
+                    header,
+                    interrupts,
+                    counters: bell_counters,
+                })));
             }
             Ok(channel)
         })
         .map_err(|source| GuestError::Channel { address, source })?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            wake: source,
+            counters,
+            peer,
+        })
+    }
+
+    /// How this channel waits for incoming messages.
+    pub fn wake_source(&self) -> WakeSource {
+        self.wake
+    }
+
+    /// This guest's peer id on the host's ivshmem server (IVPosition, read
+    /// from BAR0), on a doorbell device.
+    pub fn peer_id(&self) -> Option<u16> {
+        self.peer
+    }
+
+    /// How this channel's sleeps on its interrupt ended so far (all zero
+    /// when polling).
+    pub fn wake_stats(&self) -> WakeStats {
+        self.counters.get()
     }
 
     /// PCI address of the device.
@@ -211,13 +297,15 @@ impl GuestChannel {
     }
 }
 
-/// The guest's doorbell: rings the host's published peer id through BAR0.
-/// Interrupts from the host would need MSI-X in user space (VFIO with an
-/// IOMMU in the guest), so it does not sleep on them: the channel polls.
+/// The guest's doorbell: rings the host's published peer id through BAR0,
+/// and sleeps on the device's interrupt when it has one (VFIO or the
+/// driver); without, the channel polls.
 #[derive(Debug)]
 struct GuestBell<'a> {
     regs: Registers,
     header: Header<'a>,
+    interrupts: Option<Interrupts>,
+    counters: Arc<WakeCounters>,
 }
 
 impl Notifier for GuestBell<'_> {
@@ -230,10 +318,13 @@ impl Notifier for GuestBell<'_> {
     }
 
     fn can_wait(&self) -> bool {
-        false
+        self.interrupts.is_some()
     }
 
     fn wait(&self, timeout: Duration) {
-        thread::sleep(timeout);
+        match &self.interrupts {
+            Some(interrupts) => interrupts.wait(timeout, &self.counters),
+            None => thread::sleep(timeout),
+        }
     }
 }

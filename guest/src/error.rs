@@ -127,6 +127,16 @@ pub enum GuestError {
         /// Devices with no header yet (a later attempt may match).
         waiting: Vec<String>,
     },
+    /// A wake source could not be set up (asked for explicitly).
+    #[error("{address}: cannot wait for interrupts through {route}: {reason}")]
+    Wake {
+        /// PCI address.
+        address: String,
+        /// `"VFIO"` or `"driver"`.
+        route: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// Several devices matched the selector.
     #[error("several ivshmem devices match {wanted}: {addresses}; pick one by address")]
     Ambiguous {

@@ -20,7 +20,12 @@
 //! [`MappedBar`] are the pieces underneath, for tools that only inspect.
 //!
 //! Mapping needs root (sysfs `resource2` is 0600) and a kernel that is not in
-//! lockdown mode. All `unsafe` code is in [`mapping`].
+//! lockdown mode. All `unsafe` code is in [`mapping`] and the VFIO ioctls.
+//!
+//! On an `ivshmem-doorbell` device the guest sleeps on the device's MSI-X
+//! interrupt when it can: through VFIO, or through ivchan's small kernel
+//! driver (`guest-driver/` in the repository); otherwise it polls
+//! ([`wake`]).
 
 #![warn(missing_docs)]
 
@@ -29,6 +34,8 @@ pub mod discovery;
 mod error;
 pub mod mapping;
 pub mod select;
+mod vfio;
+pub mod wake;
 
 pub use channel::{GuestChannel, GuestChannelBuilder, DEFAULT_OPEN_TIMEOUT};
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
@@ -39,6 +46,7 @@ pub use ivchan_protocol::{
 pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{parse_pci_address, select, select_waiting, Selector};
+pub use wake::{WakePreference, WakeSource, WakeStats};
 
 /// The crate README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

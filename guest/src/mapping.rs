@@ -1,4 +1,5 @@
-//! Mapping BAR2 through sysfs. The only module of this crate with `unsafe`.
+//! Mapping BAR2 through sysfs (or VFIO). With the VFIO ioctls,
+//! the crate's only `unsafe` code.
 //!
 //! `resource2` gives an uncached mapping: every load and store goes to the
 //! device (on KVM, to host RAM with UC attributes — correct but slow).
@@ -11,8 +12,9 @@
 //! publishes it. [`MappedBar::write_combining`] tells the channel layer which
 //! kind it got.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::path::Path;
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ use ivchan_protocol::{
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::discovery::{not_root_hint, IvshmemDevice};
+use crate::vfio::VfioDevice;
+use crate::wake::DriverFile;
 use crate::{GuestError, VmUuid};
 
 /// How to map a device.
@@ -120,6 +124,33 @@ impl MappedBar {
             mapping,
             device,
             write_combining: options.write_combining,
+        })
+    }
+
+    /// Maps BAR2 of `device` through its open VFIO device file (the
+    /// VFIO route: once `vfio-pci` claims the BAR, sysfs mappings of it
+    /// may be revoked).
+    pub(crate) fn map_vfio(device: IvshmemDevice, vfio: &VfioDevice) -> Result<Self, GuestError> {
+        let bar = vfio.region(&device, crate::vfio::BAR2)?;
+        let too_small = || GuestError::BarTooSmall {
+            address: device.address.clone(),
+            size: bar.size,
+            min: MIN_REGION_SIZE,
+        };
+        let len = usize::try_from(bar.size).map_err(|_| too_small())?;
+        if len < MIN_REGION_SIZE {
+            return Err(too_small());
+        }
+        let mapping =
+            Mapping::shared_at(vfio.file(), bar.offset, len).map_err(|e| GuestError::Wake {
+                address: device.address.clone(),
+                route: "VFIO",
+                reason: format!("map BAR2: {e}"),
+            })?;
+        Ok(Self {
+            mapping,
+            device,
+            write_combining: false,
         })
     }
 
@@ -243,10 +274,38 @@ impl Registers {
                 value: format!("{size}-byte BAR0, expected at least 16"),
             });
         }
+        Self::map_file(&file, 0, &path, &device.address)
+    }
+
+    /// Maps BAR0 through the device's open VFIO file.
+    pub(crate) fn map_vfio(device: &IvshmemDevice, vfio: &VfioDevice) -> Result<Self, GuestError> {
+        let bar = vfio.region(device, crate::vfio::BAR0)?;
+        if bar.size < 16 {
+            return Err(GuestError::Wake {
+                address: device.address.clone(),
+                route: "VFIO",
+                reason: format!("{}-byte BAR0, expected at least 16", bar.size),
+            });
+        }
+        let path = Path::new("/dev/vfio").join(&device.address);
+        Self::map_file(vfio.file(), bar.offset, &path, &device.address)
+    }
+
+    /// Maps BAR0 through ivchan's guest driver (`/dev/ivshmemN` at offset
+    /// 0), which the driver tears down if the device goes away.
+    pub(crate) fn map_driver(
+        device: &IvshmemDevice,
+        driver: &DriverFile,
+    ) -> Result<Self, GuestError> {
+        Self::map_file(driver.file(), 0, driver.path(), &device.address)
+    }
+
+    fn map_file(file: &File, offset: u64, path: &Path, address: &str) -> Result<Self, GuestError> {
+        let path = path.to_path_buf();
         // SAFETY: a shared mapping of the device's register BAR (or, in
         // tests, a plain file); only accessed with volatile loads/stores of
-        // aligned u32s below, inside the 16 bytes checked above.
-        let mapped = unsafe { MmapOptions::new().len(16).map_mut(&file) };
+        // aligned u32s below, inside the 16 bytes the callers checked.
+        let mapped = unsafe { MmapOptions::new().offset(offset).len(16).map_mut(file) };
         let mut map = mapped.map_err(|e| GuestError::from_io(&path, "map", e))?;
         let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| GuestError::BadSysfsValue {
             path: path.clone(),
@@ -255,7 +314,7 @@ impl Registers {
         Ok(Self {
             base,
             _map: map,
-            address: device.address.clone(),
+            address: address.to_owned(),
         })
     }
 

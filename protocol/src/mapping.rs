@@ -89,6 +89,15 @@ impl Mapping {
         Self::own(map).map(Self::watched)
     }
 
+    /// As [`shared`](Self::shared), `len` bytes from byte `offset` (a
+    /// multiple of the page size): one region of a device file, such as a
+    /// BAR of a VFIO device.
+    pub fn shared_at(file: &File, offset: u64, len: usize) -> io::Result<Self> {
+        // SAFETY: as in `shared`.
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(file) }?;
+        Self::own(map).map(Self::watched)
+    }
+
     /// Maps `len` bytes of `file` private copy-on-write, for inspection:
     /// `file` may be open read-only, pages this process never writes keep
     /// showing the file's contents (Linux), and no store ever reaches it.
@@ -187,6 +196,18 @@ mod tests {
         assert_eq!(c.region().load(4096, Ordering::Acquire), 0xfeed);
         c.region().store(4096, 1, Ordering::Release);
         assert_eq!(a.region().load(4096, Ordering::Acquire), 0xfeed);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot mmap")]
+    fn a_mapping_at_an_offset_starts_there() {
+        let file = tempfile_in_shm();
+        file.set_len(3 * 4096).expect("size");
+        let whole = Mapping::shared(&file, 3 * 4096).expect("map whole");
+        let part = Mapping::shared_at(&file, 4096, 2 * 4096).expect("map part");
+        assert_eq!(part.len(), 2 * 4096);
+        whole.region().store(4096 + 8, 0xbeef, Ordering::Release);
+        assert_eq!(part.region().load(8, Ordering::Acquire), 0xbeef);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::libvirt::{self, Domain};
 use crate::vm::{self, Guest};
 use crate::{cargo, packages, project_root, run, step};
 
+mod irq;
+
 /// What one scenario did.
 #[derive(Debug, Default, Clone)]
 struct Outcome {
@@ -36,6 +38,7 @@ struct Outcome {
 struct Kit {
     kernel: PathBuf,
     initrd: PathBuf,
+    agent: PathBuf,
     host_agent: PathBuf,
     ivchan: PathBuf,
     wrapper: PathBuf,
@@ -1333,6 +1336,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("migrate-doorbell", migrate_doorbell),
     ("migrate-abort", migrate_abort),
     ("migrate-libvirt", migrate_libvirt),
+    ("doorbell-driver", irq::doorbell_driver),
+    ("doorbell-vfio", irq::doorbell_vfio),
+    ("wake", irq::wake),
+    ("driver-unplug", irq::driver_unplug),
+    ("wake-vfio", irq::wake_vfio),
 ];
 
 fn build_kit() -> Result<Kit, String> {
@@ -1365,6 +1373,7 @@ fn build_kit() -> Result<Kit, String> {
     Ok(Kit {
         kernel,
         initrd,
+        agent,
         host_agent: bin("ivchan-host-agent"),
         ivchan: bin("ivchan"),
         wrapper: bin("ivchan-qemu-wrapper"),

@@ -37,6 +37,9 @@ const PACKAGES: &[&str] = &[
     "groff-base",
     // systemd-analyze verifies the units (install-check).
     "systemd",
+    // Building the guest driver against the guest kernel's headers.
+    "make",
+    "gcc",
 ];
 
 fn project_root() -> PathBuf {

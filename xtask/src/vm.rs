@@ -78,6 +78,116 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
         })
 }
 
+/// The guest kernel's version (`6.1.0-N-cloud-amd64`), from its image name.
+pub fn kernel_version(vmlinuz: &Path) -> Result<String, String> {
+    vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{}: not a vmlinuz-VERSION file", vmlinuz.display()))
+}
+
+/// A module shipped with the guest kernel (`kernel/drivers/vfio/vfio.ko`).
+pub fn kernel_module(vmlinuz: &Path, relative: &str) -> Result<PathBuf, String> {
+    let version = kernel_version(vmlinuz)?;
+    let path = cache_dir()
+        .join("kernel/root/lib/modules")
+        .join(version)
+        .join(relative);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} is not in the kernel package", path.display()))
+    }
+}
+
+/// The guest kernel's build tree: Debian's `linux-headers-VERSION` and the
+/// packages it depends on for building modules (`-common`, `linux-kbuild`),
+/// fetched with `apt-get download` and unpacked once. The flavour's Makefile
+/// includes the common one by absolute path: pointed at the unpacked copy.
+pub fn kernel_headers(vmlinuz: &Path) -> Result<PathBuf, String> {
+    let version = kernel_version(vmlinuz)?;
+    let dir = cache_dir().join("headers");
+    let root = dir.join("root");
+    let build = root
+        .join("usr/src")
+        .join(format!("linux-headers-{version}"));
+    if build.join("Makefile").exists() && build.join("scripts").exists() {
+        return Ok(build);
+    }
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let package = format!("linux-headers-{version}");
+    // Debian drops an old kernel ABI's headers from the archive: a kernel
+    // cached before that needs fetching again.
+    let stale = |e: String| {
+        format!(
+            "{e}\n(no {package} to fetch: if the cached kernel is older than the archive's, remove {} to fetch the current one)",
+            cache_dir().join("kernel").display()
+        )
+    };
+    let deps = output(Command::new("apt-cache").args(["depends", &package])).map_err(stale)?;
+    let mut packages = vec![package.clone()];
+    packages.extend(
+        deps.lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .map(str::trim)
+            .filter(|p| p.starts_with("linux-headers-") || p.starts_with("linux-kbuild-"))
+            .map(str::to_owned),
+    );
+    eprintln!("xtask: fetching {}", packages.join(" "));
+    output(
+        Command::new("apt-get")
+            .arg("download")
+            .args(&packages)
+            .current_dir(&dir),
+    )
+    .map_err(stale)?;
+    for entry in fs::read_dir(&dir).map_err(|e| e.to_string())? {
+        let deb = entry.map_err(|e| e.to_string())?.path();
+        if deb.extension().is_some_and(|x| x == "deb") {
+            output(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+            let _ = fs::remove_file(&deb);
+        }
+    }
+    let makefile = build.join("Makefile");
+    let text = fs::read_to_string(&makefile).map_err(|e| format!("{}: {e}", makefile.display()))?;
+    let local = format!("include {}/usr/src/", root.display());
+    fs::write(&makefile, text.replace("include /usr/src/", &local)).map_err(|e| e.to_string())?;
+    Ok(build)
+}
+
+/// Builds ivchan's guest driver (`guest-driver/`) against the guest
+/// kernel's headers, in a copy under the cache (the sources stay clean).
+/// Kbuild's `-Werror` makes any warning a failure. Returns the `.ko`.
+pub fn guest_driver(vmlinuz: &Path) -> Result<PathBuf, String> {
+    let headers = kernel_headers(vmlinuz)?;
+    let src = project_root().join("guest-driver");
+    let build = cache_dir().join("guest-driver");
+    let _ = fs::remove_dir_all(&build);
+    fs::create_dir_all(&build).map_err(|e| e.to_string())?;
+    for file in ["Kbuild", "Makefile", "ivshmem_doorbell.c"] {
+        fs::copy(src.join(file), build.join(file)).map_err(|e| format!("{file}: {e}"))?;
+    }
+    let out = Command::new("make")
+        .arg(format!("KDIR={}", headers.display()))
+        .current_dir(&build)
+        .output()
+        .map_err(|e| format!("make: {e} (install make and gcc)"))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!("building the guest driver failed:\n{log}"));
+    }
+    if log.contains("warning:") {
+        return Err(format!("the guest driver built with warnings:\n{log}"));
+    }
+    Ok(build.join("ivshmem_doorbell.ko"))
+}
+
 /// Builds the guest agent as a static binary (it runs from a bare
 /// initramfs) and returns its path.
 pub fn static_guest_agent() -> PathBuf {
@@ -92,10 +202,25 @@ pub fn static_guest_agent() -> PathBuf {
 /// `script` (shell lines) after mounting proc, sysfs and devtmpfs. The
 /// guest powers off when the script ends.
 pub fn initramfs(name: &str, agent: &Path, script: &str) -> Result<PathBuf, String> {
+    initramfs_with(name, agent, &[], script)
+}
+
+/// As [`initramfs`], with `files` copied in too (source, path inside).
+pub fn initramfs_with(
+    name: &str,
+    agent: &Path,
+    files: &[(PathBuf, String)],
+    script: &str,
+) -> Result<PathBuf, String> {
     let root = cache_dir().join(format!("initramfs-{name}"));
     let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "lib"] {
         fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+    }
+    for (from, to) in files {
+        let dest = root.join(to.trim_start_matches('/'));
+        fs::copy(from, &dest)
+            .map_err(|e| format!("{} -> {}: {e}", from.display(), dest.display()))?;
     }
     fs::copy("/bin/busybox", root.join("bin/busybox"))
         .map_err(|e| format!("/bin/busybox (install busybox-static): {e}"))?;

@@ -205,6 +205,8 @@ fn inspect(sysfs: &Path, address: Option<String>, as_json: bool) -> Result<(), G
         return Ok(());
     }
     print_device(bar.device());
+    let (wake, why) = ivchan_guest::wake::likely_source(bar.device());
+    say!("wakes by  {wake} ({why})");
     let header = bar.header()?;
     match product_uuid(sysfs) {
         Ok(vm) => match bar.check_identity(&header, &vm) {

@@ -18,6 +18,7 @@ use ivchan_cli::logging::Verbosity;
 use ivchan_examples::{agent, cancel_on_signals, EXIT_INTERRUPTED};
 use ivchan_guest::{
     parse_pci_address, ChannelOptions, GuestChannel, MapOptions, OwnedChannel, Selector,
+    WakePreference,
 };
 use ivchan_protocol::{CancelToken, PeerState, SharedMemory};
 
@@ -50,6 +51,10 @@ struct Args {
     /// Where received files go.
     #[arg(long, default_value = "/tmp")]
     dir: PathBuf,
+    /// How to wait for the host's messages: auto (VFIO, then ivchan's
+    /// guest driver, then polling), vfio, driver or polling.
+    #[arg(long, default_value = "auto", value_parser = wake_arg)]
+    wake: WakePreference,
     /// Seconds without progress before a transfer fails.
     #[arg(long, default_value_t = 30)]
     stall: u64,
@@ -64,6 +69,13 @@ struct Args {
     /// selection) on stderr; -q errors only.
     #[command(flatten)]
     verbosity: Verbosity,
+}
+
+fn wake_arg(text: &str) -> Result<WakePreference, String> {
+    match text {
+        "auto" => Ok(WakePreference::Auto),
+        other => other.parse().map(WakePreference::Only),
+    }
 }
 
 fn address_arg(text: &str) -> Result<String, String> {
@@ -124,10 +136,27 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
         .map_options(map)
         .options(options)
         .timeout(wait)
+        .wake(args.wake)
         .open()
         .map_err(|e| e.to_string())?;
+    match ch.peer_id() {
+        Some(peer) => eprintln!(
+            "ivchan-guest-agent: waits for the host's messages by {}, as doorbell peer {peer}",
+            ch.wake_source()
+        ),
+        None => eprintln!(
+            "ivchan-guest-agent: waits for the host's messages by {}",
+            ch.wake_source()
+        ),
+    }
     let address = ch.address().to_owned();
-    serve(&mut ch, &address, args, token)
+    let served = serve(&mut ch, &address, args, token);
+    let stats = ch.wake_stats();
+    eprintln!(
+        "ivchan-guest-agent: woken by {} interrupts, {} sleeps timed out",
+        stats.interrupts, stats.timeouts
+    );
+    served
 }
 
 fn main() -> ExitCode {

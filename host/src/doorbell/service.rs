@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -32,12 +32,21 @@ struct BellState {
     host: Doorbell,
     /// The guest peer connected now, with its eventfd for vector 0.
     guest: Mutex<Option<(u16, Doorbell)>>,
+    /// Rings written to a guest's eventfd since the VM was added.
+    rings: AtomicU64,
 }
 
 impl HostBell {
     /// The guest peer id of the QEMU connected to this VM's server, if any.
     pub fn guest_peer(&self) -> Option<u16> {
         self.0.guest().as_ref().map(|(peer, _)| *peer)
+    }
+
+    /// How many times the channel rang the guest (each ring is one write to
+    /// the guest's eventfd, one MSI-X message when the guest takes them):
+    /// with `WAKE_ME`, once per sleep of the guest that a message ended.
+    pub fn rings(&self) -> u64 {
+        self.0.rings.load(Ordering::Relaxed)
     }
 }
 
@@ -53,7 +62,9 @@ impl Notifier for HostBell {
         if let Some((_, guest)) = self.0.guest().as_ref() {
             // A full counter or a vanished guest only loses this ring; the
             // guest's own timeout-bounded wait recovers.
-            let _ = guest.ring();
+            if guest.ring().is_ok() {
+                self.0.rings.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -86,6 +97,8 @@ pub struct DoorbellService {
     wake: Doorbell,
     stop: Arc<AtomicBool>,
     events: Mutex<mpsc::Receiver<ServerEvent<VmUuid>>>,
+    /// The bells handed out, for their counters.
+    bells: Mutex<BTreeMap<VmUuid, HostBell>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -120,6 +133,7 @@ impl DoorbellService {
             wake,
             stop,
             events: Mutex::new(events),
+            bells: Mutex::new(BTreeMap::new()),
             thread: Some(thread),
         })
     }
@@ -140,11 +154,27 @@ impl DoorbellService {
             options,
             reply,
         })?;
-        answer.recv().map_err(|_| stopped())?
+        let bell = answer.recv().map_err(|_| stopped())??;
+        self.bells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(*file.uuid(), bell.clone());
+        Ok(bell)
+    }
+
+    /// How many times VM `uuid`'s channel rang its guest (see
+    /// [`HostBell::rings`]); `None` if the VM is not served.
+    pub fn rings(&self, uuid: &VmUuid) -> Option<u64> {
+        let bells = self.bells.lock().unwrap_or_else(PoisonError::into_inner);
+        bells.get(uuid).map(HostBell::rings)
     }
 
     /// Stops serving `uuid` (its socket is removed, its clients dropped).
     pub fn remove(&self, uuid: &VmUuid) -> Result<(), DoorbellError> {
+        self.bells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uuid);
         self.send(Command::Remove { uuid: *uuid })
     }
 
@@ -252,6 +282,7 @@ fn add(
         Ok(host) => Ok(HostBell(Arc::new(BellState {
             host,
             guest: Mutex::new(None),
+            rings: AtomicU64::new(0),
         }))),
         Err(e) => {
             let _ = server.remove_vm(&uuid);
