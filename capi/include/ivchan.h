@@ -316,8 +316,10 @@ ivchan_error ivchan_wait_for_peer(ivchan_channel *ch, int64_t timeout_ms, uint64
 // `ivchan_peer_event`.
 ivchan_error ivchan_poll_peer(ivchan_channel *ch, ivchan_peer_event *event);
 
-// The peer's session epoch as its side block says now, into `*epoch`;
-// `IVCHAN_ERR_PEER_CLOSED` when it is absent or closed.
+// The peer's session epoch, as last observed (by `ivchan_poll_peer` and
+// the waiting calls), into `*epoch`; `IVCHAN_ERR_PEER_CLOSED` when it was
+// absent or closed, or not observed yet. For a fresh look, drain
+// `ivchan_poll_peer` first.
 //
 // # Safety
 //

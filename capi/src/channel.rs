@@ -815,8 +815,10 @@ pub unsafe extern "C" fn ivchan_poll_peer(
     })
 }
 
-/// The peer's session epoch as its side block says now, into `*epoch`;
-/// `IVCHAN_ERR_PEER_CLOSED` when it is absent or closed.
+/// The peer's session epoch, as last observed (by `ivchan_poll_peer` and
+/// the waiting calls), into `*epoch`; `IVCHAN_ERR_PEER_CLOSED` when it was
+/// absent or closed, or not observed yet. For a fresh look, drain
+/// `ivchan_poll_peer` first.
 ///
 /// # Safety
 ///
@@ -841,8 +843,8 @@ pub unsafe extern "C" fn ivchan_peer_epoch(
             }
             Some(_) => Err(ChannelError::PeerClosed.into()),
             None => Err(Failure::new(
-                IVCHAN_ERR_PROTOCOL,
-                "the peer's side block is invalid",
+                IVCHAN_ERR_PEER_CLOSED,
+                "the peer was not observed yet: call ivchan_poll_peer",
             )),
         }
     })
