@@ -37,6 +37,10 @@ const PACKAGES: &[&str] = &[
     "groff-base",
     // systemd-analyze verifies the units (install-check).
     "systemd",
+    // The C library's tests compile C against the header and link through
+    // its pkg-config file.
+    "gcc",
+    "pkg-config",
 ];
 
 fn project_root() -> PathBuf {
@@ -286,6 +290,7 @@ const INSTALLED: &[&str] = &[
     "ivchan-guest-agent",
     "ivchan-demo",
     "ivchan-provision",
+    "ivchan-c",
 ];
 
 /// Installs the tools and agents as the README says, into a clean
@@ -448,6 +453,7 @@ const PUBLISHED: &[&str] = &[
     "ivchan-guest",
     "ivchan-cli",
     "ivchan-provision",
+    "ivchan-c",
 ];
 
 /// Seconds each fuzz target runs in CI.
