@@ -2,7 +2,8 @@
 //! guests (TCG), with the device given by ivchan's own tooling.
 //!
 //! Every scenario boots guests whose initramfs runs the static
-//! `ivchan-guest-agent` (the example agent users get) and drives them with
+//! `ivchan-guest-agent` (the example agent users get; `c-agent` runs the C
+//! example agent instead) and drives them with
 //! `ivchan-host-agent`, which checks every message it receives and exits
 //! non-zero on any mismatch. The run ends with a table: one row per
 //! scenario with the result, messages and bytes each way, and time. A
