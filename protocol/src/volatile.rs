@@ -588,6 +588,16 @@ impl<'a> VolatileSlice<'a> {
         self.len == 0
     }
 
+    /// The address of the view's first byte, for code outside Rust (the C
+    /// library hands it to C callers, who access the bytes themselves).
+    /// Getting it is safe; using it is the caller's affair: the bytes are
+    /// shared memory a hostile peer may change at any moment, and the
+    /// pointer is only valid while the view's borrow lasts.
+    #[inline]
+    pub fn as_ptr(&self) -> *const u8 {
+        self.base.as_ptr().wrapping_add(self.start)
+    }
+
     /// The `len` bytes at `offset` within this view.
     #[inline]
     pub fn subslice(&self, offset: usize, len: usize) -> Result<VolatileSlice<'a>, VolatileError> {
@@ -738,6 +748,13 @@ impl<'a> VolatileSliceMut<'a> {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.inner.len == 0
+    }
+
+    /// The address of the view's first byte, writable, for code outside
+    /// Rust (see [`VolatileSlice::as_ptr`]).
+    #[inline]
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.inner.base.as_ptr().wrapping_add(self.inner.start)
     }
 
     /// The same bytes, read-only.

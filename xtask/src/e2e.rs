@@ -2,7 +2,8 @@
 //! guests (TCG), with the device given by ivchan's own tooling.
 //!
 //! Every scenario boots guests whose initramfs runs the static
-//! `ivchan-guest-agent` (the example agent users get) and drives them with
+//! `ivchan-guest-agent` (the example agent users get; `c-agent` runs the C
+//! example agent instead) and drives them with
 //! `ivchan-host-agent`, which checks every message it receives and exits
 //! non-zero on any mismatch. The run ends with a table: one row per
 //! scenario with the result, messages and bytes each way, and time. A
@@ -236,6 +237,90 @@ fn raw_qemu(kit: &Kit) -> Result<Outcome, String> {
         .finish_unless(Duration::from_secs(300), || guest.died())
         .map_err(|e| with_console(e, &guest))?;
     check_guest(&mut guest, "0000:00:1f.0")?;
+    Ok(totals(&out))
+}
+
+/// Builds the C example guest agent (`capi/examples/guest_agent.c`)
+/// static against `libivchan.a`, with the system compiler, for the
+/// busybox initramfs; returns its path.
+fn static_c_guest_agent() -> Result<PathBuf, String> {
+    run(cargo().args(["build", "--release", "-p", "ivchan-c", "--lib"]));
+    let root = project_root();
+    let agent = vm::cache_dir().join("guest_agent_c");
+    let out = Command::new("cc")
+        .args(["-static", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(root.join("capi/include"))
+        .arg(root.join("capi/examples/guest_agent.c"))
+        .arg(root.join("target/release/libivchan.a"))
+        .args(["-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-o"])
+        .arg(&agent)
+        .output()
+        .map_err(|e| format!("cc (install gcc): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cc guest_agent.c: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(agent)
+}
+
+/// 1b. As `raw-qemu`, with the C example guest agent (libivchan, linked
+///     static) in the guest: it finds the device by identity and completes
+///     the host agent's checked exchange and echo.
+fn c_agent(kit: &Kit) -> Result<Outcome, String> {
+    let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e20c";
+    let region = region_for(uuid);
+    let _cleanup = Cleanup(vec![region.clone()]);
+    let agent = static_c_guest_agent()?;
+    let initrd = vm::initramfs(
+        "e2e-c",
+        &agent,
+        "/bin/ivchan-guest-agent --wait 300
+echo \"ivchan-vm: agent exit $?\"",
+    )?;
+    let mut host = HostAgent::spawn(
+        kit,
+        "c-agent",
+        &[
+            "--uuid",
+            uuid,
+            "--exchange",
+            "10000",
+            "--echo",
+            "500",
+            "--wait",
+            "240",
+        ],
+    )?;
+    wait_for("the region", Duration::from_secs(10), || region.exists())?;
+    let mut guest = Guest::boot_with(
+        "c-agent",
+        &kit.wrapper,
+        &[("IVCHAN_REAL_QEMU", "/usr/bin/qemu-system-x86_64")],
+        &kit.kernel,
+        &initrd,
+        &["-uuid".into(), uuid.into()],
+    )?;
+    let out = host
+        .finish_unless(Duration::from_secs(300), || guest.died())
+        .map_err(|e| with_console(e, &guest))?;
+    guest.wait(Duration::from_secs(120))?;
+    let console = guest.console();
+    for want in [
+        "guest_agent: attached",
+        "guest_agent: exchange 10000 checked",
+        "guest_agent: echo 500 checked",
+        "ivchan-vm: agent exit 0",
+    ] {
+        if !console.contains(want) {
+            return Err(format!(
+                "no {want:?} on the guest's console:\n{}",
+                guest.console_tail(25)
+            ));
+        }
+    }
     Ok(totals(&out))
 }
 
@@ -1321,6 +1406,7 @@ type Scenario = fn(&Kit) -> Result<Outcome, String>;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("raw-qemu", raw_qemu),
+    ("c-agent", c_agent),
     ("libvirt", libvirt_shmem),
     ("libvirt-hook", libvirt_hook),
     ("hook-fail-closed", libvirt_hook_fails_closed),

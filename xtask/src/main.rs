@@ -37,9 +37,12 @@ const PACKAGES: &[&str] = &[
     "groff-base",
     // systemd-analyze verifies the units (install-check).
     "systemd",
-    // Building the guest driver against the guest kernel's headers.
+    // Building the guest driver against the guest kernel's headers, and
+    // the C library's tests (C compiled against the header, linked through
+    // its pkg-config file).
     "make",
     "gcc",
+    "pkg-config",
 ];
 
 fn project_root() -> PathBuf {
@@ -289,6 +292,7 @@ const INSTALLED: &[&str] = &[
     "ivchan-guest-agent",
     "ivchan-demo",
     "ivchan-provision",
+    "ivchan-c",
 ];
 
 /// Installs the tools and agents as the README says, into a clean
@@ -451,6 +455,7 @@ const PUBLISHED: &[&str] = &[
     "ivchan-guest",
     "ivchan-cli",
     "ivchan-provision",
+    "ivchan-c",
 ];
 
 /// Seconds each fuzz target runs in CI.
