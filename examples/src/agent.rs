@@ -80,7 +80,8 @@ pub fn exchange(
         } else if sent < n {
             let len = traffic::len(sent);
             if let Some(mut g) = ch.try_reserve(len).map_err(chan)? {
-                traffic::build(sent, &mut g);
+                g.write(0, &traffic::message(sent))
+                    .map_err(|e| e.to_string())?;
                 g.commit(len).map_err(|e| e.to_string())?;
                 sent += 1;
                 progress = true;
@@ -88,10 +89,12 @@ pub fn exchange(
         }
         if got < n && !holding {
             if let Some(msg) = ch.try_peek().map_err(chan)? {
-                traffic::check(got, &msg)?;
+                // Snapshot, then check the copy: the region is peer-writable.
+                let copy = msg.to_vec();
+                traffic::check(got, &copy)?;
                 if echo {
                     held.clear();
-                    held.extend_from_slice(&msg);
+                    held.extend_from_slice(&copy);
                     holding = true;
                 }
                 msg.release();
@@ -563,9 +566,11 @@ pub fn stream_host(
             let seq = state.sent;
             let len = 12 + traffic::len(seq);
             if let Some(mut g) = ch.try_reserve(len).map_err(chan)? {
-                g[..4].copy_from_slice(STREAM_TAG);
-                g[4..12].copy_from_slice(&seq.to_le_bytes());
-                traffic::build(seq, &mut g[12..]);
+                let mut msg = vec![0u8; len];
+                msg[..4].copy_from_slice(STREAM_TAG);
+                msg[4..12].copy_from_slice(&seq.to_le_bytes());
+                traffic::build(seq, &mut msg[12..]);
+                g.write(0, &msg).map_err(|e| e.to_string())?;
                 g.commit(len).map_err(|e| e.to_string())?;
                 state.sent += 1;
                 stats.sent += 1;

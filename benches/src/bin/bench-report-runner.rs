@@ -52,6 +52,33 @@ fn tput(scope: &str, name: &str, size: usize, msgs: f64) {
     );
 }
 
+/// With `IVCHAN_BENCH_COUNTERS` set: how often each ivchan side waited, per
+/// message, over the point just measured (both sides are in this process
+/// for the cross-thread runs).
+fn counters(name: &str, size: usize) {
+    let c = ivchan_benches::ivchan::Counters::take();
+    if std::env::var_os("IVCHAN_BENCH_COUNTERS").is_none() || c.sent == 0 {
+        return;
+    }
+    let per = |n: u64, of: u64| n as f64 / of.max(1) as f64;
+    println!(
+        "count\t{name}\t{size}\t{}\t{:.3}\t{:.3}\t{}\t{:.3}\t{:.3}",
+        c.sent,
+        per(c.full, c.sent),
+        per(c.head_reloads, c.sent),
+        c.received,
+        per(c.empty, c.received),
+        per(c.tail_reloads, c.received),
+    );
+    eprintln!(
+        "counters {name:22} {size:>8} B  full/msg {:.3}  head reloads/msg {:.3}  empty/msg {:.3}  tail reloads/msg {:.3}",
+        per(c.full, c.sent),
+        per(c.head_reloads, c.sent),
+        per(c.empty, c.received),
+        per(c.tail_reloads, c.received),
+    );
+}
+
 fn latency(name: &str, wait: &str, size: usize, s: &LatencyStats) {
     println!(
         "lat\t{name}\t{wait}\t{size}\t{}\t{:.1}\t{}\t{}\t{}\t{}",
@@ -110,6 +137,9 @@ fn main() {
             }
         }
     }
+    if std::env::var_os("IVCHAN_BENCH_COUNTERS").is_some() {
+        ivchan_benches::ivchan::Counters::enable();
+    }
     println!("info\tsizes\t{SIZES:?}");
     println!("info\tlatency_sizes\t{LATENCY_SIZES:?}");
     println!("info\tregion_size\t{REGION_SIZE}");
@@ -133,8 +163,10 @@ fn main() {
         }
         for &size in &opts.sizes {
             let mut bench = ThreadBench::new(queue, size);
+            ivchan_benches::ivchan::Counters::take();
             let msgs = rate(|n| bench.run(n), opts.per_run, opts.reps);
             tput("xthread", queue.name(), size, msgs);
+            counters(queue.name(), size);
         }
     }
     for &transport in Transport::ALL {
