@@ -39,6 +39,13 @@ impl HostBell {
     pub fn guest_peer(&self) -> Option<u16> {
         self.0.guest().as_ref().map(|(peer, _)| *peer)
     }
+
+    /// The host's eventfd of this VM, which the guest's ring makes
+    /// readable: to wait on it in an event loop of one's own (the async
+    /// channel registers it with tokio).
+    pub fn host_doorbell(&self) -> &Doorbell {
+        &self.0.host
+    }
 }
 
 impl BellState {

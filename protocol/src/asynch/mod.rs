@@ -56,10 +56,12 @@ use crate::layout::PeerState;
 use crate::mapping::SharedMemory;
 use crate::volatile::{VolatileSlice, VolatileSliceMut};
 
+mod fd;
 mod io;
 mod readiness;
 mod stream;
 
+pub use fd::ReadableFd;
 pub use readiness::{PollOptions, Readiness};
 
 use readiness::{Deadline, PollTimer};
