@@ -24,12 +24,16 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod asynch;
 pub mod channel;
 pub mod discovery;
 mod error;
 pub mod mapping;
 pub mod select;
 
+#[cfg(feature = "tokio")]
+pub use asynch::AsyncGuestChannel;
 pub use channel::{GuestChannel, GuestChannelBuilder, DEFAULT_OPEN_TIMEOUT};
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
 pub use error::GuestError;
