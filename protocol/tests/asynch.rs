@@ -87,7 +87,8 @@ fn a_sleeping_receive_is_woken_by_the_peers_ring() {
     let bell = Arc::new(Bell::default());
     guest.set_notifier(Some(Box::new(Ringer(bell.clone()))));
     let slow = PollOptions {
-        yields: 4,
+        yield_for: Duration::from_micros(50),
+        max_yield_for: Duration::from_micros(50),
         min_interval: Duration::from_secs(3600),
         max_interval: Duration::from_secs(3600),
     };

@@ -405,14 +405,17 @@ impl<C: AsChannel> AsyncChannel<C> {
         } else {
             &mut self.tx.timer
         };
+        if timer.poll_yield(cx).is_pending() {
+            return Poll::Pending;
+        }
         let bell = match &mut self.bell {
-            Some(bell) if receive && timer.yielded_enough() => bell,
+            Some(bell) if receive => bell,
             _ => {
                 // Registers the heartbeat's waker, then the timer's.
                 if self.beat.poll(cx).is_ready() {
                     return Poll::Ready(self.check_peer());
                 }
-                return timer.poll_wait(cx).map(|()| Ok(Woke::Retry));
+                return timer.poll_sleep(cx).map(|()| Ok(Woke::Retry));
             }
         };
         // A storm of empty wakes: pause before listening again.

@@ -25,14 +25,21 @@ pub trait Readiness: Send + fmt::Debug {
     fn poll_rung(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-/// How the timer fallback polls: a few turns of the runtime first (cheap,
-/// and what keeps a stream fast), then sleeps from `min_interval` doubling
-/// to `max_interval` while nothing moves.
+/// How a wait goes: turns of the runtime first (the task wakes itself and
+/// yields, so other tasks run between its looks; this is what keeps a
+/// stream fast, since tokio's timer cannot sleep less than a millisecond),
+/// then the doorbell, or else sleeps from `min_interval` doubling to
+/// `max_interval` while nothing moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollOptions {
-    /// Times a waiting task yields to the runtime (waking itself) before
-    /// it sleeps on the timer.
-    pub yields: u32,
+    /// How long a waiting task keeps yielding to the runtime before it
+    /// sleeps (on the doorbell or the timer).
+    pub yield_for: Duration,
+    /// How far the yielding stretches on the timer path: when a wait's
+    /// first timer sleep found progress (it overslept a busy peer), the
+    /// next wait yields twice as long, up to this; waits that sleep
+    /// several times (an idle peer) shrink it back towards `yield_for`.
+    pub max_yield_for: Duration,
     /// First timer sleep (tokio's timer rounds up to a millisecond).
     pub min_interval: Duration,
     /// Longest timer sleep.
@@ -42,7 +49,8 @@ pub struct PollOptions {
 impl Default for PollOptions {
     fn default() -> Self {
         Self {
-            yields: 64,
+            yield_for: Duration::from_micros(200),
+            max_yield_for: Duration::from_millis(2),
             min_interval: Duration::from_millis(1),
             max_interval: Duration::from_millis(50),
         }
@@ -53,7 +61,14 @@ impl Default for PollOptions {
 #[derive(Debug)]
 pub(crate) struct PollTimer {
     options: PollOptions,
-    step: u32,
+    /// When the current wait began yielding (`None`: not waiting).
+    since: Option<std::time::Instant>,
+    /// The yields are used up for this wait.
+    yielded: bool,
+    /// How long this wait yields (learned, see `PollOptions`).
+    window: Duration,
+    /// Timer sleeps in this wait.
+    sleeps: u32,
     interval: Duration,
     /// Made on first use: a tokio timer needs the runtime.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -64,7 +79,10 @@ impl PollTimer {
     pub(crate) fn new(options: PollOptions) -> Self {
         Self {
             options,
-            step: 0,
+            since: None,
+            yielded: false,
+            window: options.yield_for,
+            sleeps: 0,
             interval: options.min_interval,
             sleep: None,
             armed: false,
@@ -72,25 +90,48 @@ impl PollTimer {
     }
 
     /// Whether the yields are used up (the next wait sleeps).
-    pub(crate) fn yielded_enough(&self) -> bool {
-        self.step >= self.options.yields
+    fn yielded_enough(&mut self) -> bool {
+        if !self.yielded {
+            let now = std::time::Instant::now();
+            let since = *self.since.get_or_insert(now);
+            self.yielded = now.duration_since(since) >= self.window;
+        }
+        self.yielded
     }
 
     /// Progress: the next wait starts with yields and the shortest sleep.
     pub(crate) fn reset(&mut self) {
-        self.step = 0;
+        let o = &self.options;
+        match self.sleeps {
+            0 | 2 => {}
+            1 => self.window = (self.window * 2).min(o.max_yield_for),
+            _ => self.window = (self.window / 2).max(o.yield_for),
+        }
+        self.sleeps = 0;
+        self.since = None;
+        self.yielded = false;
         self.interval = self.options.min_interval;
         self.armed = false;
     }
 
-    /// `Ready` when it is time to look again.
-    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// While the wait is young: wakes the task and returns `Pending` (a
+    /// turn of the runtime). `Ready` once the yields are used up.
+    pub(crate) fn poll_yield(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded_enough() {
+            return Poll::Ready(());
+        }
+        // Also offer the core to other threads: on a busy machine the peer
+        // may be waiting for this very core to make the progress we wait
+        // for (the blocking waiter yields the same way).
+        std::thread::yield_now();
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Sleeps on the timer (the interval doubles per sleep); `Ready` when
+    /// it is time to look again.
+    pub(crate) fn poll_sleep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.armed {
-            if self.step < self.options.yields {
-                self.step += 1;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
             let at = Instant::now() + self.interval;
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(at),
@@ -98,6 +139,7 @@ impl PollTimer {
             }
             self.interval = (self.interval * 2).min(self.options.max_interval);
             self.armed = true;
+            self.sleeps = self.sleeps.saturating_add(1);
         }
         let Some(sleep) = &mut self.sleep else {
             return Poll::Ready(());
