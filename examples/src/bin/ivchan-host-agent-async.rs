@@ -41,7 +41,7 @@ struct Args {
     /// Messages (1 B to 64 KiB, checked) each guest echoes.
     #[arg(long, default_value_t = 1_000)]
     echo: u64,
-    /// Serve each VM's ivshmem-doorbell device on DIR/<uuid>.sock.
+    /// Serve each VM's ivshmem-doorbell device on the socket DIR/UUID.sock.
     #[arg(long, value_name = "DIR")]
     doorbells: Option<PathBuf>,
     /// Seconds to wait for a VM's guest agent.
