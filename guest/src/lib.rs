@@ -29,6 +29,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod asynch;
 pub mod channel;
 pub mod discovery;
 mod error;
@@ -37,6 +39,8 @@ pub mod select;
 mod vfio;
 pub mod wake;
 
+#[cfg(feature = "tokio")]
+pub use asynch::AsyncGuestChannel;
 pub use channel::{GuestChannel, GuestChannelBuilder, DEFAULT_OPEN_TIMEOUT};
 pub use discovery::{discover, product_uuid, DeviceKind, IvshmemDevice};
 pub use error::GuestError;

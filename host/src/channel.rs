@@ -91,6 +91,9 @@ pub struct VmChannel {
     /// Dropped first: detaches before the doorbell server stops.
     channel: OwnedChannel<RegionFile>,
     doorbell: Option<DoorbellService>,
+    /// The channel's doorbell (also its notifier), for waiting on it
+    /// elsewhere (the async channel).
+    bell: Option<HostBell>,
 }
 
 impl Deref for VmChannel {
@@ -202,10 +205,9 @@ impl VmChannelBuilder {
         if let Some((wait, arrived)) = &self.incoming {
             wait_for_arrival(&file, *wait, arrived)?;
         }
-        Ok(VmChannel {
-            channel: attach_host(file, &self.name, self.options, bell)?,
-            doorbell: service,
-        })
+        let mut vm = attach_host(file, &self.name, self.options, bell)?;
+        vm.doorbell = service;
+        Ok(vm)
     }
 }
 
@@ -218,7 +220,7 @@ pub(crate) fn attach_host(
     name: &str,
     options: ChannelOptions,
     bell: Option<HostBell>,
-) -> Result<OwnedChannel<RegionFile>, HostError> {
+) -> Result<VmChannel, HostError> {
     let uuid = *file.uuid();
     // Checked before the channel takes the file: the region's header, its
     // version and its UUID.
@@ -228,14 +230,18 @@ pub(crate) fn attach_host(
         Channel::attach(header, Side::Host, options)
     })
     .map_err(|source| HostError::Channel { uuid, source })?;
-    if let Some(bell) = bell {
-        channel.set_notifier(Some(Box::new(bell)));
+    if let Some(bell) = &bell {
+        channel.set_notifier(Some(Box::new(bell.clone())));
         channel.publish_doorbell(Some(DoorbellAddress {
             peer: HOST_PEER_ID,
             vectors: 1,
         }));
     }
-    Ok(channel)
+    Ok(VmChannel {
+        channel,
+        doorbell: None,
+        bell,
+    })
 }
 
 impl VmChannel {
@@ -265,17 +271,13 @@ impl VmChannel {
         name: &str,
         options: ChannelOptions,
     ) -> Result<Self, HostError> {
-        Ok(Self {
-            channel: attach_host(file, name, options, None)?,
-            doorbell: None,
-        })
+        attach_host(file, name, options, None)
     }
 
-    pub(crate) fn served(channel: OwnedChannel<RegionFile>) -> Self {
-        Self {
-            channel,
-            doorbell: None,
-        }
+    /// The doorbell the channel rings and sleeps on, when it has one (a
+    /// clone shares it).
+    pub fn host_bell(&self) -> Option<&HostBell> {
+        self.bell.as_ref()
     }
 
     /// The VM's UUID.

@@ -25,6 +25,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod asynch;
 pub mod channel;
 pub mod doorbell;
 pub mod region_file;
@@ -46,6 +48,9 @@ pub use region_file::{
     TrustPolicy, UuidError, VmUuid,
 };
 pub use supervisor::{Supervisor, VmEvent};
+
+#[cfg(feature = "tokio")]
+pub use asynch::{AsyncSupervisor, AsyncVmChannel};
 
 /// The crate README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -45,7 +45,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -319,6 +319,17 @@ impl Supervisor {
         }
     }
 
+    /// Whether the next [`poll`](Self::poll) rescans the directory (the
+    /// first call, or after inotify's queue overflowed) rather than wait.
+    pub(crate) fn rescan_due(&self) -> bool {
+        !self.scanned
+    }
+
+    /// The region directory watched.
+    pub(crate) fn directory(&self) -> &std::path::Path {
+        self.regions.directory()
+    }
+
     fn uuid_of(&self, name: &OsStr) -> Option<VmUuid> {
         name.to_str()?
             .strip_prefix(self.regions.name_prefix())?
@@ -343,7 +354,7 @@ impl Supervisor {
                 let _ = d.service.remove(uuid);
             }
         }
-        Ok(VmChannel::served(channel?))
+        channel
     }
 
     fn try_open(&mut self, uuid: VmUuid, events: &mut Vec<VmEvent>) {
@@ -375,6 +386,15 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+impl AsFd for Supervisor {
+    /// The inotify fd: readable when the region directory changed, so a
+    /// supervisor can sit in the application's own event loop (call
+    /// [`Supervisor::poll`] with a zero timeout when it is readable).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
     }
 }
 

@@ -51,6 +51,8 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "tokio")]
+pub mod asynch;
 #[cfg(feature = "std")]
 pub mod channel;
 mod error;

@@ -289,6 +289,7 @@ const INSTALLED: &[&str] = &[
     "ivchan",
     "ivchan-guest",
     "ivchan-host-agent",
+    "ivchan-host-agent-async",
     "ivchan-guest-agent",
     "ivchan-demo",
     "ivchan-provision",
@@ -458,6 +459,10 @@ const PUBLISHED: &[&str] = &[
     "ivchan-c",
 ];
 
+/// The optional features CI builds, lints, documents and tests with (not
+/// `--all-features`: that would pull in the benches' iceoryx2 peer).
+const CI_FEATURES: &str = "ivchan-protocol/tokio,ivchan-host/tokio,ivchan-guest/tokio";
+
 /// Seconds each fuzz target runs in CI.
 const FUZZ_SECONDS: u64 = 30;
 
@@ -470,13 +475,15 @@ fn ci() {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        CI_FEATURES,
         "--",
         "-D",
         "warnings",
     ]));
     step("rustdoc");
     run(cargo()
-        .args(["doc", "--workspace", "--no-deps"])
+        .args(["doc", "--workspace", "--no-deps", "--features", CI_FEATURES])
         .env("RUSTDOCFLAGS", "-D warnings"));
     publish_check();
     cli_assets();
@@ -488,7 +495,7 @@ fn ci() {
     }
     step("tests (real components required)");
     run(cargo()
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--features", CI_FEATURES])
         .env("IVCHAN_REQUIRE_REAL", "1")
         .env("IVCHAN_LIBVIRT_KVM_ACCESS", "1"));
     loom();

@@ -48,6 +48,13 @@ impl HostBell {
     pub fn rings(&self) -> u64 {
         self.0.rings.load(Ordering::Relaxed)
     }
+
+    /// The host's eventfd of this VM, which the guest's ring makes
+    /// readable: to wait on it in an event loop of one's own (the async
+    /// channel registers it with tokio).
+    pub fn host_doorbell(&self) -> &Doorbell {
+        &self.0.host
+    }
 }
 
 impl BellState {
