@@ -3,7 +3,9 @@
 //! run over a heap region (threads) and a mapped `/dev/shm` file
 //! (processes).
 
-use ivchan_protocol::{Consumer, DirectMemory, Header, InitParams, Producer, Region};
+use ivchan_protocol::{
+    Consumer, DirectMemory, Header, InitParams, Producer, Region, VolatileSlice,
+};
 
 use crate::wait::{WaitStrategy, Waiter};
 use crate::{REGION_SIZE, RING_SIZE};
@@ -20,17 +22,91 @@ pub enum Api {
     ZeroCopy,
 }
 
+/// How often each side found the ring full or empty, and reloaded the
+/// other side's position, across every message sent and received in this
+/// process: the evidence for who waits (docs/bench/notes.md). Relaxed
+/// counters, bumped only on the slow paths; [`Counters::take`] reads and
+/// clears them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages sent.
+    pub sent: u64,
+    /// `reserve` calls that found the ring full.
+    pub full: u64,
+    /// Sends whose `reserve` had to reload `head` (cached free space short).
+    pub head_reloads: u64,
+    /// Messages received.
+    pub received: u64,
+    /// `peek` calls that found the ring empty.
+    pub empty: u64,
+    /// Receives whose `peek` had to reload `tail` (cached backlog used up).
+    pub tail_reloads: u64,
+}
+
+mod counters {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    /// One counter per 128-byte block, so the producer's and the
+    /// consumer's counters never share a cache line (or a prefetch pair).
+    #[repr(align(128))]
+    pub struct Padded(pub AtomicU64);
+
+    /// Off unless a caller asks ([`super::Counters::enable`]): counting
+    /// then costs one read of a shared, never-written flag per message.
+    pub static ENABLED: AtomicBool = AtomicBool::new(false);
+    pub static SENT: Padded = Padded(AtomicU64::new(0));
+    pub static FULL: Padded = Padded(AtomicU64::new(0));
+    pub static HEAD_RELOADS: Padded = Padded(AtomicU64::new(0));
+    pub static RECEIVED: Padded = Padded(AtomicU64::new(0));
+    pub static EMPTY: Padded = Padded(AtomicU64::new(0));
+    pub static TAIL_RELOADS: Padded = Padded(AtomicU64::new(0));
+}
+
+impl Counters {
+    /// Turns counting on for this process (off by default: the counts cost
+    /// atomic adds on the data path).
+    pub fn enable() {
+        counters::ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads and clears this process's counters.
+    pub fn take() -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            sent: counters::SENT.0.swap(0, Relaxed),
+            full: counters::FULL.0.swap(0, Relaxed),
+            head_reloads: counters::HEAD_RELOADS.0.swap(0, Relaxed),
+            received: counters::RECEIVED.0.swap(0, Relaxed),
+            empty: counters::EMPTY.0.swap(0, Relaxed),
+            tail_reloads: counters::TAIL_RELOADS.0.swap(0, Relaxed),
+        }
+    }
+}
+
+#[inline]
+fn bump(c: &std::sync::atomic::AtomicU64, n: u64) {
+    if n != 0 && counters::ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Sends one message, waiting while the ring is full. One commit (one
 /// Release store of `tail`) per message.
 #[inline]
 pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter: &mut Waiter) {
     waiter.reset();
+    // Whether `reserve` will reload `head`: the cached free space is short
+    // (an upper bound on the record with padding).
+    if tx.free_bytes() < 2 * (msg.len() + 16) {
+        bump(&counters::HEAD_RELOADS.0, 1);
+    }
+    let mut full = 0;
     loop {
         let sent = match api {
             Api::Copy => tx.send(msg).expect("bench ring stays healthy"),
             Api::ZeroCopy => match tx.reserve(msg.len()).expect("bench ring stays healthy") {
                 Some(mut grant) => {
-                    grant.copy_from_slice(msg);
+                    grant.write(0, msg).expect("length fits the grant");
                     grant.commit(msg.len()).expect("length fits the grant");
                     true
                 }
@@ -38,19 +114,23 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
             },
         };
         if sent {
+            bump(&counters::SENT.0, 1);
+            bump(&counters::FULL.0, full);
             return;
         }
+        full += 1;
         waiter.wait();
     }
 }
 
 /// Reads every cache line of a message in place, as a consumer that uses
-/// the bytes must: the lines have to cross from the producer's core.
+/// the bytes must: the lines have to cross from the producer's core. One
+/// byte per 64-byte line, through the volatile view.
 #[inline]
-pub fn touch(bytes: &[u8]) -> u8 {
+pub fn touch(bytes: VolatileSlice<'_>) -> u8 {
     let mut x = 0u8;
-    for line in bytes.chunks(64) {
-        x ^= line[0];
+    for at in (0..bytes.len()).step_by(64) {
+        x ^= bytes.read_u8(at).unwrap_or(0);
     }
     x
 }
@@ -66,22 +146,29 @@ pub fn recv<M: DirectMemory>(
     waiter: &mut Waiter,
 ) -> usize {
     waiter.reset();
+    let mut empty = 0;
     loop {
-        match api {
-            Api::Copy => {
-                if let Some(n) = rx.recv_into(buf).expect("bench ring stays healthy") {
-                    return n;
-                }
-            }
-            Api::ZeroCopy => {
-                if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
-                    std::hint::black_box(touch(&msg));
+        if rx.pending_bytes() == 0 {
+            bump(&counters::TAIL_RELOADS.0, 1);
+        }
+        let got = match api {
+            Api::Copy => rx.recv_into(buf).expect("bench ring stays healthy"),
+            Api::ZeroCopy => match rx.peek().expect("bench ring stays healthy") {
+                Some(msg) => {
+                    std::hint::black_box(touch(msg.volatile()));
                     let n = msg.len();
                     msg.release();
-                    return n;
+                    Some(n)
                 }
-            }
+                None => None,
+            },
+        };
+        if let Some(n) = got {
+            bump(&counters::RECEIVED.0, 1);
+            bump(&counters::EMPTY.0, empty);
+            return n;
         }
+        empty += 1;
         waiter.wait();
     }
 }
@@ -113,7 +200,7 @@ pub fn echo<M: DirectMemory>(
             waiter.reset();
             loop {
                 if let Some(mut grant) = tx.reserve(msg.len()).expect("bench ring stays healthy") {
-                    grant.copy_from_slice(&msg);
+                    grant.volatile_mut().copy_from_volatile(&msg.volatile());
                     grant.commit(msg.len()).expect("length fits the grant");
                     break;
                 }

@@ -29,6 +29,7 @@ pub struct RegionDirArgs {
 /// files all pass.
 #[derive(Args, Debug, Clone)]
 pub struct RegionArgs {
+    /// Where region files are.
     #[command(flatten)]
     pub place: RegionDirArgs,
     /// Size of a new region: a power of two from 1M to 16G (K, M, G
@@ -38,7 +39,7 @@ pub struct RegionArgs {
     /// Permission bits of a new region file (octal).
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     pub mode: u32,
-    /// Owner of a new region file, USER[:GROUP] (names or numbers; needs
+    /// Owner of a new region file, USER or USER:GROUP (names or numbers; needs
     /// root), e.g. libvirt-qemu.
     #[arg(long, value_name = "USER[:GROUP]", value_parser = parse_owner_arg)]
     pub owner: Option<(Option<u32>, Option<u32>)>,

@@ -1,9 +1,15 @@
 //! What the operator tools and agents share: the region-file options
-//! ([`args`]) and writing reports to stdout.
+//! ([`args`]), the `--json` reports ([`json`]), shell completions and man
+//! pages ([`generate`]), `-v`/`-q` ([`logging`]) and writing reports to
+//! stdout.
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod generate;
+pub mod json;
+pub mod logging;
 
 use std::fmt;
 use std::io::Write as _;

@@ -3,13 +3,18 @@
 use std::process::Command;
 
 use ivchan_host::{RegionOptions, VmUuid};
+
+mod support;
 use ivchan_protocol::Side;
+use support::golden;
 
 const VM: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 
 fn ivchan(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ivchan"))
         .args(args)
+        // Log output is what -v/-q choose, not the caller's environment.
+        .env_remove("RUST_LOG")
         .output()
         .expect("run ivchan");
     (
@@ -296,4 +301,146 @@ fn stale_sides_are_shown_and_reset_recovers_the_region_in_place() {
     assert!(!ok);
     assert!(err.contains("in use by another host agent"), "{err}");
     drop(held);
+}
+
+#[test]
+fn json_output_has_stable_fields() {
+    let dir = shm_dir("json");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let vm: VmUuid = VM.parse().expect("uuid");
+    let file = RegionOptions::new()
+        .dir(dir.path())
+        .size(1 << 20)
+        .create(&vm)
+        .expect("create");
+    let header = file.attach_or_init("telemetry").expect("init");
+    // A host agent that sent 100 bytes, has a doorbell and then died
+    // (ready, heartbeat still: stale); no guest yet.
+    header.begin_session(Side::Host);
+    header.heartbeat(Side::Host);
+    header.set_doorbell(
+        Side::Host,
+        Some(ivchan_protocol::DoorbellAddress {
+            peer: 0,
+            vectors: 1,
+        }),
+    );
+    let (mut tx, _rx) = header.split(Side::Host).expect("split");
+    assert!(tx.send(&[7u8; 100]).expect("send"));
+    drop(file);
+    // A file too short to be a region.
+    std::fs::write(
+        dir.path().join("fg_00000000-0000-4000-8000-000000000001"),
+        b"x",
+    )
+    .expect("write");
+
+    let (ok, out, err) = ivchan(&["inspect", "--json", "--dir", d, VM]);
+    assert!(ok, "{err}");
+    golden("inspect.json", &out.replace(d, "DIR"));
+    let (ok, out, err) = ivchan(&["list", "--json", "--dir", d]);
+    assert!(!ok, "one region cannot be read");
+    assert_eq!(err, "ivchan: 1 of 2 region files could not be read\n");
+    golden("list.json", &out.replace(d, "DIR"));
+    // Valid JSON, whatever the formatting.
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(parsed["regions"][1]["liveness"]["host"], "stale");
+}
+
+#[test]
+fn version_names_the_tool() {
+    let (ok, out, err) = ivchan(&["--version"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("ivchan {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_clap_definitions() {
+    // bash: a script bash accepts, completing every subcommand and option.
+    let (ok, script, err) = ivchan(&["completions", "bash"]);
+    assert!(ok, "{err}");
+    for word in [
+        "list",
+        "inspect",
+        "init",
+        "reset",
+        "--json",
+        "--allow-owner",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ivchan.bash");
+    std::fs::write(&path, &script).expect("write");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let (ok, script, err) = ivchan(&["completions", shell]);
+        assert!(ok && script.contains("inspect"), "{shell}: {err}");
+    }
+    let (ok, _, err) = ivchan(&["completions", "tcsh"]);
+    assert!(!ok && err.contains("invalid value 'tcsh'"), "{err}");
+
+    // man: one page per command, roff that names the options.
+    let (ok, page, err) = ivchan(&["man"]);
+    assert!(ok, "{err}");
+    assert!(page.starts_with(".ie \\n(.g .ds Aq"), "{page}");
+    assert!(page.contains(".TH ivchan 1"), "{page}");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (ok, _, err) = ivchan(&["man", "--dir", d]);
+    assert!(ok, "{err}");
+    let inspect = std::fs::read_to_string(dir.path().join("ivchan-inspect.1")).expect("page");
+    assert!(inspect.contains("\\-\\-json"), "{inspect}");
+    for page in [
+        "ivchan.1",
+        "ivchan-list.1",
+        "ivchan-init.1",
+        "ivchan-reset.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "{page} missing");
+    }
+}
+
+#[test]
+fn verbose_logs_what_is_done_and_quiet_prints_nothing() {
+    let dir = shm_dir("verbosity");
+    let d = dir.path().to_str().expect("utf-8 path");
+    // Default: the confirmation line, no log records.
+    let (ok, out, err) = ivchan(&["init", VM, "--dir", d, "--size", "1M"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"ivchan\" vm 5b7e6a0c"), "{out}");
+    assert_eq!(err, "");
+    // -v: the library's records of what it did (a reset writes a header).
+    let (ok, _, err) = ivchan(&["-v", "reset", VM, "--dir", d]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(" INFO  ivchan_host::region_file::file] ")
+            && err.contains("wrote a fresh header (channel \"ivchan\")"),
+        "{err}"
+    );
+    assert!(!err.contains("DEBUG"), "{err}");
+    // -vv: decisions too (the file opened and locked).
+    let (ok, _, err) = ivchan(&["reset", VM, "--dir", d, "-vv"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("DEBUG") && err.contains("opened and locked"),
+        "{err}"
+    );
+    // -q: nothing on stdout, nothing on stderr, the work done.
+    let other = "00000000-0000-4000-8000-000000000002";
+    let (ok, out, err) = ivchan(&["-q", "init", other, "--dir", d, "--size", "1M"]);
+    assert!(ok, "{err}");
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    assert!(dir.path().join(format!("fg_{other}")).exists());
+    // Errors still show under -q.
+    let (ok, _, err) = ivchan(&["-q", "init", VM, "--dir", d, "--mode", "9"]);
+    assert!(!ok && err.contains("octal mode"), "{err}");
 }

@@ -8,6 +8,9 @@ use ivchan_guest::{select, MapOptions, Selector, VmUuid};
 use ivchan_protocol::{Header, InitParams};
 use ivchan_testkit::sysfs::{Dev, FakeSysfs};
 
+mod support;
+use support::golden;
+
 const VM_A: &str = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 const VM_B: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
@@ -33,6 +36,8 @@ fn ivchan_guest(root: &Path, args: &[&str]) -> (bool, String, String) {
         .arg("--sysfs")
         .arg(root)
         .args(args)
+        // Log output is what -v/-q choose, not the caller's environment.
+        .env_remove("RUST_LOG")
         .output()
         .expect("run ivchan-guest");
     (
@@ -100,4 +105,68 @@ fn cli_lists_and_inspects() {
     let (ok, _, err) = ivchan_guest(sys.root(), &["inspect", "--address", "0000:00:02.0"]);
     assert!(!ok);
     assert!(err.contains("no ivshmem device at 0000:00:02.0"), "{err}");
+}
+
+#[test]
+fn json_output_has_stable_fields() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    sys.add(&Dev {
+        enabled: false,
+        ..Dev::ivshmem("0000:00:10.0")
+    });
+    write_header(&sys, "0000:00:1e.0", VM_B, "theirs");
+    write_header(&sys, "0000:00:1f.0", VM_A, "ours");
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["list", "--json"]);
+    assert!(ok, "{err}");
+    golden("guest-list.json", &out);
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(parsed["devices"][2]["identity"], "this-vm");
+
+    let (ok, out, err) = ivchan_guest(sys.root(), &["inspect", "--json"]);
+    assert!(ok, "{err}");
+    golden("guest-inspect.json", &out);
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let sys = FakeSysfs::new();
+    let (ok, script, err) = ivchan_guest(sys.root(), &["completions", "bash"]);
+    assert!(ok, "{err}");
+    assert!(script.contains("inspect") && script.contains("--address"));
+    let (ok, out, err) = ivchan_guest(sys.root(), &["--version"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("ivchan-guest {}\n", env!("CARGO_PKG_VERSION")));
+    let (ok, page, err) = ivchan_guest(sys.root(), &["man"]);
+    assert!(ok, "{err}");
+    assert!(page.contains(".TH ivchan-guest 1"), "{page}");
+}
+
+#[test]
+fn very_verbose_says_why_each_device_was_passed_over() {
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1e.0"));
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    write_header(&sys, "0000:00:1e.0", VM_B, "theirs");
+    write_header(&sys, "0000:00:1f.0", VM_A, "ours");
+    let (ok, _, err) = ivchan_guest(sys.root(), &["-vv", "inspect"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "0000:00:1e.0: channel \"theirs\" of VM {VM_B}: passed over (looking for"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "0000:00:1f.0: channel \"ours\" of VM {VM_A}: matches"
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = ivchan_guest(sys.root(), &["inspect"]);
+    assert!(ok && err.is_empty(), "{err}");
 }

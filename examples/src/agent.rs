@@ -16,7 +16,9 @@
 //! host opens every conversation with `hello NONCE`, repeated every half
 //! second, and discards everything it receives until `ok hello NONCE`; the
 //! guest drops whatever command it was carrying out when the host restarts
-//! (its blocking calls end with `PeerRestarted`) and answers the hello. When
+//! (its blocking calls end with `PeerRestarted`) and answers the hello. The
+//! guest carries out commands only from the host session it said hello to,
+//! so a new guest agent ignores what was sent to its predecessor. When
 //! the guest restarts, closes or falls silent in the middle of a step, the
 //! host waits for a live guest, says hello again and runs the step again
 //! ([`step`]). Nothing is recreated: the region and its rings carry on.
@@ -78,7 +80,8 @@ pub fn exchange(
         } else if sent < n {
             let len = traffic::len(sent);
             if let Some(mut g) = ch.try_reserve(len).map_err(chan)? {
-                traffic::build(sent, &mut g);
+                g.write(0, &traffic::message(sent))
+                    .map_err(|e| e.to_string())?;
                 g.commit(len).map_err(|e| e.to_string())?;
                 sent += 1;
                 progress = true;
@@ -86,10 +89,12 @@ pub fn exchange(
         }
         if got < n && !holding {
             if let Some(msg) = ch.try_peek().map_err(chan)? {
-                traffic::check(got, &msg)?;
+                // Snapshot, then check the copy: the region is peer-writable.
+                let copy = msg.to_vec();
+                traffic::check(got, &copy)?;
                 if echo {
                     held.clear();
-                    held.extend_from_slice(&msg);
+                    held.extend_from_slice(&copy);
                     holding = true;
                 }
                 msg.release();
@@ -295,10 +300,12 @@ pub fn send_file(
     }
     let line = format!("file {name} {size} {:016x}", sum.finish());
     ch.send(line.as_bytes(), Some(timeout)).map_err(chan)?;
-    let mut file = fs::File::open(path).map_err(io)?;
+    let file = fs::File::open(path).map_err(io)?;
+    let progress = crate::transfer_progress(size, &format!("sending {name}"));
     let mut w = ch.writer(Some(timeout));
-    std::io::copy(&mut file, &mut w).map_err(io)?;
+    std::io::copy(&mut progress.wrap_read(file), &mut w).map_err(io)?;
     w.finish().map_err(|e| e.to_string())?;
+    progress.finish_and_clear();
     reply(ch, timeout)?;
     Ok(size)
 }
@@ -341,6 +348,10 @@ pub fn serve(
     let mut stream_next: Option<u64> = None;
     // The last hello answered: a repeated one is not answered twice.
     let mut last_hello = String::new();
+    // The host session (its epoch) this guest said hello to. Commands from
+    // any other session are void: they were meant for an earlier guest
+    // agent, or come from a host agent that has since restarted.
+    let mut session: Option<u64> = None;
     loop {
         // Look at the next message; consume it only once it is handled, so
         // a guest that dies meanwhile gets it again (at-least-once).
@@ -383,6 +394,14 @@ pub fn serve(
         release_next(ch)?;
         let line = String::from_utf8_lossy(&buf[..n]).into_owned();
         let words: Vec<&str> = line.split_whitespace().collect();
+        // The host's current session, as of this message (read after it,
+        // so a host that restarted and then wrote it shows its new epoch).
+        while ch.poll_peer().map_err(chan)?.is_some() {}
+        let host = ch.peer_status().map(|s| s.epoch);
+        if !matches!(words.as_slice(), ["hello", _]) && (session.is_none() || session != host) {
+            session = None;
+            continue;
+        }
         let answer = match words.as_slice() {
             ["exchange", count] | ["echo", count] => match count.parse::<u64>() {
                 Ok(count) => exchange(ch, count, words[0] == "echo", stall)
@@ -399,10 +418,10 @@ pub fn serve(
                     continue;
                 }
                 last_hello = (*nonce).to_owned();
-                // The host attached (a new epoch) before it said hello:
-                // take that change in now, so it does not end the first
-                // command of the new session as a "restart".
-                while ch.poll_peer().map_err(chan)?.is_some() {}
+                // The host's change of epoch before its hello was taken in
+                // above, so it does not end the first command of the new
+                // session as a "restart".
+                session = host;
                 Ok(format!("ok hello {nonce}"))
             }
             ["quit"] => {
@@ -547,9 +566,11 @@ pub fn stream_host(
             let seq = state.sent;
             let len = 12 + traffic::len(seq);
             if let Some(mut g) = ch.try_reserve(len).map_err(chan)? {
-                g[..4].copy_from_slice(STREAM_TAG);
-                g[4..12].copy_from_slice(&seq.to_le_bytes());
-                traffic::build(seq, &mut g[12..]);
+                let mut msg = vec![0u8; len];
+                msg[..4].copy_from_slice(STREAM_TAG);
+                msg[4..12].copy_from_slice(&seq.to_le_bytes());
+                traffic::build(seq, &mut msg[12..]);
+                g.write(0, &msg).map_err(|e| e.to_string())?;
                 g.commit(len).map_err(|e| e.to_string())?;
                 state.sent += 1;
                 stats.sent += 1;

@@ -5,6 +5,8 @@
 //! (runs in the guest, or against a region file to simulate one) and
 //! `ivchan-demo` (both as two processes over one `/dev/shm` region).
 
+#![warn(missing_docs)]
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -27,6 +29,23 @@ pub use ivchan_testkit::checksum::{checksum, Checksum};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
+
+/// A progress bar for moving `len` bytes, labelled `what`, on stderr. It is
+/// drawn only when stderr is a terminal: piped, redirected or under systemd
+/// it stays hidden and costs nothing.
+pub fn transfer_progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
 
 /// Exit status of an agent stopped by a signal (128 + SIGINT, as shells
 /// report it).

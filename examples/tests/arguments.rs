@@ -4,7 +4,12 @@
 use std::process::Command;
 
 fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin).args(args).output().expect("run");
+    let out = Command::new(bin)
+        .args(args)
+        // Log output is what -v/-q choose, not the caller's environment.
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -118,4 +123,71 @@ fn a_guest_agent_says_what_it_waits_for() {
         first,
         "ivchan-guest-agent: waiting up to 0ns for the ivshmem device at 0000:00:1f.0"
     );
+}
+
+#[test]
+fn agents_generate_their_man_pages_and_completions() {
+    for (bin, name) in [(HOST, "ivchan-host-agent"), (GUEST, "ivchan-guest-agent")] {
+        // Alone: no --uuid or device needed.
+        let (code, page, err) = run(bin, &["--man"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(page.contains(&format!(".TH {name} 1")), "{page}");
+        assert!(page.contains("\\-\\-version"), "{page}");
+        // The generation flags themselves stay out of the page.
+        assert!(!page.contains("completions"), "{page}");
+        let (code, script, err) = run(bin, &["--completions", "bash"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            script.contains("complete -F") && script.contains(name) && script.contains("--wait"),
+            "{script}"
+        );
+        // Only alone.
+        let (code, _, err) = run(bin, &["--man", "--wait", "5"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+}
+
+#[test]
+fn guest_agent_verbose_says_why_it_passed_a_device_over() {
+    use ivchan_guest::{select, MapOptions, Selector, VmUuid};
+    use ivchan_protocol::{Header, InitParams};
+    use ivchan_testkit::sysfs::{Dev, FakeSysfs};
+
+    let ours = "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
+    let theirs: VmUuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+        .parse()
+        .expect("uuid");
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(ours);
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    // Only another VM's region: no match, nothing to wait for.
+    let bar = select(
+        sys.root(),
+        &Selector::Address("0000:00:1f.0".into()),
+        &MapOptions::default(),
+    )
+    .expect("map");
+    let params = InitParams {
+        uuid: *theirs.as_bytes(),
+        name: "theirs",
+        ring_size: None,
+    };
+    Header::create(bar.region(), &params).expect("header");
+    drop(bar);
+
+    let root = sys.root().to_str().expect("utf-8 path");
+    let (code, _, err) = run(GUEST, &["--sysfs", root, "--wait", "1", "-vv"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "DEBUG ivchan_guest::select] 0000:00:1f.0: channel \"theirs\" of VM \
+             0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0: passed over"
+        ),
+        "{err}"
+    );
+    // Without -v, the same failure and no log records.
+    let (code, _, err) = run(GUEST, &["--sysfs", root, "--wait", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("DEBUG"), "{err}");
 }

@@ -15,28 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ivchan_host::{RegionOptions, VmUuid};
+use ivchan_testkit::process::Rng;
 
 const VM: &str = "00000000-0000-4000-8000-00000000dead";
 /// Points per agent and signal.
 const POINTS: usize = 20;
 /// The modes, each with the host agent's arguments for one long run.
 const MODES: &[&str] = &["exchange", "echo", "file", "stream"];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -149,20 +134,6 @@ fn finish(child: &mut Child, within: Duration, what: &str) -> std::process::Exit
     }
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("IVCHAN_RESTART_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
-    eprintln!("IVCHAN_RESTART_SEED={seed}");
-    seed
-}
-
 /// The stream's host agent finished, or was stopped: its state file says
 /// how far it got.
 fn stream_done(setup: &Setup, log: &str) -> bool {
@@ -174,7 +145,7 @@ fn stream_done(setup: &Setup, log: &str) -> bool {
 #[test]
 fn host_agent_interrupted_or_killed_anywhere_is_replaced_by_the_next() {
     let setup = Setup::new();
-    let mut rng = Rng(seed());
+    let mut rng = Rng::new(Rng::seed_from_env("IVCHAN_RESTART_SEED"));
     let mut guest = setup.guest("guest.err");
     let mut stopped = [0usize; 2];
     for point in 0..2 * POINTS {
@@ -247,7 +218,7 @@ fn host_agent_interrupted_or_killed_anywhere_is_replaced_by_the_next() {
 #[test]
 fn guest_agent_interrupted_or_killed_anywhere_is_replaced_by_the_next() {
     let setup = Setup::new();
-    let mut rng = Rng(seed() ^ 0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(Rng::seed_from_env("IVCHAN_RESTART_SEED") ^ 0x9e37_79b9_7f4a_7c15);
     let mut stopped = [0usize; 2];
     for point in 0..2 * POINTS {
         let mode = MODES[point % MODES.len()];

@@ -203,3 +203,171 @@ pub fn qmp_reply(data: &[u8]) {
     };
     let _ = ivchan_provision::qmp::hot_add(&mut monitor, &Spec::default(), &uuid);
 }
+
+/// One doorbell server for the whole fuzzing process (a server per input
+/// would measure socket setup, not the server), serving one VM.
+struct Bell {
+    server: ivchan_host::doorbell::DoorbellServer<u32>,
+    path: std::path::PathBuf,
+    _dir: std::path::PathBuf,
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// The doorbell server's client stream: `data` is a script of clients
+/// connecting, writing bytes, reading some of what they are owed, half- or
+/// fully closing, in any order. After the script and the closing of every
+/// client, the server must have dropped them all, hold no more descriptors
+/// than before, and still hand a new client its whole handshake (version,
+/// id, shared memory, peer eventfds).
+pub fn doorbell_clients(data: &[u8]) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static BELL: Mutex<Option<Bell>> = Mutex::new(None);
+    let mut guard = BELL.lock().unwrap_or_else(|e| e.into_inner());
+    let bell = guard.get_or_insert_with(|| {
+        let dir = std::env::temp_dir().join(format!("ivchan-fuzz-bell-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("socket dir");
+        let path = dir.join("vm.sock");
+        let shm = tempfile_fd(&dir);
+        let mut server = ivchan_host::doorbell::DoorbellServer::new().expect("server");
+        server
+            .add_vm(0, &shm, ivchan_host::doorbell::VmOptions::new(&path))
+            .expect("add vm");
+        Bell {
+            server,
+            path,
+            _dir: dir,
+        }
+    });
+    let pump = |bell: &mut Bell| {
+        for _ in 0..8 {
+            match bell.server.process(Some(Duration::ZERO)) {
+                Ok(events) if events.is_empty() => break,
+                Ok(_) => {}
+                Err(e) => panic!("the server failed: {e}"),
+            }
+        }
+    };
+    pump(bell);
+    let baseline = open_fds();
+    let mut clients: Vec<UnixStream> = Vec::new();
+    for op in data.chunks(2) {
+        let (kind, arg) = (op[0], op.get(1).copied().unwrap_or(0));
+        let pick = |n: usize| usize::from(arg) % n.max(1);
+        match kind % 6 {
+            0 if clients.len() < 16 => {
+                if let Ok(c) = UnixStream::connect(&bell.path) {
+                    let _ = c.set_nonblocking(true);
+                    clients.push(c);
+                }
+            }
+            1 if !clients.is_empty() => {
+                let i = pick(clients.len());
+                let _ = clients[i].write(&[arg; 8][..usize::from(arg % 9)]);
+            }
+            2 if !clients.is_empty() => {
+                let i = pick(clients.len());
+                let mut buf = [0u8; 64];
+                let _ = clients[i].read(&mut buf[..usize::from(arg % 65)]);
+            }
+            3 if !clients.is_empty() => {
+                let i = pick(clients.len());
+                let _ = clients[i].shutdown(std::net::Shutdown::Write);
+            }
+            4 if !clients.is_empty() => {
+                clients.swap_remove(pick(clients.len()));
+            }
+            _ => {}
+        }
+        pump(bell);
+    }
+    drop(clients);
+    pump(bell);
+    let peers = bell.server.peers(&0).expect("the VM");
+    assert!(peers.is_empty(), "clients gone, peers kept: {peers:?}");
+    let now = open_fds();
+    assert!(now <= baseline, "descriptors grew from {baseline} to {now}");
+    // A well-behaved client still gets its whole handshake.
+    let probe = UnixStream::connect(&bell.path).expect("connect");
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = 0;
+    let mut fds = 0;
+    // version, id, shm (-1 with an fd), then the host peer's eventfd and
+    // our own: 5 messages with one vector.
+    let mut tries = 0;
+    while got < 5 {
+        pump(bell);
+        match recv_one(&probe) {
+            Ok(Some(has_fd)) => {
+                got += 1;
+                fds += usize::from(has_fd);
+            }
+            Ok(None) if tries < 2000 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(None) => panic!("the handshake stopped after {got} messages"),
+            Err(e) => panic!("the handshake broke after {got} messages: {e}"),
+        }
+    }
+    assert_eq!(fds, 3, "shared memory and two eventfds");
+    drop(probe);
+    pump(bell);
+}
+
+/// A small file to hand out as the shared memory.
+fn tempfile_fd(dir: &std::path::Path) -> std::fs::File {
+    let path = dir.join("shm");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("shm file");
+    file.set_len(1 << 20).expect("size");
+    file
+}
+
+/// One 8-byte message from the server if one is waiting: whether it
+/// carried a descriptor.
+fn recv_one(sock: &std::os::unix::net::UnixStream) -> Result<Option<bool>, String> {
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let mut buf = [0u8; 8];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    match nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(msg) if msg.bytes == 8 => {
+            let mut has_fd = false;
+            for c in msg.cmsgs().map_err(|e| e.to_string())? {
+                if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        // SAFETY: the kernel just gave us this descriptor,
+                        // and nothing else owns it.
+                        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                        has_fd = true;
+                    }
+                }
+            }
+            Ok(Some(has_fd))
+        }
+        Ok(msg) => Err(format!("a {}-byte message", msg.bytes)),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}

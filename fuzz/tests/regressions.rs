@@ -37,3 +37,8 @@ fn domain_xml_inputs() {
 fn qmp_reply_inputs() {
     assert!(replay("qmp_reply", ivchan_fuzz::qmp_reply) > 0);
 }
+
+#[test]
+fn doorbell_clients_inputs() {
+    assert!(replay("doorbell_clients", ivchan_fuzz::doorbell_clients) > 0);
+}

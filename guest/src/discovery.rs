@@ -25,6 +25,10 @@ use crate::{GuestError, VmUuid};
 pub const IVSHMEM_VENDOR: u16 = 0x1af4;
 /// PCI device id of ivshmem (all variants).
 pub const IVSHMEM_DEVICE: u16 = 0x1110;
+/// The PCI ID repository's name for [`IVSHMEM_VENDOR`].
+pub const IVSHMEM_VENDOR_NAME: &str = "Red Hat, Inc.";
+/// The PCI ID repository's name for [`IVSHMEM_DEVICE`] of that vendor.
+pub const IVSHMEM_DEVICE_NAME: &str = "QEMU Inter-VM shared memory device";
 /// The default sysfs mount point.
 pub const DEFAULT_SYSFS: &str = "/sys";
 
@@ -76,16 +80,15 @@ pub struct IvshmemDevice {
 }
 
 impl IvshmemDevice {
-    /// Vendor name from the PCI ID repository.
+    /// Vendor name, as the PCI ID repository has it ([`IVSHMEM_VENDOR_NAME`]:
+    /// discovery only returns ivshmem devices, so it is always that one).
     pub fn vendor_name(&self) -> &'static str {
-        pci_ids::Device::from_vid_pid(IVSHMEM_VENDOR, IVSHMEM_DEVICE)
-            .map_or("unknown vendor", |d| d.vendor().name())
+        IVSHMEM_VENDOR_NAME
     }
 
-    /// Device name from the PCI ID repository.
+    /// Device name, as the PCI ID repository has it ([`IVSHMEM_DEVICE_NAME`]).
     pub fn device_name(&self) -> &'static str {
-        pci_ids::Device::from_vid_pid(IVSHMEM_VENDOR, IVSHMEM_DEVICE)
-            .map_or("unknown device", |d| d.name())
+        IVSHMEM_DEVICE_NAME
     }
 
     /// Path of the BAR2 resource file (`resource2`, or `resource2_wc`).
@@ -110,6 +113,7 @@ impl IvshmemDevice {
         }
         let path = self.sysfs_dir.join("enable");
         fs::write(&path, b"1").map_err(|e| GuestError::from_io(&path, "enable the device", e))?;
+        log::info!("{}: enabled the device", self.address);
         self.enabled = true;
         self.memory_decoding = read_memory_decoding(&self.sysfs_dir);
         Ok(())
@@ -235,6 +239,21 @@ pub fn discover(sysfs_root: &Path) -> Result<Vec<IvshmemDevice>, GuestError> {
         }
     }
     found.sort_by(|a, b| a.address.cmp(&b.address));
+    log::debug!(
+        "{} ivshmem device(s) under {}: {}",
+        found.len(),
+        devices_dir.display(),
+        found
+            .iter()
+            .map(|d| format!(
+                "{} ({}, BAR2 {} bytes)",
+                d.address,
+                d.kind.as_str(),
+                d.bar2_size
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(found)
 }
 

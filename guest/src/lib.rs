@@ -27,6 +27,8 @@
 //! driver (`guest-driver/` in the repository); otherwise it polls
 //! ([`wake`]).
 
+#![warn(missing_docs)]
+
 pub mod channel;
 pub mod discovery;
 mod error;
@@ -45,3 +47,8 @@ pub use ivchan_protocol::{UuidError, VmUuid};
 pub use mapping::{MapOptions, MappedBar, Registers};
 pub use select::{parse_pci_address, select, select_waiting, Selector};
 pub use wake::{WakePreference, WakeSource, WakeStats};
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

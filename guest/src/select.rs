@@ -116,6 +116,7 @@ pub fn select(
             Ok(bar) => bar,
             // An unrelated, unusable device does not stop the search.
             Err(e @ GuestError::BarTooSmall { .. }) => {
+                log::debug!("{address}: passed over: {e}");
                 reasons.push(e.to_string());
                 continue;
             }
@@ -127,11 +128,13 @@ pub fn select(
                 source: ivchan_protocol::LayoutError::NotInitialized,
                 ..
             }) => {
+                log::debug!("{address}: no header yet");
                 reasons.push(format!("{address}: no header yet"));
                 waiting.push(address);
                 continue;
             }
             Err(e) => {
+                log::debug!("{address}: passed over: {e}");
                 reasons.push(e.to_string());
                 continue;
             }
@@ -143,13 +146,16 @@ pub fn select(
             (_, Some(vm)) => found == *vm,
             _ => false,
         };
+        let what = format!(
+            "{address}: channel {:?} of VM {found}",
+            layout.name_str().unwrap_or("(not UTF-8)")
+        );
         if is_match {
+            log::debug!("{what}: matches {wanted}");
             matches.push(bar);
         } else {
-            reasons.push(format!(
-                "{address}: channel {:?} of VM {found}",
-                layout.name_str().unwrap_or("(not UTF-8)")
-            ));
+            log::debug!("{what}: passed over (looking for {wanted})");
+            reasons.push(what);
         }
     }
     match matches.len() {

@@ -23,6 +23,8 @@
 //! server for QEMU's `ivshmem-doorbell` device and eventfd
 //! waiting over many VMs.
 
+#![warn(missing_docs)]
+
 pub mod channel;
 pub mod doorbell;
 pub mod region_file;
@@ -42,3 +44,8 @@ pub use region_file::{
     TrustPolicy, UuidError, VmUuid,
 };
 pub use supervisor::{Supervisor, VmEvent};
+
+/// The crate README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -6,7 +6,6 @@
 //! or a receiver that keeps burning CPU once the scribbling stops. Run
 //! against the host side and, mirrored, against the guest side.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -17,52 +16,15 @@ use ivchan_protocol::{
     Channel, ChannelError, ChannelOptions, Header, Ordering, OwnedChannel, Side, WaitStrategy,
 };
 use ivchan_testkit::child::ChildTest;
+use ivchan_testkit::process::{cpu_time, peak_rss_kib, Rng};
 
 const VM: &str = "5b7e6a0c-1d2e-4f3a-9b8c-0000000bad00";
 const SCRIBBLE: Duration = Duration::from_secs(3);
 /// After the scribbler stops: the receiver keeps calling in, and must sleep.
 const QUIET: Duration = Duration::from_secs(1);
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 fn env(key: &str) -> Option<String> {
     std::env::var(key).ok()
-}
-
-/// CPU time (user + system) of this process, from /proc/self/stat.
-fn cpu_time() -> Duration {
-    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-/// Peak resident memory of a process in KiB (VmHWM), if it is still there.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]
@@ -133,7 +95,7 @@ fn crafted(rng: &mut Rng, old: u64) -> u64 {
         // A record header: tag and length.
         8 => (rng.below(4) << 32) | rng.below(1 << 24),
         9 => old.wrapping_add(1),
-        _ => rng.next(),
+        _ => rng.next_u64(),
     }
 }
 
@@ -144,7 +106,7 @@ fn scribble(region: &Path, side: Side, seed: u64) {
     let r = map.region();
     let header = Header::open(r).expect("header");
     let len = r.len();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut me = Channel::attach(header, side, ChannelOptions::default()).ok();
     let start = Instant::now();
     let mut writes = 0u64;
@@ -159,7 +121,7 @@ fn scribble(region: &Path, side: Side, seed: u64) {
             } else if choice == 5 {
                 // The magic, briefly: a reset or a stray write.
                 let magic = r.load(offsets::MAGIC, Ordering::Relaxed);
-                r.store(offsets::MAGIC, rng.next(), Ordering::Release);
+                r.store(offsets::MAGIC, rng.next_u64(), Ordering::Release);
                 r.store(offsets::MAGIC, magic, Ordering::Release);
             } else if choice == 6 {
                 // Start over as a new session on a mangled header.
@@ -223,7 +185,7 @@ fn receive(region: &Path, side: Side) {
     let mut channel = None;
     while start.elapsed() < SCRIBBLE + QUIET {
         if quiet_cpu.is_none() && start.elapsed() > SCRIBBLE + Duration::from_millis(100) {
-            quiet_cpu = Some((Instant::now(), cpu_time()));
+            quiet_cpu = Some((Instant::now(), cpu_time("self")));
         }
         let ch = match channel.as_mut() {
             Some(ch) => ch,
@@ -268,7 +230,8 @@ fn receive(region: &Path, side: Side) {
         }
     }
     let (since, cpu) = quiet_cpu.expect("quiet phase");
-    let quiet_cpu = cpu_time().saturating_sub(cpu).as_secs_f64() / since.elapsed().as_secs_f64();
+    let quiet_cpu =
+        cpu_time("self").saturating_sub(cpu).as_secs_f64() / since.elapsed().as_secs_f64();
     println!(
         "receiver: {calls} calls, {errors} errors, {attaches} attaches, {refused} refused attaches, quiet cpu {:.0}%",
         quiet_cpu * 100.0
@@ -296,10 +259,7 @@ fn attack(victim: &str) {
     file.attach_or_init("hostile").expect("header");
     let region = file.path().to_path_buf();
     drop(file);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    eprintln!("{victim}: HOSTILE_SEED={seed}");
+    let seed = Rng::seed_from_env("HOSTILE_SEED");
     let child = |role: &str| {
         ChildTest::new("child_entry")
             .env("HOSTILE_ROLE", role)

@@ -29,8 +29,10 @@
 //! |----------|---------|
 //! | `IVCHAN_REGION` | `/dev/shm/fg_{uuid}` |
 //! | `IVCHAN_SIZE` | `8M` (power of two from 1M to 16G; bytes or a K, M or G suffix) |
-//! | `IVCHAN_SLOT` | `0x1f` (bus 0) |
+//! | `IVCHAN_SLOT` | `0x1f` (bus 0); on q35 the highest `pcie.0` slot below the chipset's that no `-device` takes |
 //! | `IVCHAN_ARG_FORM` | `json`, or `legacy` for `key=value` arguments |
+
+#![warn(missing_docs)]
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -294,6 +296,43 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The bytes after the first `needle` in `hay`.
+fn after<'a>(hay: &'a [u8], needle: &[u8]) -> Option<&'a [u8]> {
+    let at = hay.windows(needle.len()).position(|w| w == needle)?;
+    Some(&hay[at + needle.len()..])
+}
+
+/// Is a `-machine` value (`pc-q35-7.2,usb=off`, `type=q35`, `q35`) a q35
+/// machine? (The QEMU wrapper's rule, without allocating.)
+fn machine_is_q35(value: &[u8]) -> bool {
+    for (i, part) in value.split(|&c| c == b',').enumerate() {
+        if let Some(t) = part.strip_prefix(b"type=") {
+            return contains(t, b"q35");
+        }
+        if i == 0 && !part.contains(&b'=') {
+            return contains(part, b"q35");
+        }
+    }
+    false
+}
+
+/// The slot a `-device` value takes on q35's root bus `pcie.0`, JSON
+/// (`"bus":"pcie.0",…,"addr":"0x1e"`) or `key=value` (`bus=pcie.0,addr=0x1e`).
+fn root_bus_slot(value: &[u8]) -> Option<u64> {
+    let addr = if contains(value, br#""bus":"pcie.0""#) {
+        after(value, br#""addr":""#)?
+    } else if contains(value, b"bus=pcie.0,") || value.ends_with(b"bus=pcie.0") {
+        after(value, b"addr=")?
+    } else {
+        return None;
+    };
+    let end = addr
+        .iter()
+        .position(|&c| matches!(c, b'"' | b'.' | b','))
+        .unwrap_or(addr.len());
+    parse_num(&addr[..end])
+}
+
 /// Storage for a rewritten argv; lives on the caller's stack.
 struct Rewrite {
     argv: [*const c_char; MAX_ARGS + 5],
@@ -313,6 +352,9 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
     }
     let mut argc = 0;
     let mut uuid = None;
+    let mut q35 = false;
+    // Slots of q35's root bus taken by devices on the command line.
+    let mut taken = [false; 32];
     let mut prev: &[u8] = b"";
     loop {
         if argc >= MAX_ARGS {
@@ -330,6 +372,14 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
         }
         if (prev == b"-device" || prev == b"--device") && contains(a, b"ivshmem") {
             return None;
+        }
+        if prev == b"-device" || prev == b"--device" {
+            if let Some(slot) = root_bus_slot(a).filter(|&s| s < 32) {
+                taken[slot as usize] = true;
+            }
+        }
+        if matches!(prev, b"-machine" | b"--machine" | b"-M") {
+            q35 |= machine_is_q35(a);
         }
         rw.argv[argc] = p;
         prev = a;
@@ -349,6 +399,9 @@ unsafe fn rewrite(path: *const c_char, argv: *const *const c_char, rw: &mut Rewr
             Some(slot) => slot,
             None => return refuse(b"IVCHAN_SLOT", s, &[b"0 to 0x1f, e.g. 0x1f"]),
         },
+        // On q35, 0x1f is the chipset's (ICH9 LPC, SATA, SMBus): the
+        // highest root-bus slot nothing on the command line takes.
+        None if q35 => (3u64..=0x1e).rev().find(|&s| !taken[s as usize])?,
         None => 0x1f,
     };
     let legacy = match env(b"IVCHAN_ARG_FORM") {
@@ -524,6 +577,19 @@ mod tests {
         assert_eq!(parse_num(b"0x1f"), Some(31));
         assert!(is_qemu(b"/usr/bin/qemu-system-x86_64"));
         assert!(!is_qemu(b"/usr/bin/qemu-img"));
+        assert!(machine_is_q35(b"pc-q35-7.2,usb=off"));
+        assert!(machine_is_q35(b"accel=tcg,type=q35"));
+        assert!(!machine_is_q35(b"pc-i440fx-7.2"));
+        assert!(!machine_is_q35(b"pc,dump-guest-core=q35"));
+        assert_eq!(
+            root_bus_slot(br#"{"driver":"virtio-net","bus":"pcie.0","addr":"0x1e"}"#),
+            Some(0x1e)
+        );
+        assert_eq!(root_bus_slot(b"e1000,bus=pcie.0,addr=0x1d.0"), Some(0x1d));
+        assert_eq!(
+            root_bus_slot(br#"{"driver":"x","bus":"pci.1","addr":"0x1"}"#),
+            None
+        );
         let mut b = Buf::<8>::new();
         assert!(b.push(b"1234567").is_some());
         assert!(b.push(b"8").is_none());

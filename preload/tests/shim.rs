@@ -126,6 +126,44 @@ fn qemu_exec_gets_the_device() {
 }
 
 #[test]
+fn on_q35_the_device_takes_a_free_root_bus_slot_not_the_chipsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = fake(dir.path(), "qemu-system-x86_64");
+    // libvirt's q35 command line: the machine, and devices on pcie.0.
+    let out = exec_under_shim(
+        &q,
+        &[
+            "-machine",
+            "pc-q35-7.2,usb=off,dump-guest-core=off",
+            "-uuid",
+            UUID,
+            "-device",
+            r#"{"driver":"pcie-root-port","id":"pci.1","bus":"pcie.0","addr":"0x1e"}"#,
+            "-device",
+            "virtio-net-pci,bus=pcie.0,addr=0x1d",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some(r#"{"driver":"ivshmem-plain","id":"ivchan-shm","memdev":"ivchan-mem","addr":"0x1c"}"#),
+        "{out:?}"
+    );
+    // An explicit slot is kept, and i440fx keeps 0x1f.
+    let explicit = exec_under_shim(
+        &q,
+        &["-M", "q35", "-uuid", UUID],
+        &[("IVCHAN_SLOT", "0x12")],
+    );
+    assert!(
+        explicit.last().unwrap().contains(r#""addr":"0x12""#),
+        "{explicit:?}"
+    );
+    let pc = exec_under_shim(&q, &["-machine", "pc-i440fx-7.2", "-uuid", UUID], &[]);
+    assert!(pc.last().unwrap().contains(r#""addr":"0x1f""#), "{pc:?}");
+}
+
+#[test]
 fn other_execs_and_edge_cases_pass_through() {
     let dir = tempfile::tempdir().unwrap();
     let q = fake(dir.path(), "qemu-system-x86_64");

@@ -10,6 +10,7 @@ use crate::error::{LayoutError, RingError};
 use crate::region::Region;
 use crate::ring::{Consumer, DirectMemory, Producer, RingMemory, Word, MAX_CAPACITY};
 use crate::sync::Ordering;
+use crate::volatile::{VolatileSlice, VolatileSliceMut};
 
 /// `b"IVCHANRG"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IVCHANRG");
@@ -636,20 +637,18 @@ impl RingMemory for RegionRing<'_> {
     }
     #[inline]
     unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
-        // SAFETY: as above.
-        unsafe { self.region.copy_out(self.data + offset, dst) }
+        self.region.copy_out(self.data + offset, dst)
     }
 }
 
 impl DirectMemory for RegionRing<'_> {
     #[inline]
-    unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        // SAFETY: as for `read_bytes`, for the slice's lifetime.
-        unsafe { self.region.slice(self.data + offset, len) }
+    fn bytes(&self, offset: usize, len: usize) -> VolatileSlice<'_> {
+        self.region.volatile(self.data + offset, len)
     }
     #[inline]
-    unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8] {
-        // SAFETY: as for `write_bytes`, for the slice's lifetime.
-        unsafe { self.region.slice_mut(self.data + offset, len) }
+    unsafe fn bytes_mut(&self, offset: usize, len: usize) -> VolatileSliceMut<'_> {
+        // SAFETY: as for `write_bytes`, for the view's lifetime.
+        unsafe { self.region.volatile_mut(self.data + offset, len) }
     }
 }

@@ -25,10 +25,13 @@
 //!
 //! // Zero-copy API: reserve, write in place, commit; peek, read, release.
 //! let mut grant = host_tx.reserve(4)?.expect("ring has room");
-//! grant.copy_from_slice(b"ping");
+//! grant.write(0, b"ping")?;
 //! grant.commit(4)?;
+//! // Peer-writable bytes are never a `&[u8]`: read them through a view.
 //! let msg = guest_rx.peek()?.expect("a message");
-//! assert_eq!(&*msg, b"ping");
+//! assert_eq!(msg.volatile().read_u32_le(0)?, u32::from_le_bytes(*b"ping"));
+//! let mut copy = [0u8; 64];
+//! assert_eq!(msg.snapshot_into(&mut copy)?, b"ping");
 //! msg.release();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -67,6 +70,7 @@ mod sigbus;
 mod sync;
 #[cfg(feature = "std")]
 mod uuid;
+pub mod volatile;
 
 #[cfg(feature = "std")]
 pub use channel::{
@@ -87,3 +91,4 @@ pub use ring::{Consumer, DirectMemory, Producer, ReadGrant, RingMemory, Word, Wr
 pub use sync::Ordering;
 #[cfg(feature = "std")]
 pub use uuid::{UuidError, VmUuid};
+pub use volatile::{VolatileError, VolatileSlice, VolatileSliceMut};

@@ -1,10 +1,11 @@
 //! The one module that holds a raw pointer to the shared region.
 //!
 //! Everything above it works with byte offsets. Word accesses are atomics,
-//! so a peer that writes at the same time can only make us read a stale or
-//! garbage value, never cause undefined behaviour. Byte-range copies and
-//! slices are `unsafe`: the caller must own the range under the ring
-//! protocol (see [`crate::ring`]).
+//! and byte ranges are reached only through [`VolatileSlice`] views and
+//! their copy routines (atomic words, or byte-atomic bulk copies), so a peer
+//! that writes at the same time can only make us read a stale or garbage
+//! value, never cause undefined behaviour. No `&[u8]` or `&mut [u8]` is ever
+//! formed over the region.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -13,6 +14,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::LayoutError;
+use crate::volatile::{VolatileSlice, VolatileSliceMut};
 
 /// A shared-memory region handed to ivchan: a base pointer and a length.
 ///
@@ -26,9 +28,9 @@ pub struct Region<'a> {
 }
 
 // SAFETY: a Region is a pointer into memory that is shared by design; every
-// word access is atomic and every byte-range access is `unsafe` with the
-// ring protocol's exclusivity as its contract, so moving or sharing the view
-// between threads adds no hazard beyond the ones the callers already handle.
+// word access is atomic and every byte range goes through volatile views
+// (atomic or byte-atomic copies), so moving or sharing the view between
+// threads creates no data race.
 unsafe impl Send for Region<'_> {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for Region<'_> {}
@@ -140,67 +142,77 @@ impl<'a> Region<'a> {
         self.word(offset).store(value.to_le(), order);
     }
 
-    /// Copies `src` into the region at `offset`.
+    /// Checks that the aligned words covering `offset..offset + len` lie
+    /// inside the region.
+    #[inline]
+    fn check_words(&self, offset: usize, len: usize) {
+        // The ring's geometry comes from a validated layout, so this never
+        // fires on peer input; it is the last line of defence against our
+        // own bugs.
+        let end = offset
+            .checked_add(len)
+            .and_then(|end| end.checked_next_multiple_of(8));
+        assert!(
+            matches!(end, Some(end) if end <= self.len),
+            "ivchan bug: access {offset}+{len} outside a {}-byte region",
+            self.len
+        );
+    }
+
+    /// A read-only view of `len` bytes at `offset`: bytes the peer may
+    /// change at any time, read only by copying (see [`VolatileSlice`]).
+    ///
+    /// # Panics
+    ///
+    /// If the range lies outside the region (an ivchan bug).
+    #[inline]
+    pub fn volatile(&self, offset: usize, len: usize) -> VolatileSlice<'a> {
+        self.check_words(offset, len);
+        // SAFETY: the base is 8-aligned (constructor) and the covering words
+        // are inside the region (checked), valid for 'a and accessed only
+        // atomically or through views (constructor contract).
+        unsafe { VolatileSlice::new(self.base, offset, len) }
+    }
+
+    /// A writable view of `len` bytes at `offset`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`volatile`](Self::volatile).
     ///
     /// # Safety
     ///
-    /// No other access by this process may overlap `offset..offset+src.len()`
-    /// while this runs (the ring protocol gives the producer that range).
+    /// No other writable view may cover the words of this range while the
+    /// view lives (the ring protocol gives the producer its records); the
+    /// view's partial-word writes rewrite the rest of those words.
+    #[inline]
+    pub unsafe fn volatile_mut(&self, offset: usize, len: usize) -> VolatileSliceMut<'a> {
+        self.check_words(offset, len);
+        // SAFETY: as in `volatile`; exclusivity is the caller's contract.
+        unsafe { VolatileSliceMut::new(self.base, offset, len) }
+    }
+
+    /// Copies `src` into the region at `offset`, race-safely: a peer that
+    /// touches the range at the same time sees or leaves garbage, but the
+    /// copy stays defined behaviour (see [`crate::volatile`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`volatile_mut`](Self::volatile_mut).
     #[inline]
     pub unsafe fn copy_in(&self, offset: usize, src: &[u8]) {
-        self.check(offset, src.len());
-        // SAFETY: in bounds (checked), `src` is ordinary memory that cannot
-        // overlap the shared region we exclusively own here (caller contract).
-        unsafe {
-            core::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(offset), src.len())
-        }
+        // SAFETY: forwarded contract.
+        let mut view = unsafe { self.volatile_mut(offset, src.len()) };
+        // Same length by construction.
+        let _ = view.copy_from(src);
     }
 
     /// Copies bytes at `offset` out into `dst`: one snapshot, whatever the
     /// peer does to those bytes afterwards.
-    ///
-    /// # Safety
-    ///
-    /// No write by this process may overlap the range while this runs.
     #[inline]
-    pub unsafe fn copy_out(&self, offset: usize, dst: &mut [u8]) {
-        self.check(offset, dst.len());
-        // SAFETY: in bounds (checked); `dst` is a unique borrow of private
-        // memory, so it cannot overlap the region.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        }
-    }
-
-    /// Borrows `len` bytes at `offset` for reading in place.
-    ///
-    /// # Safety
-    ///
-    /// No write by this process may overlap the range while the slice lives.
-    /// A hostile peer can still change the bytes; read them as untrusted.
-    #[inline]
-    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
-        self.check(offset, len);
-        // SAFETY: in bounds (checked), valid for 'a, no local writer (caller).
-        unsafe { core::slice::from_raw_parts(self.base.as_ptr().add(offset), len) }
-    }
-
-    /// Borrows `len` bytes at `offset` for writing in place.
-    ///
-    /// # Safety
-    ///
-    /// No other access by this process may overlap the range while the slice
-    /// lives.
-    #[allow(clippy::mut_from_ref)]
-    #[inline]
-    pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
-        self.check(offset, len);
-        // SAFETY: in bounds (checked), valid for 'a, exclusive (caller).
-        unsafe { core::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) }
+    pub fn copy_out(&self, offset: usize, dst: &mut [u8]) {
+        // Same length by construction.
+        let _ = self.volatile(offset, dst.len()).copy_to(dst);
     }
 }
 
@@ -215,8 +227,7 @@ mod tests {
         r.store(8, 0x0102_0304_0506_0708, Ordering::Relaxed);
         assert_eq!(r.load(8, Ordering::Relaxed), 0x0102_0304_0506_0708);
         let mut bytes = [0u8; 8];
-        // SAFETY: single-threaded test, no other access.
-        unsafe { r.copy_out(8, &mut bytes) };
+        r.copy_out(8, &mut bytes);
         assert_eq!(bytes, [8, 7, 6, 5, 4, 3, 2, 1]);
     }
 

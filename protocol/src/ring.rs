@@ -22,6 +22,9 @@
 
 use crate::error::{RingError, Violation};
 use crate::sync::{fence, Ordering};
+#[cfg(feature = "std")]
+use crate::volatile::{VolatileReader, VolatileWriter};
+use crate::volatile::{VolatileSlice, VolatileSliceMut};
 
 /// Size of a record header in bytes.
 pub const RECORD_HEADER: usize = 8;
@@ -81,21 +84,18 @@ pub trait RingMemory {
     unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]);
 }
 
-/// Ring memory whose data area can be borrowed in place (zero-copy).
+/// Ring memory whose data area can be used in place (zero-copy), through
+/// volatile views rather than Rust references: the peer may write these
+/// bytes at any time (see [`crate::volatile`]).
 pub trait DirectMemory: RingMemory {
-    /// Borrows data bytes for reading.
+    /// A read-only view of data bytes.
+    fn bytes(&self, offset: usize, len: usize) -> VolatileSlice<'_>;
+    /// A writable view of data bytes.
     ///
     /// # Safety
     ///
-    /// As for [`RingMemory::read_bytes`], for as long as the slice lives.
-    unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8];
-    /// Borrows data bytes for writing.
-    ///
-    /// # Safety
-    ///
-    /// As for [`RingMemory::write_bytes`], for as long as the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8];
+    /// As for [`RingMemory::write_bytes`], for as long as the view lives.
+    unsafe fn bytes_mut(&self, offset: usize, len: usize) -> VolatileSliceMut<'_>;
 }
 
 /// Forwards `RingMemory` through a pointer type, so a ring can be shared by
@@ -395,6 +395,12 @@ impl<M: RingMemory> Producer<M> {
 }
 
 /// Room for one message, reserved by [`Producer::reserve`].
+///
+/// Fill it with [`write`](Self::write), through
+/// [`volatile_mut`](Self::volatile_mut) (typed writes, sub-views) or
+/// [`writer`](Self::writer) (`std::io::Write`), then
+/// [`commit`](Self::commit) the length written. Never a `&mut [u8]`: a
+/// hostile consumer may touch these bytes while we write them.
 #[derive(Debug)]
 pub struct WriteGrant<'a, M: RingMemory> {
     producer: &'a mut Producer<M>,
@@ -466,27 +472,41 @@ impl<M: RingMemory> WriteGrant<'_, M> {
     }
 }
 
-impl<M: DirectMemory> core::ops::Deref for WriteGrant<'_, M> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the payload range lies inside this grant's unpublished
-        // record, owned by the producer alone while the grant lives.
-        unsafe {
-            self.producer
-                .mem
-                .bytes(self.record_offset + RECORD_HEADER, self.len)
-        }
-    }
-}
-
-impl<M: DirectMemory> core::ops::DerefMut for WriteGrant<'_, M> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as for `deref`; `&mut self` makes the borrow unique.
+/// In-place access, for ring memory that allows it (a mapped region).
+impl<M: DirectMemory> WriteGrant<'_, M> {
+    /// The payload as a writable volatile view: typed writes, sub-views,
+    /// copies from other views. Never a `&mut [u8]`: a hostile consumer may
+    /// read or write these bytes while we fill them.
+    pub fn volatile_mut(&mut self) -> VolatileSliceMut<'_> {
+        // SAFETY: the payload lies inside this grant's unpublished record,
+        // owned by the producer alone while the grant (borrowed mutably for
+        // the view's lifetime) lives.
         unsafe {
             self.producer
                 .mem
                 .bytes_mut(self.record_offset + RECORD_HEADER, self.len)
         }
+    }
+
+    /// The payload as a read-only volatile view.
+    pub fn volatile(&self) -> VolatileSlice<'_> {
+        self.producer
+            .mem
+            .bytes(self.record_offset + RECORD_HEADER, self.len)
+    }
+
+    /// A `std::io::Write` over the payload, from its start; its
+    /// [`position`](crate::volatile::VolatileWriter::position) is the length
+    /// to [`commit`](Self::commit).
+    #[cfg(feature = "std")]
+    pub fn writer(&mut self) -> VolatileWriter<'_> {
+        // SAFETY: as in `volatile_mut`.
+        let view = unsafe {
+            self.producer
+                .mem
+                .bytes_mut(self.record_offset + RECORD_HEADER, self.len)
+        };
+        view.into_writer()
     }
 }
 
@@ -712,8 +732,30 @@ impl<M: RingMemory> Consumer<M> {
 /// A message borrowed in place by [`Consumer::peek`].
 ///
 /// An honest producer never touches it until it is released; a hostile one
-/// may change its bytes at any time, so treat them as untrusted (or copy
-/// them out once with [`read`](Self::read) and check the copy).
+/// may change its bytes at any time. So the payload is never a `&[u8]`:
+/// read it through [`volatile`](Self::volatile) (typed reads, sub-views,
+/// [`reader`](Self::reader)) or copy it out once with
+/// [`snapshot_into`](Self::snapshot_into) / [`read`](Self::read) and check
+/// the copy. `docs/PROTOCOL.md` section 6.1 says what a reader may assume.
+///
+/// ```
+/// # use ivchan_protocol::{Header, InitParams, Region, Side};
+/// # let mut memory = vec![0u64; (1 << 20) / 8];
+/// # let header = Header::create(Region::from_words(&mut memory),
+/// #     &InitParams { uuid: [7; 16], name: "doc", ring_size: None })?;
+/// # let (mut tx, _) = header.split(Side::Host)?;
+/// # let (_, mut rx) = header.split(Side::Guest)?;
+/// # tx.send(&[3, 0, 0, 0, b'a', b'b', b'c'])?;
+/// let msg = rx.peek()?.expect("a message");
+/// // Snapshot, then validate: one copy, checked, then used.
+/// let mut buf = [0u8; 64];
+/// let copy = msg.snapshot_into(&mut buf)?;
+/// let n = u32::from_le_bytes(copy[..4].try_into()?) as usize;
+/// let body = copy.get(4..4 + n).ok_or("bad length")?;
+/// assert_eq!(body, b"abc");
+/// msg.release();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ReadGrant<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,
@@ -745,6 +787,27 @@ impl<M: RingMemory> ReadGrant<'_, M> {
         Ok(())
     }
 
+    /// Copies the whole payload into the start of `buf` and returns that
+    /// part: one snapshot to check and use ("snapshot, then validate").
+    pub fn snapshot_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], RingError> {
+        let available = buf.len();
+        let dst = buf.get_mut(..self.len).ok_or(RingError::BufferTooSmall {
+            needed: self.len,
+            available,
+        })?;
+        self.read(0, dst)?;
+        Ok(dst)
+    }
+
+    /// The whole payload copied into a new buffer.
+    #[cfg(feature = "alloc")]
+    pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
+        let mut v = alloc::vec![0u8; self.len];
+        // The buffer is exactly the grant's length.
+        let _ = self.read(0, &mut v);
+        v
+    }
+
     /// Consumes the message and publishes the new position (and every
     /// release staged before it).
     pub fn release(self) {
@@ -761,11 +824,19 @@ impl<M: RingMemory> ReadGrant<'_, M> {
     }
 }
 
-impl<M: DirectMemory> core::ops::Deref for ReadGrant<'_, M> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: a published, unreleased record (see `read`); this side never
-        // writes to it.
-        unsafe { self.consumer.mem.bytes(self.offset, self.len) }
+/// In-place access, for ring memory that allows it (a mapped region).
+impl<M: DirectMemory> ReadGrant<'_, M> {
+    /// The payload as a volatile view: bytes read in place are copied out
+    /// with atomic accesses, each read a fresh look at memory a hostile
+    /// producer may be rewriting. Copy what you check once
+    /// ([`VolatileSlice::snapshot_into`], the typed reads), then use the copy.
+    pub fn volatile(&self) -> VolatileSlice<'_> {
+        self.consumer.mem.bytes(self.offset, self.len)
+    }
+
+    /// A `std::io::Read` over the payload.
+    #[cfg(feature = "std")]
+    pub fn reader(&self) -> VolatileReader<'_> {
+        self.volatile().reader()
     }
 }

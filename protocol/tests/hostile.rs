@@ -276,10 +276,10 @@ fn consumer_lying_about_head_poisons_the_producer() {
 }
 
 /// A peer thread rewriting every shared word of a ring while a consumer
-/// runs. Miri would (rightly) call the unsynchronised scribbling a data race,
-/// so this one runs natively only.
+/// runs. The consumer reads payloads only through race-safe copies, so this
+/// runs under Miri too (smaller), where any non-atomic access that races the
+/// scribbler is reported as a data race.
 #[test]
-#[cfg_attr(miri, ignore)]
 fn concurrent_scribbler_only_causes_typed_errors() {
     use std::sync::atomic::{AtomicBool, Ordering as O};
     use std::sync::Arc;
@@ -312,7 +312,8 @@ fn concurrent_scribbler_only_causes_typed_errors() {
         let mut buf = vec![0u8; 4096];
         let mut errors = 0;
         // Bounded: stop after enough errors or 200,000 attaches.
-        for _ in 0..200_000 {
+        let (attaches, receives) = if cfg!(miri) { (30, 10) } else { (200_000, 100) };
+        for _ in 0..attaches {
             if errors >= 200 {
                 break;
             }
@@ -320,7 +321,7 @@ fn concurrent_scribbler_only_causes_typed_errors() {
                 errors += 1;
                 continue;
             };
-            for _ in 0..100 {
+            for _ in 0..receives {
                 match rx.recv_into(&mut buf) {
                     Ok(Some(n)) => assert!(n <= rx.max_message()),
                     Ok(None) => {}
@@ -333,6 +334,11 @@ fn concurrent_scribbler_only_causes_typed_errors() {
             }
         }
         stop.store(true, O::Relaxed);
-        assert!(errors > 0, "the scribbler never tripped a check");
+        // Under Miri the run is too short to be sure of a trip; what it
+        // checks there is that no access raced.
+        assert!(
+            cfg!(miri) || errors > 0,
+            "the scribbler never tripped a check"
+        );
     });
 }

@@ -167,16 +167,12 @@ fn zero_copy_over_a_region() {
     for round in 0..100u32 {
         let len = (round as usize * 37) % 600;
         let mut g = tx.reserve(len).unwrap().unwrap();
-        for (i, b) in g.iter_mut().enumerate() {
-            *b = (i as u32 ^ round) as u8;
-        }
+        let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+        g.volatile_mut().copy_from_slice(&msg).unwrap();
         g.commit(len).unwrap();
         let m = rx.peek().unwrap().unwrap();
         assert_eq!(m.len(), len);
-        assert!(m
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| b == (i as u32 ^ round) as u8));
+        assert_eq!(m.volatile().snapshot(), msg);
         m.release();
     }
 }

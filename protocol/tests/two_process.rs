@@ -56,12 +56,14 @@ fn run_sender(path: &Path) {
     let mapping = map_region(path);
     let header = Header::open(mapping.region()).unwrap();
     let (mut tx, _) = header.split(Side::Host).unwrap();
+    let mut buf = vec![0u8; tx.max_message()];
     for seq in 0..MESSAGES {
         let len = traffic::len(seq);
         let mut spins = 0;
         loop {
             if let Some(mut g) = tx.reserve(len).unwrap() {
-                traffic::build(seq, &mut g);
+                traffic::build(seq, &mut buf[..len]);
+                g.write(0, &buf[..len]).unwrap();
                 g.commit(len).unwrap();
                 break;
             }
@@ -87,6 +89,7 @@ fn run_receiver(path: &Path, reports: &Path) {
     };
     log.write_all(&u64::MAX.to_le_bytes()).unwrap();
     let mut pending: Vec<u8> = Vec::with_capacity(8 * BATCH as usize);
+    let mut buf = vec![0u8; rx.max_message()];
     let mut spins = 0;
     loop {
         let grant = rx.peek().unwrap();
@@ -101,7 +104,9 @@ fn run_receiver(path: &Path, reports: &Path) {
             continue;
         };
         spins = 0;
-        let seq = match traffic::identify(&msg, window.clone()) {
+        // Snapshot, then validate: the checks run on a private copy.
+        let copy = msg.snapshot_into(&mut buf).unwrap();
+        let seq = match traffic::identify(copy, window.clone()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("receiver: {e}");

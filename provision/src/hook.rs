@@ -46,7 +46,9 @@ pub enum OnRelease {
 /// Who should own the region file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Owner {
+    /// The owning user, if set.
     pub uid: Option<u32>,
+    /// The owning group, if set.
     pub gid: Option<u32>,
 }
 
@@ -72,6 +74,7 @@ pub struct HookConfig {
     pub owner: Owner,
     /// Channel name written into a new region's header.
     pub name: String,
+    /// What to do with the region when the domain is released.
     pub on_release: OnRelease,
     /// Fail the libvirt operation (non-zero exit) when the hook fails: the
     /// default (`ivchan-provision hook` sets it unless `--fail-open`).

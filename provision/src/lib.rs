@@ -28,6 +28,8 @@
 //! 7. A QEMU wrapper binary — [`wrapper`].
 //! 8. An `LD_PRELOAD` `execve` shim — the separate `ivchan-preload` crate.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod fsutil;
 pub mod hook;

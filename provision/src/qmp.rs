@@ -33,6 +33,8 @@ pub const TAINT_MONITOR_WARNING: &str = "libvirt marks a domain changed through 
 
 /// Something that executes QMP commands and returns their `return` value.
 pub trait Monitor {
+    /// Runs `command` with `arguments`; returns its `return` value or the
+    /// monitor's error.
     fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value>;
 }
 
@@ -114,7 +116,9 @@ impl Monitor for Qmp {
 
 /// QMP through `virsh qemu-monitor-command` (taints the domain).
 pub struct VirshMonitor<'a> {
+    /// The connection.
     pub virsh: &'a Virsh,
+    /// The domain whose monitor is used.
     pub domain: String,
 }
 
@@ -134,8 +138,11 @@ impl Monitor for VirshMonitor<'_> {
 /// An ivshmem function found by `query-pci`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciDevice {
+    /// PCI bus number.
     pub bus: u64,
+    /// PCI slot number.
     pub slot: u64,
+    /// The device's QEMU id (`device_del` takes it).
     pub qdev_id: String,
 }
 

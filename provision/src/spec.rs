@@ -25,12 +25,18 @@ pub const DEV_ID: &str = "ivchan-shm";
 pub const CHR_ID: &str = "ivchan-chr";
 
 /// The ivshmem flavour.
+/// The ivshmem device model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Model {
     /// `ivshmem-plain`: shared memory only, backed by the region file.
     Plain,
     /// `ivshmem-doorbell`: memory and interrupts from an ivshmem server socket.
-    Doorbell { server: PathBuf, vectors: u32 },
+    Doorbell {
+        /// The ivshmem server's UNIX socket.
+        server: PathBuf,
+        /// MSI-X vectors.
+        vectors: u32,
+    },
 }
 
 impl Model {
@@ -78,6 +84,7 @@ pub enum ArgForm {
 /// Everything configurable about the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
+    /// Plain or doorbell.
     pub model: Model,
     /// Region size in bytes: a power of two from
     /// [`naming::MIN_REGION_SIZE`] (1 MiB) to [`naming::MAX_REGION_SIZE`]

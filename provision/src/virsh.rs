@@ -15,7 +15,9 @@ pub const DEFAULT_URI: &str = "qemu:///system";
 /// A `virsh` bound to one connection URI.
 #[derive(Debug, Clone)]
 pub struct Virsh {
+    /// libvirt connection URI (`qemu:///system`).
     pub uri: String,
+    /// The `virsh` program to run.
     pub program: String,
 }
 

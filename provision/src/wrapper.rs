@@ -38,7 +38,10 @@ pub const SYSTEM_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// Wrapper settings.
 #[derive(Debug, Clone)]
 pub struct WrapperConfig {
+    /// The QEMU to exec (`IVCHAN_REAL_QEMU`); `None`: see
+    /// [`resolve_real_qemu`](Self::resolve_real_qemu).
     pub real_qemu: Option<PathBuf>,
+    /// The device to add.
     pub spec: Spec,
 }
 

@@ -11,12 +11,15 @@ use std::ops::Range;
 use crate::error::Error;
 
 /// Namespace URI of libvirt's QEMU extension elements (`<qemu:commandline>`).
+/// libvirt's namespace for `<qemu:commandline>`.
 pub const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
 /// One attribute of a start tag.
 #[derive(Debug, Clone)]
 pub struct Attr<'a> {
+    /// Namespace prefix (`qemu` in `qemu:arg`), empty if none.
     pub prefix: &'a str,
+    /// Local name.
     pub local: &'a str,
     /// The raw (still escaped) value, without quotes.
     pub raw: &'a str,
@@ -34,24 +37,36 @@ impl Attr<'_> {
 /// A child node of an element, by byte range.
 #[derive(Debug, Clone)]
 pub enum Node {
+    /// An element: its index in [`Doc::elements`].
     Element(usize),
+    /// Character data.
     Text(Range<usize>),
+    /// A comment.
     Comment {
+        /// The whole `<!-- -->`.
         span: Range<usize>,
+        /// Its text.
         text: Range<usize>,
     },
+    /// A CDATA section.
     Cdata {
+        /// The whole `<![CDATA[ ]]>`.
         span: Range<usize>,
+        /// Its text.
         text: Range<usize>,
     },
+    /// Anything else (processing instruction, declaration).
     Other(Range<usize>),
 }
 
 /// One element and where its pieces are in the text.
 #[derive(Debug, Clone)]
 pub struct Element<'a> {
+    /// Namespace prefix, empty if none.
     pub prefix: &'a str,
+    /// Local name.
     pub local: &'a str,
+    /// Attributes, in document order.
     pub attrs: Vec<Attr<'a>>,
     /// Offset of `<`.
     pub start: usize,
@@ -61,8 +76,11 @@ pub struct Element<'a> {
     pub content_end: usize,
     /// Offset just after the end tag.
     pub end: usize,
+    /// Whether it is written `<name/>`.
     pub self_closing: bool,
+    /// Index of the parent element; `None` for the root.
     pub parent: Option<usize>,
+    /// Child nodes, in document order.
     pub children: Vec<Node>,
 }
 
@@ -83,7 +101,9 @@ impl<'a> Element<'a> {
 /// A parsed document: the text and its elements (index 0 is the root).
 #[derive(Debug)]
 pub struct Doc<'a> {
+    /// The document text.
     pub text: &'a str,
+    /// Every element, in document order.
     pub elements: Vec<Element<'a>>,
 }
 
@@ -286,6 +306,7 @@ impl<'a> Doc<'a> {
         Ok(())
     }
 
+    /// The root element.
     pub fn root(&self) -> &Element<'a> {
         &self.elements[0]
     }

@@ -21,7 +21,9 @@ pub struct FakeSysfs {
 pub struct Dev<'a> {
     /// PCI address, the device's directory name (`0000:00:1f.0`).
     pub address: &'a str,
+    /// PCI vendor id (`vendor`).
     pub vendor: u16,
+    /// PCI device id (`device`).
     pub device: u16,
     /// BAR1 size; 0 for none (ivshmem-plain).
     pub bar1: u64,

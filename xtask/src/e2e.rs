@@ -337,6 +337,26 @@ fn libvirt_shmem(kit: &Kit) -> Result<Outcome, String> {
 /// hook scenario ends: the other scenarios expect QEMU to create regions.
 struct HookInstalled(PathBuf);
 
+impl HookInstalled {
+    /// `ivchan-provision install-hook`, then restarts libvirtd so it sees
+    /// the hook.
+    fn install(kit: &Kit) -> Result<Self, String> {
+        let installed = Command::new(&kit.provision)
+            .args(["install-hook", "--force"])
+            .output()
+            .map_err(|e| format!("install-hook: {e}"))?;
+        if !installed.status.success() {
+            return Err(format!(
+                "install-hook failed: {}",
+                String::from_utf8_lossy(&installed.stderr)
+            ));
+        }
+        let hook = HookInstalled(kit.provision.clone());
+        libvirt::restart()?;
+        Ok(hook)
+    }
+}
+
 impl Drop for HookInstalled {
     fn drop(&mut self) {
         let _ = Command::new(&self.0).arg("uninstall-hook").status();
@@ -357,18 +377,7 @@ fn libvirt_hook(kit: &Kit) -> Result<Outcome, String> {
     let region = region_for(uuid);
     let _cleanup = Cleanup(vec![region.clone()]);
     let _ = fs::remove_file(&region);
-    let installed = Command::new(&kit.provision)
-        .args(["install-hook", "--force"])
-        .output()
-        .map_err(|e| format!("install-hook: {e}"))?;
-    if !installed.status.success() {
-        return Err(format!(
-            "install-hook failed: {}",
-            String::from_utf8_lossy(&installed.stderr)
-        ));
-    }
-    let _hook = HookInstalled(kit.provision.clone());
-    libvirt::restart()?;
+    let _hook = HookInstalled::install(kit)?;
     let dom = Domain::new(
         "ivchan-e2e-hook",
         uuid,
@@ -417,18 +426,7 @@ fn libvirt_hook_fails_closed(kit: &Kit) -> Result<Outcome, String> {
     let uuid = "5b7e6a0c-1d2e-4f3a-9b8c-00000000e20c";
     let region = region_for(uuid);
     let _cleanup = Cleanup(vec![region.clone()]);
-    let installed = Command::new(&kit.provision)
-        .args(["install-hook", "--force"])
-        .output()
-        .map_err(|e| format!("install-hook: {e}"))?;
-    if !installed.status.success() {
-        return Err(format!(
-            "install-hook failed: {}",
-            String::from_utf8_lossy(&installed.stderr)
-        ));
-    }
-    let _hook = HookInstalled(kit.provision.clone());
-    libvirt::restart()?;
+    let _hook = HookInstalled::install(kit)?;
     // The squatter: nobody's file, readable and writable by everyone.
     fs::write(&region, vec![0u8; RegionSize::DEFAULT.bytes() as usize])
         .map_err(|e| format!("{}: {e}", region.display()))?;

@@ -21,6 +21,10 @@ pub const TARGETS: &[(&str, &str)] = &[
         "domain XML inject/undo (undo of inject is the identity)",
     ),
     ("qmp_reply", "QMP replies to the hot-add conversation"),
+    (
+        "doorbell_clients",
+        "the doorbell server's client stream (connect, write, read, close)",
+    ),
 ];
 
 fn has_cargo_fuzz() -> bool {

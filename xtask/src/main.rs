@@ -1,8 +1,15 @@
 //! `cargo xtask <command>`: ivchan's automation, in Rust.
 //!
-//! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, tests,
-//!   loom models and Miri. `.ci/run` calls this.
-//! - `loom`, `miri`: one of those steps alone.
+//! - `ci`: everything CI checks — packages, fmt, clippy, rustdoc, the
+//!   publish dry run, the CLI assets, the install check, tests, loom
+//!   models and Miri. `.ci/run` calls this.
+//! - `loom`, `miri`, `publish-check`: one of those steps alone
+//!   (`publish-check`: `cargo publish --workspace --dry-run` and the files
+//!   each published crate packages).
+//! - `cli-assets`: the tools' completions and man pages, generated from
+//!   their clap definitions into `target/assets/` and checked.
+//! - `install-check`: `cargo install` of the tools and agents into a clean
+//!   root, with the systemd units verified there by `systemd-analyze`.
 //! - `fuzz [SECONDS]`: every fuzz target for a fixed time (default 30 s).
 //! - `e2e [NAME…]`: host and guest agents through real TCG guests;
 //!   `smoke` is its raw-QEMU scenario alone.
@@ -26,6 +33,10 @@ const PACKAGES: &[&str] = &[
     "libvirt-daemon-driver-qemu",
     "libvirt-clients",
     "libxml2-utils",
+    // groff checks the generated man pages (cli-assets).
+    "groff-base",
+    // systemd-analyze verifies the units (install-check).
+    "systemd",
     // Building the guest driver against the guest kernel's headers.
     "make",
     "gcc",
@@ -160,6 +171,288 @@ fn miri() {
         .env("MIRIFLAGS", "-Zmiri-strict-provenance"));
 }
 
+/// Packages every publishable crate and builds each package as crates.io
+/// would, its ivchan dependencies taken from the packages just made (cargo
+/// puts them in a temporary local registry), so nothing needs to be
+/// published first. Prints cargo's packaging report and each crate's files.
+fn publish_check() {
+    step("publish dry run (cargo publish --workspace --dry-run)");
+    // The verify builds see the ivchan crates as registry packages of an
+    // unchanged version (0.1.0), and cargo reuses a registry package's
+    // compiled artifacts without looking at its contents: an earlier run's
+    // ivchan-protocol would stand in for the changed one. So each run
+    // verifies in a target directory of its own, made anew.
+    let target = project_root().join("target/publish-check");
+    let _ = std::fs::remove_dir_all(&target);
+    // --allow-dirty: this checks what would be packaged, not whether the
+    // working tree is committed (CI's clone always is).
+    run(cargo()
+        .args(["publish", "--workspace", "--dry-run", "--allow-dirty"])
+        .arg("--target-dir")
+        .arg(&target));
+    for krate in PUBLISHED {
+        step(&format!("files packaged for {krate}"));
+        run(cargo().args(["package", "--list", "--allow-dirty", "-p", krate]));
+    }
+}
+
+/// The operator tools whose completions, man pages and `--help` are
+/// generated from their clap definitions.
+const TOOLS: &[&str] = &["ivchan", "ivchan-guest", "ivchan-provision"];
+
+/// Builds the tools and generates what a package installs beside them,
+/// into `target/assets/`: completions for bash, zsh and fish, and man
+/// pages; checks them (bash parses the script, groff formats every page
+/// without a warning) and prints each tool's `--help`.
+fn cli_assets() {
+    step("CLI assets: completions, man pages, --help (target/assets)");
+    run(cargo().args([
+        "build",
+        "-p",
+        "ivchan-cli",
+        "-p",
+        "ivchan-provision",
+        "--bins",
+    ]));
+    let root = project_root();
+    let assets = root.join("target/assets");
+    let man = assets.join("man/man1");
+    let _ = std::fs::remove_dir_all(&assets);
+    for dir in [&man, &assets.join("completions")] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("xtask: cannot create {}: {e}", dir.display());
+            exit(1);
+        }
+    }
+    for tool in TOOLS {
+        let bin = root.join("target/debug").join(tool);
+        run(Command::new(&bin).arg("--help"));
+        run(Command::new(&bin).args(["man", "--dir"]).arg(&man));
+        for (shell, file) in [
+            ("bash", format!("{tool}.bash")),
+            ("zsh", format!("_{tool}")),
+            ("fish", format!("{tool}.fish")),
+        ] {
+            let out = assets.join("completions").join(file);
+            let output = Command::new(&bin).args(["completions", shell]).output();
+            match output {
+                Ok(o) if o.status.success() && !o.stdout.is_empty() => {
+                    if let Err(e) = std::fs::write(&out, &o.stdout) {
+                        eprintln!("xtask: cannot write {}: {e}", out.display());
+                        exit(1);
+                    }
+                }
+                other => {
+                    eprintln!("xtask: {tool} completions {shell} failed: {other:?}");
+                    exit(1);
+                }
+            }
+        }
+        run(Command::new("bash")
+            .arg("-n")
+            .arg(assets.join(format!("completions/{tool}.bash"))));
+    }
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&man)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    pages.sort();
+    for page in &pages {
+        // -ww: all warnings; -z: format, print nothing. groff exits 0 even
+        // with warnings, so any output on stderr fails the step.
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(page)
+            .output();
+        match out {
+            Ok(o) if o.status.success() && o.stderr.is_empty() => {}
+            other => {
+                eprintln!("xtask: groff rejects {}: {other:?}", page.display());
+                exit(1);
+            }
+        }
+    }
+    eprintln!(
+        "{} man pages and {} completion scripts in {}",
+        pages.len(),
+        TOOLS.len() * 3,
+        assets.display()
+    );
+}
+
+/// The binaries `cargo install --path cli`, `--path examples` and `--path
+/// provision` install and that answer `--version` (not the QEMU wrapper,
+/// which hands every argument to QEMU).
+const INSTALLED: &[&str] = &[
+    "ivchan",
+    "ivchan-guest",
+    "ivchan-host-agent",
+    "ivchan-guest-agent",
+    "ivchan-demo",
+    "ivchan-provision",
+];
+
+/// Installs the tools and agents as the README says, into a clean
+/// directory laid out like a system (`target/install-root`, prefix
+/// `/usr/local`), adds the systemd units, the udev rule, the man pages and
+/// completions, and verifies the units there with `systemd-analyze verify
+/// --root`: their ExecStart binaries and Documentation man pages must be
+/// the installed ones.
+fn install_check() {
+    step("install: cargo install --path cli, examples, provision into target/install-root");
+    let root = project_root().join("target/install-root");
+    let _ = std::fs::remove_dir_all(&root);
+    let prefix = root.join("usr/local");
+    for path in ["cli", "examples", "provision"] {
+        // The workspace's target directory: release artifacts are shared
+        // with the e2e build instead of compiled again in a temporary one.
+        run(cargo()
+            .args(["install", "--locked", "--path", path, "--root"])
+            .arg(&prefix)
+            .args(["--target-dir", "target"]));
+    }
+    for bin in INSTALLED {
+        let path = prefix.join("bin").join(bin);
+        let out = Command::new(&path).arg("--version").output();
+        match out {
+            Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with(bin) => {
+                eprint!("{}", String::from_utf8_lossy(&o.stdout));
+            }
+            other => {
+                eprintln!("xtask: {} --version: {other:?}", path.display());
+                exit(1);
+            }
+        }
+    }
+    step("install: man pages, completions, systemd units and the udev rule");
+    let units = root.join("etc/systemd/system");
+    let man = prefix.join("share/man/man1");
+    let bash = prefix.join("share/bash-completion/completions");
+    let rules = root.join("etc/udev/rules.d");
+    let system = root.join("usr/lib/systemd/system");
+    for dir in [&units, &man, &bash, &rules, &system] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("xtask: cannot create {}: {e}", dir.display());
+            exit(1);
+        }
+    }
+    for tool in TOOLS {
+        let bin = prefix.join("bin").join(tool);
+        run(Command::new(&bin).args(["man", "--dir"]).arg(&man));
+        run(Command::new("sh").arg("-c").arg(format!(
+            "'{}' completions bash > '{}'",
+            bin.display(),
+            bash.join(tool).display()
+        )));
+    }
+    // The agents have no subcommands: --man and --completions, alone.
+    for agent in ["ivchan-host-agent", "ivchan-guest-agent"] {
+        let bin = prefix.join("bin").join(agent);
+        run(Command::new("sh").arg("-c").arg(format!(
+            "'{bin}' --man > '{page}' && '{bin}' --completions bash > '{script}'",
+            bin = bin.display(),
+            page = man.join(format!("{agent}.1")).display(),
+            script = bash.join(agent).display(),
+        )));
+    }
+    let packaging = project_root().join("packaging");
+    let mut verify = Vec::new();
+    for (from, to) in [("systemd", &units), ("udev", &rules)] {
+        let entries = std::fs::read_dir(packaging.join(from)).map(|d| {
+            let mut v: Vec<PathBuf> = d.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            v.sort();
+            v
+        });
+        for file in entries.unwrap_or_default() {
+            let name = file.file_name().expect("a file name");
+            let dest = to.join(name);
+            if let Err(e) = std::fs::copy(&file, &dest) {
+                eprintln!("xtask: cannot install {}: {e}", file.display());
+                exit(1);
+            }
+            if from == "systemd" {
+                verify.push(dest);
+            }
+        }
+    }
+    // A udev rule must start a unit that is installed (udevadm has no
+    // offline check in systemd 252; this catches a renamed unit).
+    for rule in std::fs::read_dir(&rules).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(rule.path()).unwrap_or_default();
+        for wants in text.split("ENV{SYSTEMD_WANTS}+=\"").skip(1) {
+            let unit = wants.split('"').next().unwrap_or_default();
+            if !units.join(unit).is_file() {
+                eprintln!(
+                    "xtask: {} starts {unit}, which packaging/systemd does not have",
+                    rule.path().display()
+                );
+                exit(1);
+            }
+            eprintln!("{}: starts {unit} (installed)", rule.path().display());
+        }
+    }
+    // Each ExecStart's options must be ones the installed binary takes:
+    // clap rejects an unknown option before it gets to --help.
+    for unit in &verify {
+        let text = std::fs::read_to_string(unit).unwrap_or_default();
+        for line in text.lines().filter_map(|l| l.strip_prefix("ExecStart=")) {
+            let words: Vec<String> = line
+                .split_whitespace()
+                .filter(|w| !w.starts_with('$'))
+                .map(|w| w.replace("%i", "5b7e6a0c-1d2e-4f3a-9b8c-7d6e5f4a3b2c"))
+                .collect();
+            let bin = root.join(words[0].trim_start_matches('/'));
+            run(Command::new(bin)
+                .args(&words[1..])
+                .arg("--help")
+                .stdout(std::process::Stdio::null()));
+        }
+    }
+    // The units' dependencies (multi-user.target, sysinit.target, ...) come
+    // from the machine's own systemd.
+    run(Command::new("cp")
+        .args(["-r", "--no-preserve=mode", "/lib/systemd/system/."])
+        .arg(&system));
+    step("install: systemd-analyze verify --root target/install-root");
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(&verify)
+        // Documentation=man:… is checked with man(1): against the pages
+        // just installed, not the machine's.
+        .env("MANPATH", prefix.join("share/man"))
+        .current_dir(project_root());
+    eprintln!("$ {cmd:?}");
+    match cmd.output() {
+        // systemd-analyze exits 0 after some complaints ("Unknown key",
+        // "ignoring"): anything it prints fails the step.
+        Ok(o) if o.status.success() && o.stderr.is_empty() && o.stdout.is_empty() => {
+            eprintln!("{} units verified: no complaints", verify.len());
+        }
+        Ok(o) => {
+            eprintln!(
+                "xtask: systemd-analyze verify failed ({}):\n{}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            exit(1);
+        }
+        Err(e) => {
+            eprintln!("xtask: could not run systemd-analyze: {e}");
+            exit(1);
+        }
+    }
+}
+
+/// The crates published to crates.io (everything else has `publish = false`).
+const PUBLISHED: &[&str] = &[
+    "ivchan-protocol",
+    "ivchan-host",
+    "ivchan-guest",
+    "ivchan-cli",
+    "ivchan-provision",
+];
+
 /// Seconds each fuzz target runs in CI.
 const FUZZ_SECONDS: u64 = 30;
 
@@ -180,6 +473,9 @@ fn ci() {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"));
+    publish_check();
+    cli_assets();
+    install_check();
     step("libvirt daemon for the real-component tests");
     if let Err(e) = libvirt::ensure() {
         eprintln!("xtask: {e}");
@@ -235,10 +531,13 @@ fn main() {
             }
         }
         Some("packages") => packages(),
+        Some("publish-check") => publish_check(),
+        Some("cli-assets") => cli_assets(),
+        Some("install-check") => install_check(),
         Some("bench-report") => bench_report::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|loom|miri|fuzz [SECONDS]|packages|smoke|e2e [NAME…]|{}>",
+                "usage: cargo xtask <ci|loom|miri|fuzz [SECONDS]|packages|publish-check|cli-assets|install-check|smoke|e2e [NAME…]|{}>",
                 bench_report::USAGE
             );
             exit(2);

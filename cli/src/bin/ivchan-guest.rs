@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ivchan_cli::say;
+use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
+use ivchan_cli::{json, say};
 use ivchan_guest::discovery::DEFAULT_SYSFS;
 use ivchan_guest::{
     discover, product_uuid, select, GuestError, IvshmemDevice, MapOptions, MappedBar, Selector,
@@ -28,6 +30,8 @@ struct Cli {
     /// sysfs mount point.
     #[arg(long, global = true, default_value = DEFAULT_SYSFS)]
     sysfs: PathBuf,
+    #[command(flatten)]
+    verbosity: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,21 +39,49 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List ivshmem devices and the region header each one carries.
-    List,
+    List {
+        /// Print JSON (schema: `ivchan_cli::json`, README "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a region's header, rings and sides.
     Inspect {
         /// PCI address (e.g. 0000:00:1f.0); default: the device whose header
         /// carries this VM's UUID.
         #[arg(long)]
         address: Option<String>,
+        /// Print JSON (schema: `ivchan_cli::json`, README "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the shell completion script for SHELL.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: Shell,
+    },
+    /// Print the man page (roff; `ivchan-guest man | man -l -`), or write the
+    /// pages of ivchan-guest and its subcommands into DIR.
+    Man {
+        /// Directory to write `ivchan-guest.1` and `ivchan-guest-<subcommand>.1` into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init();
     let result = match cli.command {
-        Command::List => list(&cli.sysfs),
-        Command::Inspect { address } => inspect(&cli.sysfs, address),
+        Command::List { json } => list(&cli.sysfs, json),
+        Command::Inspect { address, json } => inspect(&cli.sysfs, address, json),
+        Command::Completions { shell } => {
+            generate::completions::<Cli>(PROGRAM, shell);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            generate::man::<Cli>(PROGRAM, dir.as_deref());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,7 +92,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn list(sysfs: &Path) -> Result<(), GuestError> {
+fn list(sysfs: &Path, as_json: bool) -> Result<(), GuestError> {
     let devices = discover(sysfs)?;
     if devices.is_empty() {
         return Err(GuestError::NoDevice {
@@ -68,13 +100,35 @@ fn list(sysfs: &Path) -> Result<(), GuestError> {
         });
     }
     let this_vm = product_uuid(sysfs);
+    if as_json {
+        let (this_vm, this_vm_error) = match this_vm {
+            Ok(vm) => (Some(vm), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let devices = devices
+            .into_iter()
+            .map(|device| read_header(device, this_vm.as_ref()).1)
+            .collect();
+        json::print(
+            PROGRAM,
+            &json::DeviceList {
+                this_vm: this_vm.map(|vm| vm.to_string()),
+                this_vm_error,
+                devices,
+            },
+        );
+        return Ok(());
+    }
     match &this_vm {
         Ok(vm) => say!("this VM   {vm}"),
         Err(e) => say!("this VM   unknown ({e})"),
     }
     for device in devices {
         print_device(&device);
-        say!("  header    {}", header_line(device, this_vm.as_ref().ok()));
+        say!(
+            "  header    {}",
+            read_header(device, this_vm.as_ref().ok()).0
+        );
     }
     Ok(())
 }
@@ -104,9 +158,19 @@ fn print_device(d: &IvshmemDevice) {
     );
 }
 
-fn header_line(device: IvshmemDevice, this_vm: Option<&VmUuid>) -> String {
+/// The header line of `list`, and the device as `--json` reports it; reads
+/// BAR2 without enabling the device.
+fn read_header(device: IvshmemDevice, this_vm: Option<&VmUuid>) -> (String, json::DeviceReport) {
+    let report = json::DeviceReport::new(&device);
+    let not_read = |why: String| {
+        let report = json::DeviceReport {
+            header_error: Some(why.clone()),
+            ..report.clone()
+        };
+        (why, report)
+    };
     if !device.readable() {
-        return "not read (memory decoding off; `inspect` enables the device)".to_owned();
+        return not_read("not read (memory decoding off; `inspect` enables the device)".to_owned());
     }
     let options = MapOptions {
         enable: false,
@@ -114,25 +178,32 @@ fn header_line(device: IvshmemDevice, this_vm: Option<&VmUuid>) -> String {
     };
     let bar = match MappedBar::map(device, &options) {
         Ok(bar) => bar,
-        Err(e) => return format!("not read: {e}"),
+        Err(e) => return not_read(format!("not read: {e}")),
     };
     match bar.header() {
         Ok(header) => {
-            let found = VmUuid::from_bytes(header.layout().uuid);
-            let verdict = match this_vm {
-                Some(vm) if *vm == found => "matches this VM",
-                Some(_) => "ANOTHER VM",
-                None => "identity unknown",
+            let report = report.clone().with_header(&header, this_vm);
+            let verdict = match report.identity {
+                Some("this-vm") => "matches this VM",
+                Some("another-vm") => "ANOTHER VM",
+                _ => "identity unknown",
             };
-            format!("{}  [{verdict}]", summary(&header))
+            (format!("{}  [{verdict}]", summary(&header)), report)
         }
-        Err(e) => e.to_string(),
+        Err(e) => not_read(e.to_string()),
     }
 }
 
-fn inspect(sysfs: &Path, address: Option<String>) -> Result<(), GuestError> {
+fn inspect(sysfs: &Path, address: Option<String>, as_json: bool) -> Result<(), GuestError> {
     let selector = address.map_or(Selector::Identity, Selector::Address);
     let bar = select(sysfs, &selector, &MapOptions::default())?;
+    if as_json {
+        let header = bar.header()?;
+        let this_vm = product_uuid(sysfs).ok();
+        let report = json::DeviceReport::new(bar.device()).with_header(&header, this_vm.as_ref());
+        json::print(PROGRAM, &report);
+        return Ok(());
+    }
     print_device(bar.device());
     let (wake, why) = ivchan_guest::wake::likely_source(bar.device());
     say!("wakes by  {wake} ({why})");

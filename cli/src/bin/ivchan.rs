@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ivchan_cli::args::{RegionArgs, RegionDirArgs};
-use ivchan_cli::say;
-use ivchan_host::region_file::user_name;
+use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
+use ivchan_cli::{json, say};
+use ivchan_host::region_file::{user_name, IdName};
 use ivchan_host::{list_regions, InspectedRegion, RegionError, VmUuid};
 use ivchan_protocol::layout::{PeerState, SideStatus};
 use ivchan_protocol::report::{describe, human_size, summary};
@@ -37,6 +39,8 @@ const WATCH: Duration = Duration::from_millis(300);
     about = "Inspect, prepare and reset ivchan shared-memory regions on the host"
 )]
 struct Cli {
+    #[command(flatten)]
+    verbosity: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +52,9 @@ enum Command {
     List {
         #[command(flatten)]
         place: RegionDirArgs,
+        /// Print JSON (schema: `ivchan_cli::json`, README "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Print one region's header, rings and sides (with heartbeat liveness).
     Inspect {
@@ -55,6 +62,9 @@ enum Command {
         region: String,
         #[command(flatten)]
         place: RegionDirArgs,
+        /// Print JSON (schema: `ivchan_cli::json`, README "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Create a VM's region file (or adopt one QEMU made) and write its
     /// header; an existing header is kept. A failure leaves no file behind.
@@ -84,6 +94,19 @@ enum Command {
         #[command(flatten)]
         region: RegionArgs,
     },
+    /// Print the shell completion script for SHELL (e.g. `ivchan completions
+    /// bash > /usr/share/bash-completion/completions/ivchan`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: Shell,
+    },
+    /// Print the man page (roff; `ivchan man | man -l -`), or write the
+    /// pages of ivchan and its subcommands into DIR.
+    Man {
+        /// Directory to write `ivchan.1` and `ivchan-<subcommand>.1` into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// A failure of one command, for the exit status.
@@ -108,7 +131,7 @@ impl std::fmt::Display for Failure {
     }
 }
 
-fn init(uuid: &VmUuid, name: &str, region: &RegionArgs) -> Result<(), Failure> {
+fn init(uuid: &VmUuid, name: &str, region: &RegionArgs, quiet: bool) -> Result<(), Failure> {
     let options = region.options();
     let (file, created) = match options.create(uuid) {
         Ok(file) => (file, true),
@@ -121,7 +144,9 @@ fn init(uuid: &VmUuid, name: &str, region: &RegionArgs) -> Result<(), Failure> {
     };
     match file.attach_or_init(name) {
         Ok(header) => {
-            say!("{}  {}", file.path().display(), summary(&header));
+            if !quiet {
+                say!("{}  {}", file.path().display(), summary(&header));
+            }
             Ok(())
         }
         Err(e) => {
@@ -139,6 +164,7 @@ fn reset(
     name: Option<&str>,
     force: bool,
     region: &RegionArgs,
+    quiet: bool,
 ) -> Result<(), Failure> {
     let file = region.options().open(uuid)?;
     let old_name = Header::open(file.region())
@@ -160,24 +186,40 @@ fn reset(
     }
     let name = name.or(old_name.as_deref()).unwrap_or("ivchan");
     let header = file.reset(name)?;
-    say!("{}  reset: {}", file.path().display(), summary(&header));
+    if !quiet {
+        say!("{}  reset: {}", file.path().display(), summary(&header));
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init();
+    let quiet = cli.verbosity.quiet;
     let result = match cli.command {
-        Command::List { place } => list(&place.dir, &place.prefix),
-        Command::Inspect { region, place } => resolve(&region, &place.dir, &place.prefix)
+        Command::List { place, json } => list(&place.dir, &place.prefix, json),
+        Command::Inspect {
+            region,
+            place,
+            json,
+        } => resolve(&region, &place.dir, &place.prefix)
             .map_err(Failure::from)
-            .and_then(|path| inspect(&path)),
-        Command::Init { uuid, name, region } => init(&uuid, &name, &region),
+            .and_then(|path| inspect(&path, json)),
+        Command::Init { uuid, name, region } => init(&uuid, &name, &region, quiet),
         Command::Reset {
             uuid,
             name,
             force,
             region,
-        } => reset(&uuid, name.as_deref(), force, &region),
+        } => reset(&uuid, name.as_deref(), force, &region, quiet),
+        Command::Completions { shell } => {
+            generate::completions::<Cli>(PROGRAM, shell);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            generate::man::<Cli>(PROGRAM, dir.as_deref());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,10 +237,6 @@ fn resolve(arg: &str, dir: &Path, prefix: &str) -> Result<PathBuf, RegionError> 
     }
     let uuid: VmUuid = arg.strip_prefix(prefix).unwrap_or(arg).parse()?;
     Ok(dir.join(format!("{prefix}{uuid}")))
-}
-
-fn owner_name(uid: u32) -> String {
-    user_name(uid).to_string()
 }
 
 /// What two looks at a side block, [`WATCH`] apart, say about its agent.
@@ -233,6 +271,21 @@ fn liveness(before: Option<SideStatus>, after: Option<SideStatus>) -> Liveness {
     }
 }
 
+impl Liveness {
+    /// The `--json` name: `alive`, `stale`, `absent`, `closed`, `invalid`.
+    fn name(self, status: Option<SideStatus>) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Stale => "stale",
+            Self::Detached => match status.map(|s| s.state) {
+                Some(PeerState::Closed) => "closed",
+                _ => "absent",
+            },
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 fn liveness_line(label: &str, status: Option<SideStatus>, live: Liveness) -> String {
     let watched = WATCH.as_secs_f64();
     let what = match live {
@@ -241,117 +294,213 @@ fn liveness_line(label: &str, status: Option<SideStatus>, live: Liveness) -> Str
             "stale: ready, but no heartbeat for {watched:.1} s (its agent died or hangs; \
              a new agent takes over)"
         ),
-        Liveness::Detached => match status.map(|s| s.state) {
-            Some(PeerState::Closed) => "closed".to_owned(),
-            _ => "absent".to_owned(),
-        },
+        Liveness::Detached => live.name(status).to_owned(),
         Liveness::Invalid => "invalid side block".to_owned(),
     };
     format!("  {label:<5}  {what}")
 }
 
-/// The header line and, when there is a header, the side blocks' first look.
-fn first_look(view: &InspectedRegion) -> (String, Option<[Option<SideStatus>; 2]>, bool) {
-    match Header::open(view.region()) {
-        Ok(header) => {
-            let uuid = VmUuid::from_bytes(header.layout().uuid);
-            let mut line = summary(&header);
-            if !view.path().to_string_lossy().ends_with(&uuid.to_string()) {
-                line.push_str("  [header UUID differs from file name]");
+/// A first look at a region: its file and header, and the side blocks to
+/// compare with a second look.
+struct Look {
+    /// Size, owner and mode (`Err`: the file could not be opened).
+    file: Result<json::FileReport, RegionError>,
+    /// The header's one-line summary, or why there is none.
+    line: String,
+    /// The header as data.
+    header: Option<json::HeaderReport>,
+    /// Why there is no header.
+    header_error: Option<String>,
+    /// The side blocks, when there is a header.
+    sides: Option<[Option<SideStatus>; 2]>,
+    /// False when the file or its header could not be read.
+    readable: bool,
+}
+
+impl Look {
+    fn take(path: &Path) -> Self {
+        let view = match InspectedRegion::open(path) {
+            Ok(view) => view,
+            Err(e) => {
+                return Self {
+                    file: Err(e),
+                    line: String::new(),
+                    header: None,
+                    header_error: None,
+                    sides: None,
+                    readable: false,
+                }
             }
-            (line, Some(sides(&header)), true)
+        };
+        let meta = view.metadata();
+        let owner = user_name(meta.uid());
+        let file = Ok(json::FileReport {
+            size: meta.len(),
+            uid: owner.id,
+            owner: owner.name,
+            mode: format!("{:04o}", meta.mode() & 0o7777),
+        });
+        match Header::open(view.region()) {
+            Ok(header) => {
+                let uuid = VmUuid::from_bytes(header.layout().uuid);
+                let mut line = summary(&header);
+                if !path.to_string_lossy().ends_with(&uuid.to_string()) {
+                    line.push_str("  [header UUID differs from file name]");
+                }
+                Self {
+                    file,
+                    line,
+                    header: Some(json::HeaderReport::new(&header)),
+                    header_error: None,
+                    sides: Some(sides(&header)),
+                    readable: true,
+                }
+            }
+            Err(LayoutError::NotInitialized) => Self {
+                file,
+                line: "no header yet (all zeros)".to_owned(),
+                header: None,
+                header_error: Some("no header yet (all zeros)".to_owned()),
+                sides: None,
+                readable: true,
+            },
+            Err(e) => Self {
+                file,
+                line: format!("invalid header: {e}"),
+                header: None,
+                header_error: Some(e.to_string()),
+                sides: None,
+                readable: false,
+            },
         }
-        Err(LayoutError::NotInitialized) => ("no header yet (all zeros)".to_owned(), None, true),
-        Err(e) => (format!("invalid header: {e}"), None, false),
+    }
+
+    /// The region as `--json` reports it, given the second look's side blocks.
+    fn report(self, path: &Path, second: [Option<SideStatus>; 2]) -> json::RegionReport {
+        let liveness = self.sides.map(|first| {
+            let name = |i: usize| liveness(first[i], second[i]).name(second[i]);
+            json::Sides {
+                host: name(0),
+                guest: name(1),
+            }
+        });
+        let (file, error) = match self.file {
+            Ok(file) => (Some(file), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        json::RegionReport {
+            path: path.display().to_string(),
+            file,
+            error,
+            header: self.header,
+            header_error: self.header_error,
+            liveness,
+        }
     }
 }
 
 /// A second look at the side blocks, through a fresh private mapping.
-fn second_look(path: &Path) -> Option<[Option<SideStatus>; 2]> {
-    let view = InspectedRegion::open(path).ok()?;
-    let header = Header::open(view.region()).ok()?;
-    Some(sides(&header))
+fn second_look(path: &Path) -> [Option<SideStatus>; 2] {
+    InspectedRegion::open(path)
+        .ok()
+        .and_then(|view| Header::open(view.region()).ok().map(|h| sides(&h)))
+        .unwrap_or([None, None])
 }
 
-fn list(dir: &Path, prefix: &str) -> Result<(), Failure> {
+fn list(dir: &Path, prefix: &str, as_json: bool) -> Result<(), Failure> {
     let regions = list_regions(dir, prefix)?;
-    if regions.is_empty() {
-        say!("no {prefix}<uuid> region files in {}", dir.display());
-        return Ok(());
-    }
     // One look at every region, one wait, a second look: liveness for all.
-    let mut looks = Vec::new();
-    let mut unreadable = 0usize;
-    for (_, path) in &regions {
-        match InspectedRegion::open(path) {
-            Ok(view) => {
-                let meta = view.metadata();
-                let facts = format!(
-                    "  {}  owner {}  mode {:04o}",
-                    human_size(meta.len()),
-                    owner_name(meta.uid()),
-                    meta.mode() & 0o7777
-                );
-                let (line, first, readable) = first_look(&view);
-                if !readable {
-                    unreadable += 1;
-                }
-                looks.push((path, Ok((facts, line, first))));
-            }
-            Err(e) => {
-                unreadable += 1;
-                looks.push((path, Err(e)));
-            }
-        }
-    }
-    if looks.iter().any(|(_, l)| matches!(l, Ok((_, _, Some(_))))) {
+    let looks: Vec<(PathBuf, Look)> = regions
+        .into_iter()
+        .map(|(_, path)| {
+            let look = Look::take(&path);
+            (path, look)
+        })
+        .collect();
+    let unreadable = looks.iter().filter(|(_, l)| !l.readable).count();
+    let total = looks.len();
+    if looks.iter().any(|(_, l)| l.sides.is_some()) {
+        log::debug!("watching the heartbeats for {WATCH:?}");
         std::thread::sleep(WATCH);
     }
-    for (path, look) in looks {
-        say!("{}", path.display());
-        match look {
-            Ok((facts, line, first)) => {
-                say!("{facts}");
-                say!("  {line}");
-                if let Some(first) = first {
-                    let second = second_look(path).unwrap_or([None, None]);
-                    for (i, label) in ["host", "guest"].iter().enumerate() {
-                        say!(
-                            "  {}",
-                            liveness_line(label, second[i], liveness(first[i], second[i]))
-                        );
+    if as_json {
+        let regions = looks
+            .into_iter()
+            .map(|(path, look)| {
+                let second = second_look(&path);
+                look.report(&path, second)
+            })
+            .collect();
+        json::print(
+            PROGRAM,
+            &json::RegionList {
+                dir: dir.display().to_string(),
+                prefix: prefix.to_owned(),
+                regions,
+            },
+        );
+    } else if looks.is_empty() {
+        say!("no {prefix}<uuid> region files in {}", dir.display());
+    } else {
+        for (path, look) in looks {
+            say!("{}", path.display());
+            match &look.file {
+                Ok(file) => {
+                    let owner = IdName {
+                        id: file.uid,
+                        name: file.owner.clone(),
+                    };
+                    say!(
+                        "  {}  owner {owner}  mode {}",
+                        human_size(file.size),
+                        file.mode
+                    );
+                    say!("  {}", look.line);
+                    if let Some(first) = look.sides {
+                        let second = second_look(&path);
+                        for (i, label) in ["host", "guest"].iter().enumerate() {
+                            say!(
+                                "  {}",
+                                liveness_line(label, second[i], liveness(first[i], second[i]))
+                            );
+                        }
                     }
                 }
+                Err(e) => say!("  cannot open: {e}"),
             }
-            Err(e) => say!("  cannot open: {e}"),
         }
     }
     if unreadable > 0 {
         return Err(Failure::Message(format!(
-            "{unreadable} of {} region files could not be read",
-            regions.len()
+            "{unreadable} of {total} region files could not be read"
         )));
     }
     Ok(())
 }
 
-fn inspect(path: &Path) -> Result<(), Failure> {
+fn inspect(path: &Path, as_json: bool) -> Result<(), Failure> {
     let view = InspectedRegion::open(path)?;
     let meta = view.metadata();
-    say!("file      {}", path.display());
-    say!(
-        "owner     {}  mode {:04o}",
-        owner_name(meta.uid()),
-        meta.mode() & 0o7777
-    );
     let header = Header::open(view.region()).map_err(|source| RegionError::Layout {
         path: path.to_path_buf(),
         source,
     })?;
+    if as_json {
+        let look = Look::take(path);
+        std::thread::sleep(WATCH);
+        json::print(PROGRAM, &look.report(path, second_look(path)));
+        return Ok(());
+    }
+    say!("file      {}", path.display());
+    say!(
+        "owner     {}  mode {:04o}",
+        user_name(meta.uid()),
+        meta.mode() & 0o7777
+    );
     ivchan_cli::emit(PROGRAM, format_args!("{}", describe(&header)));
     let first = sides(&header);
     std::thread::sleep(WATCH);
-    let second = second_look(path).unwrap_or([None, None]);
+    let second = second_look(path);
     say!("liveness");
     for (i, label) in ["host", "guest"].iter().enumerate() {
         say!(

@@ -13,6 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
 use ivchan_examples::{agent, cancel_on_signals, EXIT_INTERRUPTED};
 use ivchan_guest::{
     parse_pci_address, ChannelOptions, GuestChannel, MapOptions, OwnedChannel, Selector,
@@ -56,6 +58,17 @@ struct Args {
     /// Seconds without progress before a transfer fails.
     #[arg(long, default_value_t = 30)]
     stall: u64,
+    /// Print the shell completion script for SHELL (bash, zsh, fish,
+    /// elvish, powershell) and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true, hide = true)]
+    completions: Option<Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true, hide = true)]
+    man: bool,
+    /// -v/-vv/-vvv: the libraries' log records (region files, device
+    /// selection) on stderr; -q errors only.
+    #[command(flatten)]
+    verbosity: Verbosity,
 }
 
 fn wake_arg(text: &str) -> Result<WakePreference, String> {
@@ -148,6 +161,16 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Packaging: generated from these definitions (`cargo xtask install-check`).
+    if let Some(shell) = args.completions {
+        generate::completions::<Args>("ivchan-guest-agent", shell);
+        return ExitCode::SUCCESS;
+    }
+    if args.man {
+        generate::man::<Args>("ivchan-guest-agent", None);
+        return ExitCode::SUCCESS;
+    }
+    args.verbosity.init();
     let token = match cancel_on_signals() {
         Ok(token) => token,
         Err(e) => {

@@ -23,12 +23,15 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ivchan_cli::args::RegionArgs;
+use ivchan_cli::generate::{self, Shell};
+use ivchan_cli::logging::Verbosity;
 use ivchan_examples::{agent, cancel_on_signals, traffic, EXIT_INTERRUPTED};
 use ivchan_host::{
     ChannelError, ChannelOptions, OwnedChannel, RegionFile, RegionOptions, ServerEvent, Supervisor,
     VmChannel, VmEvent, VmOptions, VmUuid, WaitStrategy,
 };
 use ivchan_protocol::{poll_until, CancelToken};
+use ivchan_testkit::process::cpu_time;
 
 #[derive(Parser, Clone)]
 #[command(
@@ -89,6 +92,17 @@ struct Args {
     /// Then the same idle wait busy-polling, for comparison.
     #[arg(long, default_value_t = 0)]
     busy_idle: u64,
+    /// Print the shell completion script for SHELL (bash, zsh, fish,
+    /// elvish, powershell) and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true, hide = true)]
+    completions: Option<Shell>,
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true, hide = true)]
+    man: bool,
+    /// -v/-vv/-vvv: the libraries' log records (region files, device
+    /// selection) on stderr; -q errors only.
+    #[command(flatten)]
+    verbosity: Verbosity,
 }
 
 fn rate(uuid: &VmUuid, what: &str, count: u64, bytes: u64, secs: f64) {
@@ -155,28 +169,13 @@ fn wait_for_doorbell(vm: &VmChannel, wait: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// CPU time (user + system) this process has used, from /proc/self/stat.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 12th and 13th of those, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
 /// Waits to receive for `secs` while the guest stays quiet; returns the CPU
 /// time used.
 fn idle(vm: &mut VmChannel, secs: u64) -> Result<Duration, String> {
-    let before = cpu_time();
+    let before = cpu_time("self");
     let mut buf = [0u8; 64];
     match vm.recv(&mut buf, Some(Duration::from_secs(secs))) {
-        Err(ChannelError::Timeout { .. }) => Ok(cpu_time().saturating_sub(before)),
+        Err(ChannelError::Timeout { .. }) => Ok(cpu_time("self").saturating_sub(before)),
         Ok(n) => Err(format!("unexpected {n}-byte message while idle")),
         Err(e) => Err(e.to_string()),
     }
@@ -309,6 +308,8 @@ fn stream(
         12 * count
     );
     if !args.keep_guest {
+        // The guest agent takes commands only within a session.
+        agent::hello(vm, deadline)?;
         agent::command(vm, "quit", Duration::from_secs(30))?;
     }
     Ok(())
@@ -393,6 +394,16 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Packaging: generated from these definitions (`cargo xtask install-check`).
+    if let Some(shell) = args.completions {
+        generate::completions::<Args>("ivchan-host-agent", shell);
+        return ExitCode::SUCCESS;
+    }
+    if args.man {
+        generate::man::<Args>("ivchan-host-agent", None);
+        return ExitCode::SUCCESS;
+    }
+    args.verbosity.init();
     let token = match cancel_on_signals() {
         Ok(token) => token,
         Err(e) => {

@@ -65,8 +65,17 @@ impl RegionFile {
         )?;
         // From here on, failure removes the half-made file.
         let made = Self::finish_create(file, &path, uuid, opts);
-        if made.is_err() {
-            let _ = fs::remove_file(&path);
+        match &made {
+            Ok(_) => log::info!(
+                "created {} ({} bytes, mode {:04o})",
+                path.display(),
+                opts.size,
+                opts.mode
+            ),
+            Err(e) => {
+                log::debug!("removing {} after a failed create: {e}", path.display());
+                let _ = fs::remove_file(&path);
+            }
         }
         made
     }
@@ -111,6 +120,7 @@ impl RegionFile {
         // Size checked after locking: nobody of ours is resizing it now.
         let size = check_inode(&file, &path, opts)?;
         check_size(&path, size, huge_page_size(&file, &path)?)?;
+        log::debug!("opened and locked {} ({size} bytes)", path.display());
         Self::map(file, path, uuid, size)
     }
 
@@ -179,7 +189,12 @@ impl RegionFile {
                     name,
                     ring_size: None,
                 };
-                Header::create(self.region(), &params).map_err(layout_err)?
+                let header = Header::create(self.region(), &params).map_err(layout_err)?;
+                log::info!(
+                    "{}: was all zeros, wrote a new header (channel {name:?})",
+                    self.path.display()
+                );
+                header
             }
             Err(LayoutError::IncompatibleVersion {
                 found_major,
@@ -217,10 +232,16 @@ impl RegionFile {
             name,
             ring_size: None,
         };
-        Header::create(self.region(), &params).map_err(|source| RegionError::Layout {
-            path: self.path.clone(),
-            source,
-        })
+        let header =
+            Header::create(self.region(), &params).map_err(|source| RegionError::Layout {
+                path: self.path.clone(),
+                source,
+            })?;
+        log::info!(
+            "{}: wrote a fresh header (channel {name:?})",
+            self.path.display()
+        );
+        Ok(header)
     }
 
     /// Unlinks the file, if the path still names this file (and not

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::error::{LayoutError, RingError};
 use crate::layout::{Header, PeerState, RegionRing, Side, SideStatus};
 use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
+use crate::volatile::VolatileSlice;
 
 mod cancel;
 mod owned;
@@ -241,6 +242,9 @@ pub struct Channel<'a> {
     spurious_wakes: u64,
     /// Set from outside to stop blocked calls.
     cancel: Option<CancelToken>,
+    /// Spin leads learned by the last blocking send and receive
+    /// ([`Waiter::lead`]), so a stream keeps its batching across calls.
+    leads: [u32; 2],
 }
 
 /// Empty doorbell wakes in a row taken without pausing.
@@ -285,6 +289,7 @@ impl<'a> Channel<'a> {
             broken: None,
             spurious_wakes: 0,
             cancel: None,
+            leads: [0; 2],
         })
     }
 
@@ -552,6 +557,75 @@ impl<'a> Channel<'a> {
         })
     }
 
+    /// Sends every message of `msgs`, publishing once at the end instead of
+    /// once per message (and once before each wait for room, so a full
+    /// ring drains): the reader takes the batch with one load of `tail`, and
+    /// the cache line that holds it moves once. Waits for room up to
+    /// `timeout` in all. Returns how many messages were sent; when a
+    /// message fails (too large, timeout, poisoned ring), the ones before
+    /// it are published and the error is returned.
+    pub fn send_batch<'m>(
+        &mut self,
+        msgs: impl IntoIterator<Item = &'m [u8]>,
+        timeout: Option<Duration>,
+    ) -> Result<usize, ChannelError> {
+        self.usable()?;
+        self.tick();
+        let start = Instant::now();
+        let mut sent = 0;
+        let result = (|| {
+            for msg in msgs {
+                if !stage_send(&mut self.tx, msg)? {
+                    self.tx.publish();
+                    self.after_publish();
+                    let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+                    self.block(left, false, |ch| {
+                        stage_send(&mut ch.tx, msg).map(|s| s.then_some(()))
+                    })?;
+                }
+                sent += 1;
+            }
+            Ok(sent)
+        })();
+        self.tx.publish();
+        self.after_publish();
+        result
+    }
+
+    /// Waits up to `timeout` for a message, then hands every queued message
+    /// (at most `max`) to `f` in place, as a volatile view, and releases
+    /// them all with one store of `head`. Returns how many `f` saw. On an
+    /// error after the first message, the ones `f` saw are released and the
+    /// error is returned.
+    pub fn recv_batch(
+        &mut self,
+        max: usize,
+        timeout: Option<Duration>,
+        mut f: impl FnMut(VolatileSlice<'_>),
+    ) -> Result<usize, ChannelError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        self.block(timeout, true, |ch| ch.rx.peek().map(|g| g.map(drop)))?;
+        let mut seen = 0;
+        let result = loop {
+            if seen == max {
+                break Ok(seen);
+            }
+            match self.rx.peek() {
+                Ok(Some(msg)) => {
+                    f(msg.volatile());
+                    msg.stage();
+                    seen += 1;
+                }
+                Ok(None) => break Ok(seen),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.rx.publish();
+        result
+    }
+
     /// Publishes staged sends and releases, and rings the peer if it is
     /// waiting to be woken. Call it after committing zero-copy grants when
     /// the peer may be asleep.
@@ -579,7 +653,8 @@ impl<'a> Channel<'a> {
         self.usable()?;
         self.check_cancel()?;
         let start = Instant::now();
-        let mut waiter = Waiter::new(self.options.wait);
+        let side = usize::from(on_receive);
+        let mut waiter = Waiter::with_lead(self.options.wait, self.leads[side]);
         let mut polls = 0u32;
         let mut checked = start;
         // Wakes from the doorbell in a row that found nothing to read.
@@ -587,6 +662,8 @@ impl<'a> Channel<'a> {
         let mut woke = false;
         loop {
             if let Some(value) = attempt(self)? {
+                waiter.reset();
+                self.leads[side] = waiter.lead();
                 return Ok(value);
             }
             if std::mem::take(&mut woke) {
@@ -625,6 +702,11 @@ impl<'a> Channel<'a> {
                 }
                 if let Some(status) = self.peer.last {
                     if status.state == PeerState::Closed {
+                        // What the peer published before closing is still
+                        // delivered: it may have landed after our attempt.
+                        if let Some(value) = attempt(self)? {
+                            return Ok(value);
+                        }
                         return Err(ChannelError::PeerClosed);
                     }
                 }
@@ -658,6 +740,19 @@ impl<'a> Channel<'a> {
                 continue;
             }
             waiter.wait(remaining);
+        }
+    }
+}
+
+/// Copies `msg` into the ring and stages it (no publish); `Ok(false)` when
+/// the ring is full.
+fn stage_send(tx: &mut Producer<RegionRing<'_>>, msg: &[u8]) -> Result<bool, RingError> {
+    match tx.reserve(msg.len())? {
+        None => Ok(false),
+        Some(mut grant) => {
+            grant.write(0, msg)?;
+            grant.stage(msg.len())?;
+            Ok(true)
         }
     }
 }

@@ -236,6 +236,26 @@ impl<M: SharedMemory> OwnedChannel<M> {
         self.channel.peek(timeout)
     }
 
+    /// Sends every message with one publish (see [`Channel::send_batch`]).
+    pub fn send_batch<'m>(
+        &mut self,
+        msgs: impl IntoIterator<Item = &'m [u8]>,
+        timeout: Option<Duration>,
+    ) -> Result<usize, ChannelError> {
+        self.channel.send_batch(msgs, timeout)
+    }
+
+    /// Takes every queued message with one release (see
+    /// [`Channel::recv_batch`]).
+    pub fn recv_batch(
+        &mut self,
+        max: usize,
+        timeout: Option<Duration>,
+        f: impl FnMut(crate::VolatileSlice<'_>),
+    ) -> Result<usize, ChannelError> {
+        self.channel.recv_batch(max, timeout, f)
+    }
+
     /// Publishes staged sends and releases, ringing the peer if it waits.
     pub fn publish(&mut self) {
         self.channel.publish();

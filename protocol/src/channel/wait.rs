@@ -65,21 +65,57 @@ impl Default for WaitStrategy {
 }
 
 /// One wait in progress under a [`WaitStrategy`].
+///
+/// A waiter that lives across messages (one per side of a stream, calling
+/// [`reset`](Self::reset) after every message) also learns, with
+/// `spin_backoff`: when each wait yields only a message or two (the peer
+/// produces about as fast as this side consumes, so this side takes one
+/// message per look, and each look pulls the peer's cache lines away from
+/// it), later waits start with a longer first gap, so the peer writes a
+/// batch undisturbed and this side takes it from its cached position. When
+/// a longer gap still yields one message (a ping-pong, not a stream), the
+/// gap shrinks again; a wait that runs into yielding (the peer went quiet)
+/// starts the next one from the shortest gap.
 #[derive(Debug)]
 pub struct Waiter {
     strategy: WaitStrategy,
     step: u64,
     sleep: Duration,
+    /// Extra doublings of the first spin gap, learned by `reset`.
+    lead: u32,
+    /// Progress made since the last wait ended (messages in its batch).
+    batch: u32,
 }
+
+/// The largest learned lead: the first gap is then the longest one, 32
+/// pause hints.
+const MAX_LEAD: u32 = 5;
+
+/// A wait that yields at least this many messages is batching well.
+const GOOD_BATCH: u32 = 8;
 
 impl Waiter {
     /// Starts waiting.
     pub fn new(strategy: WaitStrategy) -> Self {
+        Self::with_lead(strategy, 0)
+    }
+
+    /// Starts waiting with a lead learned by an earlier waiter
+    /// ([`lead`](Self::lead)), for callers that make a waiter per call.
+    pub fn with_lead(strategy: WaitStrategy, lead: u32) -> Self {
         Self {
             strategy,
             step: 0,
             sleep: strategy.min_sleep,
+            lead: lead.min(MAX_LEAD),
+            batch: 0,
         }
+    }
+
+    /// The learned lead (0 to 5): how many doublings the first spin gap
+    /// starts with.
+    pub fn lead(&self) -> u32 {
+        self.lead
     }
 
     /// Waits once, a little longer than last time; never longer than
@@ -93,7 +129,7 @@ impl Waiter {
             // writer on every miss (measured: 6 M msg/s with single pauses,
             // 47-58 M msg/s spaced out, 64 B across two cores).
             let pauses = if s.spin_backoff {
-                1u32 << (self.step - 1).min(5)
+                1u32 << (self.step - 1 + u64::from(self.lead)).min(5)
             } else {
                 1
             };
@@ -119,8 +155,31 @@ impl Waiter {
         self.step + 1 > u64::from(s.spins) + u64::from(s.yields)
     }
 
-    /// Progress was made: the next wait spins again.
+    /// Progress was made: the next wait spins again (and the lead is
+    /// learned from how long this wait took; see the type's docs).
     pub fn reset(&mut self) {
+        if self.step == 0 {
+            // Progress without waiting: one more message in this batch.
+            self.batch = self.batch.saturating_add(1);
+            return;
+        }
+        if self.strategy.spin_backoff {
+            let spins = u64::from(self.strategy.spins);
+            self.lead = if self.step > spins {
+                // The peer went quiet: look quickly again.
+                0
+            } else if self.batch >= GOOD_BATCH {
+                self.lead
+            } else if self.batch >= 2 || (self.lead == 0 && self.step <= 2) {
+                // Small batches, or data at the first quick looks: in step
+                // with the peer; look later next time.
+                (self.lead + 1).min(MAX_LEAD)
+            } else {
+                // A late look still found a single message: not a stream.
+                self.lead.saturating_sub(1)
+            };
+        }
+        self.batch = 1;
         self.step = 0;
         self.sleep = self.strategy.min_sleep;
     }
@@ -167,6 +226,45 @@ pub fn poll_until<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lead_follows_the_batches_a_wait_yields() {
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        // One quick look found a message, then another came at once: in
+        // step with a streaming peer.
+        w.wait(None);
+        w.reset();
+        assert_eq!(w.lead(), 1);
+        w.reset();
+        w.wait(None);
+        w.reset();
+        assert_eq!(w.lead(), 2);
+        // A good batch keeps the lead.
+        for _ in 0..GOOD_BATCH {
+            w.reset();
+        }
+        w.wait(None);
+        w.reset();
+        assert_eq!(w.lead(), 2);
+        // A late look that found a single message: a ping-pong; shrink.
+        w.wait(None);
+        w.reset();
+        assert_eq!(w.lead(), 1);
+        // A wait that ran into yielding: the peer is idle.
+        for _ in 0..=WaitStrategy::adaptive().spins {
+            w.wait(None);
+        }
+        w.reset();
+        assert_eq!(w.lead(), 0);
+        // Busy-polling never learns a lead (latency first).
+        let mut b = Waiter::new(WaitStrategy::busy_poll());
+        b.wait(None);
+        b.reset();
+        b.reset();
+        b.wait(None);
+        b.reset();
+        assert_eq!(b.lead(), 0);
+    }
 
     #[test]
     fn poll_until_returns_the_first_value() {

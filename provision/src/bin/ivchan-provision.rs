@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ivchan_cli::generate::{self, Shell};
 use ivchan_provision::hook::{self, HookConfig, OnRelease, Owner, DEFAULT_CHANNEL_NAME};
 use ivchan_provision::qmp::{self, Qmp, VirshMonitor};
 use ivchan_provision::spec::{default_region, parse_bus, parse_size, parse_slot, parse_uuid};
@@ -131,6 +132,17 @@ enum Cmd {
     UninstallHook {
         #[command(flatten)]
         place: HookPlace,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish,
+    /// elvish, powershell).
+    Completions { shell: Shell },
+    /// Print the man page (roff), or write the pages of ivchan-provision
+    /// and its subcommands into DIR.
+    Man {
+        /// Directory to write `ivchan-provision.1` and
+        /// `ivchan-provision-<subcommand>.1` into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -501,6 +513,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Some(p) => eprintln!("ivchan-provision: removed {}", p.display()),
             None => eprintln!("ivchan-provision: no hook installed"),
         },
+        Cmd::Completions { shell } => generate::completions::<Cli>("ivchan-provision", shell),
+        Cmd::Man { dir } => generate::man::<Cli>("ivchan-provision", dir.as_deref()),
     }
     Ok(ExitCode::SUCCESS)
 }

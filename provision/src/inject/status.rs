@@ -9,6 +9,7 @@ use crate::spec::Spec;
 /// Which routes are in place for a domain, and whether it is tainted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// The domain's UUID.
     pub uuid: String,
     /// Name of the tool's `<shmem>` if present.
     pub shmem: Option<String>,
