@@ -171,16 +171,18 @@ impl Drop for Reap {
     }
 }
 
-fn wait_for(child: &mut Reap, limit: Duration, what: &str) -> std::process::ExitStatus {
+/// Waits up to `limit` for `child`; kills it then (`None`).
+fn wait_for(child: &mut Reap, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.0.try_wait().expect("wait") {
-            return status;
+            return Some(status);
         }
-        assert!(
-            start.elapsed() < limit,
-            "{what} still running after {limit:?}"
-        );
+        if start.elapsed() > limit {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -225,6 +227,17 @@ fn the_c_guest_agent_completes_a_checked_exchange_with_the_rust_host_agent() {
     let mut host = Reap(host);
     // The host agent makes the region; the C agent waits for its header.
     let region = regions.join(format!("fg_{UUID}"));
+    let start = Instant::now();
+    while !region.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the host agent made no region"
+        );
+        if let Some(status) = host.0.try_wait().expect("wait") {
+            panic!("the host agent exited ({status}) before making the region");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let guest = Command::new(&agent)
         .args(["--region-file", region.to_str().expect("UTF-8 path")])
         .args(["--wait", "60", "--stall", "30"])
@@ -233,8 +246,10 @@ fn the_c_guest_agent_completes_a_checked_exchange_with_the_rust_host_agent() {
         .spawn()
         .expect("start the C guest agent");
     let mut guest = Reap(guest);
-    let host_status = wait_for(&mut host, Duration::from_secs(300), "host agent");
-    let guest_status = wait_for(&mut guest, Duration::from_secs(30), "C guest agent");
+    let host_status = wait_for(&mut host, Duration::from_secs(300));
+    // The guest agent exits at the host's `quit`; a host that failed leaves
+    // it waiting for a host to come back.
+    let guest_status = wait_for(&mut guest, Duration::from_secs(30));
     let read = |c: &mut Reap| {
         let mut text = String::new();
         for stream in [
@@ -257,8 +272,14 @@ fn the_c_guest_agent_completes_a_checked_exchange_with_the_rust_host_agent() {
     let host_out = read(&mut host);
     let guest_out = read(&mut guest);
     println!("host agent:\n{host_out}\nC guest agent:\n{guest_out}");
-    assert!(host_status.success(), "host agent failed:\n{host_out}");
-    assert!(guest_status.success(), "C guest agent failed:\n{guest_out}");
+    assert!(
+        host_status.is_some_and(|s| s.success()),
+        "host agent failed ({host_status:?}):\n{host_out}\nC guest agent:\n{guest_out}"
+    );
+    assert!(
+        guest_status.is_some_and(|s| s.success()),
+        "C guest agent failed ({guest_status:?}):\n{guest_out}"
+    );
     // Both sides checked every message: 20,000 each way, 5,000 echoed.
     assert!(
         host_out.contains("to-guest 25000 msgs") && host_out.contains("from-guest 25000 msgs"),
