@@ -337,7 +337,7 @@ fn stream(
 }
 
 /// Starts a thread that watches the VM's region for its guest leaving
-/// this host and then cancels the channel (whose token also follows the
+/// this host (migrated, not merely closed) and then cancels the channel (whose token also follows the
 /// signal token); returns where the departure will be recorded.
 fn watch_departure(
     vm: &mut VmChannel,
@@ -354,7 +354,9 @@ fn watch_departure(
             token.cancel();
             return;
         }
-        if let Some(how) = watch.poll() {
+        // Only a guest that left this host ends the stream: one that
+        // closed its side (an agent restart) is waited for as before.
+        if let Some(how @ ivchan_host::GuestDeparture::Migrated) = watch.poll() {
             let _ = seen.set(how);
             token.cancel();
             return;
