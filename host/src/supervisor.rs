@@ -319,12 +319,14 @@ impl Supervisor {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// Whether the next [`poll`](Self::poll) rescans the directory (the
     /// first call, or after inotify's queue overflowed) rather than wait.
     pub(crate) fn rescan_due(&self) -> bool {
         !self.scanned
     }
 
+    #[cfg(feature = "tokio")]
     /// The region directory watched.
     pub(crate) fn directory(&self) -> &std::path::Path {
         self.regions.directory()

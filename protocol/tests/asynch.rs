@@ -227,3 +227,80 @@ fn zero_copy_send_and_receive_in_place() {
         }
     });
 }
+
+/// A doorbell that is always rung (a peer ringing without sending).
+#[derive(Debug, Default)]
+struct Storm(Arc<AtomicU64>);
+
+impl Readiness for Storm {
+    fn poll_rung(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Empty wakes back off (1 ms doubling to 64 ms after a few): a ringing
+/// peer costs a handful of looks, not a spinning task. Unbounded, this
+/// loop would look millions of times in the same 300 ms.
+#[test]
+fn a_peer_that_rings_without_sending_is_not_looked_at_in_a_loop() {
+    let (host, guest) = pair(1 << 16);
+    let looks = Arc::new(AtomicU64::new(0));
+    let mut host = AsyncChannel::with_readiness(host, Storm(looks.clone()));
+    let rt = runtime();
+    rt.block_on(async {
+        let mut buf = [0u8; 8];
+        let waited = tokio::time::timeout(Duration::from_millis(300), host.recv(&mut buf)).await;
+        assert!(waited.is_err(), "nothing was sent");
+    });
+    let looks = looks.load(Ordering::Relaxed);
+    assert!(looks < 1000, "{looks} looks at a ringing, silent peer");
+    drop(guest);
+}
+
+/// A receive asleep on its doorbell keeps this side's heartbeat going, so
+/// the peer (with a short peer timeout) never sees it fall silent.
+#[test]
+fn a_waiting_receive_keeps_the_heartbeat_beating() {
+    let memory = Arc::new(Mapping::anonymous(1 << 20).unwrap());
+    let params = InitParams {
+        uuid: [9; 16],
+        name: "beat",
+        ring_size: None,
+    };
+    Header::create(memory.region(), &params).unwrap();
+    let quick = ChannelOptions {
+        heartbeat_interval: Duration::from_millis(5),
+        peer_timeout: Some(Duration::from_millis(100)),
+        ..ChannelOptions::default()
+    };
+    let host = OwnedChannel::attach(memory.clone(), Side::Host, quick).unwrap();
+    let mut guest = OwnedChannel::attach(memory, Side::Guest, quick).unwrap();
+    let bell = Arc::new(Bell::default());
+    let mut host = AsyncChannel::with_readiness(host, Listener(bell));
+    let rt = runtime();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = done.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        while !watching.load(Ordering::SeqCst) {
+            events.extend(guest.poll_peer().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (events, guest)
+    });
+    rt.block_on(async {
+        let mut buf = [0u8; 8];
+        let waited = tokio::time::timeout(Duration::from_millis(500), host.recv(&mut buf)).await;
+        assert!(waited.is_err(), "nothing was sent: {waited:?}");
+    });
+    done.store(true, Ordering::SeqCst);
+    let (events, guest) = watcher.join().unwrap();
+    drop(guest);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ivchan_protocol::PeerEvent::Silent { .. })),
+        "the host fell silent while waiting: {events:?}"
+    );
+}

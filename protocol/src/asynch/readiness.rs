@@ -57,6 +57,9 @@ impl Default for PollOptions {
     }
 }
 
+/// Looks spaced by pause hints before a wait starts yielding the thread.
+const SPIN_LOOKS: u32 = 64;
+
 /// The timer fallback: an adaptive polling interval, reset by progress.
 #[derive(Debug)]
 pub(crate) struct PollTimer {
@@ -69,6 +72,8 @@ pub(crate) struct PollTimer {
     window: Duration,
     /// Timer sleeps in this wait.
     sleeps: u32,
+    /// Looks (yields) in this wait.
+    looks: u32,
     interval: Duration,
     /// Made on first use: a tokio timer needs the runtime.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -83,6 +88,7 @@ impl PollTimer {
             yielded: false,
             window: options.yield_for,
             sleeps: 0,
+            looks: 0,
             interval: options.min_interval,
             sleep: None,
             armed: false,
@@ -108,6 +114,7 @@ impl PollTimer {
             _ => self.window = (self.window / 2).max(o.yield_for),
         }
         self.sleeps = 0;
+        self.looks = 0;
         self.since = None;
         self.yielded = false;
         self.interval = self.options.min_interval;
@@ -120,10 +127,19 @@ impl PollTimer {
         if self.yielded_enough() {
             return Poll::Ready(());
         }
-        // Also offer the core to other threads: on a busy machine the peer
-        // may be waiting for this very core to make the progress we wait
-        // for (the blocking waiter yields the same way).
-        std::thread::yield_now();
+        // The first looks are spaced with pause hints (1, 2, 4 … 32, as
+        // the blocking waiter spins: re-reading the peer's position at
+        // once pulls its cache line away from it); later ones also offer
+        // the core to other threads: on a busy machine the peer may be
+        // waiting for this very core to make the progress we wait for.
+        self.looks = self.looks.saturating_add(1);
+        if self.looks <= SPIN_LOOKS {
+            for _ in 0..1u32 << self.looks.min(6).saturating_sub(1) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
