@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! info   KEY     VALUE
-//! tput   SCOPE   NAME  SIZE  MSGS_PER_S  BYTES_PER_S      (SCOPE: xthread, xproc, limit)
+//! round  ROUND   CACHE_LINE_P50_NS  LOAD1
+//! tput   SCOPE   NAME  SIZE  MSGS_PER_S  BYTES_PER_S  ROUND   (SCOPE: xthread, xproc, limit)
 //! lat    NAME    WAIT  SIZE  COUNT  MEAN_NS  P50  P99  P99_9  MAX
 //! curve  NAME    WAIT  SIZE  PERCENTILE  NS
 //! ```
@@ -11,12 +12,18 @@
 //! The `info` records come first and declare what was measured with, so
 //! that the report takes these from here rather than repeating them:
 //! `sizes` and `latency_sizes` (lists, `[8, 64, …]`), `region_size` and
-//! `ring_size` (bytes), `per_run_ms`, `reps`, `latency_ms`, `iceoryx2`
-//! (`true`/`false`); later, `failed:NAME` for a transport that could not
-//! start.
+//! `ring_size` (bytes), `per_run_ms`, `reps`, `rounds`, `latency_ms`,
+//! `iceoryx2` (`true`/`false`); later, `failed:NAME` for a transport that
+//! could not start.
 //!
-//! Usage: `bench-report-runner [--quick] [--only SUBSTRING] [--size BYTES]`. The same
-//! measurement code runs under criterion in `cargo bench`.
+//! Throughput is measured in rounds, interleaved: each round measures the
+//! cache-line round trip and the load, then every size across every
+//! transport, queue and limit before the next size, so a noisy minute hits
+//! all of them alike; every point gets one `tput` record per round, and the
+//! report shows their median, minimum and maximum.
+//!
+//! Usage: `bench-report-runner [--quick] [--rounds N] [--only SUBSTRING] [--size BYTES]`.
+//! The same measurement code runs under criterion in `cargo bench`.
 
 use std::time::Duration;
 
@@ -29,6 +36,7 @@ use ivchan_benches::{limits, LATENCY_SIZES, REGION_SIZE, RING_SIZE, SIZES};
 struct Opts {
     per_run: Duration,
     reps: usize,
+    rounds: usize,
     latency_time: Duration,
     only: Option<String>,
     sizes: Vec<usize>,
@@ -40,16 +48,24 @@ impl Opts {
     }
 }
 
-fn tput(scope: &str, name: &str, size: usize, msgs: f64) {
+fn tput(scope: &str, name: &str, size: usize, msgs: f64, round: usize) {
     println!(
-        "tput\t{scope}\t{name}\t{size}\t{msgs:.1}\t{:.1}",
+        "tput\t{scope}\t{name}\t{size}\t{msgs:.1}\t{:.1}\t{round}",
         msgs * size as f64
     );
     eprintln!(
-        "{scope:8} {name:22} {size:>8} B {:>12.3} M msg/s {:>9.3} GB/s",
+        "r{round} {scope:8} {name:22} {size:>8} B {:>12.3} M msg/s {:>9.3} GB/s",
         msgs / 1e6,
         msgs * size as f64 / 1e9
     );
+}
+
+/// The 1-minute load average, as `/proc/loadavg` says.
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// With `IVCHAN_BENCH_COUNTERS` set: how often each ivchan side waited, per
@@ -110,7 +126,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut opts = Opts {
         per_run: Duration::from_millis(150),
-        reps: 5,
+        // Repetition comes from the rounds; within a round, the median of
+        // three runs smooths the odd scheduler hiccup.
+        reps: 3,
+        rounds: 5,
         latency_time: Duration::from_millis(1500),
         only: None,
         sizes: SIZES.to_vec(),
@@ -119,8 +138,19 @@ fn main() {
         match a.as_str() {
             "--quick" => {
                 opts.per_run = Duration::from_millis(30);
-                opts.reps = 3;
+                opts.reps = 1;
+                opts.rounds = 2;
                 opts.latency_time = Duration::from_millis(200);
+            }
+            "--rounds" => {
+                opts.rounds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| {
+                        eprintln!("--rounds needs a positive number");
+                        std::process::exit(2);
+                    });
             }
             "--only" => opts.only = args.next(),
             "--size" => {
@@ -131,7 +161,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "usage: bench-report-runner [--quick] [--only SUBSTRING] [--size BYTES] (got {other:?})"
+                    "usage: bench-report-runner [--quick] [--rounds N] [--only SUBSTRING] [--size BYTES] (got {other:?})"
                 );
                 std::process::exit(2);
             }
@@ -146,29 +176,13 @@ fn main() {
     println!("info\tring_size\t{RING_SIZE}");
     println!("info\tper_run_ms\t{}", opts.per_run.as_millis());
     println!("info\treps\t{}", opts.reps);
+    println!("info\trounds\t{}", opts.rounds);
     println!("info\tlatency_ms\t{}", opts.latency_time.as_millis());
     println!("info\ticeoryx2\t{}", cfg!(feature = "iceoryx2"));
 
-    if opts.wants("limit") {
-        for &size in &opts.sizes {
-            let msgs = rate(|n| limits::memcpy(size, n), opts.per_run, opts.reps);
-            tput("limit", "memcpy", size, msgs);
-        }
-        let s = timed_latency(opts.latency_time, limits::cache_line_round_trips);
-        latency("cache-line", "busy-poll", 8, &s);
-    }
-    for &queue in Queue::ALL {
-        if !opts.wants(&format!("xthread/{}", queue.name())) {
-            continue;
-        }
-        for &size in &opts.sizes {
-            let mut bench = ThreadBench::new(queue, size);
-            ivchan_benches::ivchan::Counters::take();
-            let msgs = rate(|n| bench.run(n), opts.per_run, opts.reps);
-            tput("xthread", queue.name(), size, msgs);
-            counters(queue.name(), size);
-        }
-    }
+    // Sessions stay open across rounds; a transport that cannot start is
+    // reported once and left out.
+    let mut sessions = Vec::new();
     for &transport in Transport::ALL {
         let name = transport.name();
         let want_tput = opts.wants(&format!("xproc/{name}"));
@@ -176,34 +190,69 @@ fn main() {
         if !want_tput && !want_lat {
             continue;
         }
-        let mut session = match Session::new(transport) {
-            Ok(s) => s,
+        match Session::new(transport) {
+            Ok(s) => sessions.push((s, want_tput, want_lat)),
             Err(e) => {
                 eprintln!("{name}: could not start: {e}");
                 println!("info\tfailed:{name}\t{e}");
-                continue;
-            }
-        };
-        if want_tput {
-            for &size in &opts.sizes {
-                let msgs = rate(|n| session.stream(size, n), opts.per_run, opts.reps);
-                tput("xproc", name, size, msgs);
             }
         }
-        if want_lat {
-            for &size in LATENCY_SIZES {
-                let ws = WaitStrategy::for_transport(transport);
-                if ws.is_empty() {
-                    // Blocking in the kernel: the wait strategy is moot.
-                    let s = timed_latency(opts.latency_time, |n| {
-                        session.ping_pong(size, n, WaitStrategy::BusyPoll)
-                    });
-                    latency(name, "blocking", size, &s);
+    }
+    for round in 0..opts.rounds {
+        // The limit every figure of this round stands beside.
+        let rtt = timed_latency(opts.latency_time / 4, limits::cache_line_round_trips);
+        println!("round\t{round}\t{}\t{}", rtt.p50, load1());
+        eprintln!(
+            "round {round}: cache-line round trip p50 {} ns, load {}",
+            rtt.p50,
+            load1()
+        );
+        for &size in &opts.sizes {
+            if opts.wants("limit") {
+                let msgs = rate(|n| limits::memcpy(size, n), opts.per_run, opts.reps);
+                tput("limit", "memcpy", size, msgs, round);
+            }
+            for &queue in Queue::ALL {
+                if !opts.wants(&format!("xthread/{}", queue.name())) {
+                    continue;
                 }
-                for &wait in ws {
-                    let s = timed_latency(opts.latency_time, |n| session.ping_pong(size, n, wait));
-                    latency(name, wait.name(), size, &s);
+                let mut bench = ThreadBench::new(queue, size);
+                ivchan_benches::ivchan::Counters::take();
+                let msgs = rate(|n| bench.run(n), opts.per_run, opts.reps);
+                tput("xthread", queue.name(), size, msgs, round);
+                counters(queue.name(), size);
+            }
+            for (session, want_tput, _) in &mut sessions {
+                if *want_tput {
+                    let name = session.transport().name();
+                    let msgs = rate(|n| session.stream(size, n), opts.per_run, opts.reps);
+                    tput("xproc", name, size, msgs, round);
                 }
+            }
+        }
+    }
+    if opts.wants("limit") {
+        let s = timed_latency(opts.latency_time, limits::cache_line_round_trips);
+        latency("cache-line", "busy-poll", 8, &s);
+    }
+    for (session, _, want_lat) in &mut sessions {
+        if !*want_lat {
+            continue;
+        }
+        let transport = session.transport();
+        let name = transport.name();
+        for &size in LATENCY_SIZES {
+            let ws = WaitStrategy::for_transport(transport);
+            if ws.is_empty() {
+                // Blocking in the kernel: the wait strategy is moot.
+                let s = timed_latency(opts.latency_time, |n| {
+                    session.ping_pong(size, n, WaitStrategy::BusyPoll)
+                });
+                latency(name, "blocking", size, &s);
+            }
+            for &wait in ws {
+                let s = timed_latency(opts.latency_time, |n| session.ping_pong(size, n, wait));
+                latency(name, wait.name(), size, &s);
             }
         }
     }

@@ -165,6 +165,8 @@ fn run(args: &Args, token: &CancelToken) -> Result<(), String> {
         }
         let stall = Duration::from_secs(30);
         let ch: &mut OwnedChannel<RegionFile> = &mut vm;
+        // A session first: the guest side takes commands only within one.
+        agent::hello(ch, stall)?;
         {
             let bytes: u64 = (0..args.exchange).map(|s| traffic::len(s) as u64).sum();
             let t = Instant::now();

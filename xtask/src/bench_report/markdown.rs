@@ -70,6 +70,57 @@ fn ratio_table(r: &Results, scope: &str, out: &mut String) {
     }
 }
 
+/// Each ivchan point's median, minimum and maximum over the interleaved
+/// rounds, with the spread (max / min), and each round's limit and load.
+fn spread_table(r: &Results, scope: &str, out: &mut String) {
+    let ours: Vec<String> = r
+        .names(scope)
+        .into_iter()
+        .filter(|n| n.starts_with("ivchan"))
+        .collect();
+    let _ = write!(out, "| size |");
+    for n in &ours {
+        let _ = write!(out, " {n}: median (min – max) | spread |");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "|---:|{}", "---:|---:|".repeat(ours.len()));
+    for &size in &r.sizes {
+        let _ = write!(out, "| {} |", size_name(size));
+        for n in &ours {
+            match r.spread(scope, n, size) {
+                Some(s) => {
+                    let _ = write!(
+                        out,
+                        " {}msg/s ({} – {}) | {:.2}× |",
+                        si(s.median),
+                        si(s.min),
+                        si(s.max),
+                        s.max / s.min.max(f64::MIN_POSITIVE)
+                    );
+                }
+                None => {
+                    let _ = write!(out, " – | – |");
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn rounds_table(r: &Results, out: &mut String) {
+    let _ = writeln!(out, "| round | cache-line round trip, p50 | 1-min load |");
+    let _ = writeln!(out, "|---:|---:|---:|");
+    for round in &r.rounds {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            round.round,
+            ns(round.cache_line_p50),
+            round.load
+        );
+    }
+}
+
 pub(super) fn report(r: &Results, run: &RunInfo, notes: Option<&str>) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# ivchan benchmarks\n");
@@ -114,6 +165,19 @@ pub(super) fn report(r: &Results, run: &RunInfo, notes: Option<&str>) -> String 
         "\nRatios (ivchan / peer, ivchan / limit), messages per second:\n"
     );
     ratio_table(r, "xproc", &mut o);
+    if !r.rounds.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n### Spread over {} interleaved rounds\n\nEvery round measures the \
+             cache-line round trip and the load, then each size across every \
+             transport before the next size, so a noisy minute hits all of them \
+             alike. The tables above show each point's median.\n",
+            r.rounds.len()
+        );
+        spread_table(r, "xproc", &mut o);
+        let _ = writeln!(o);
+        rounds_table(r, &mut o);
+    }
     let _ = writeln!(o, "\n## Cross-thread throughput\n");
     let _ = writeln!(
         o,
@@ -192,6 +256,11 @@ fn method(r: &Results, run: &RunInfo) -> String {
             "{REPS}",
             &r.info_u64("reps").map_or_else(unknown, |n| n.to_string()),
         )
+        .replace(
+            "{ROUNDS}",
+            &r.info_u64("rounds")
+                .map_or_else(|| "1".to_owned(), |n| n.to_string()),
+        )
         .replace("{PER_RUN}", &time("per_run_ms"))
         .replace("{LATENCY_TIME}", &time("latency_ms"))
         .replace("{RING_SIZE}", &size("ring_size"))
@@ -211,8 +280,10 @@ which shares its measurement code (`benches/src/`) with the criterion benches \
 (`cargo bench -p ivchan-benches`). Everything below comes from one run on one machine.
 - **Pinning.** The producer (or pinging side) runs on core 0, the consumer (or echoing \
 side) on core 1, for every transport and limit.
-- **Throughput** streams fixed-size messages one way. A point is the median of {REPS} batches of \
-about {PER_RUN} each, after a warm-up batch. Every transport gives message semantics: the \
+- **Throughput** streams fixed-size messages one way, in {ROUNDS} interleaved rounds (each \
+round: the cache-line round trip and the load, then every size across every transport). In a \
+round a point is the median of {REPS} batches of about {PER_RUN} each, after a warm-up batch; \
+the tables give the median over the rounds, and the spread table their minimum and maximum. Every transport gives message semantics: the \
 producer waits until a whole message fits and publishes it at once; the consumer waits until \
 a whole message is there. Both sides wait with the default strategy below (socket-like \
 transports block in the kernel; iceoryx2's publisher retries on its own).

@@ -16,10 +16,32 @@ pub(super) struct Results {
     pub(super) sizes: Vec<u64>,
     /// Message sizes measured for round-trip latency (`info latency_sizes`).
     pub(super) latency_sizes: Vec<u64>,
-    /// (scope, name, size) -> messages/s.
+    /// (scope, name, size) -> messages/s: the median over the rounds.
     pub(super) tput: BTreeMap<(String, String, u64), f64>,
+    /// (scope, name, size) -> messages/s of each round, in round order.
+    pub(super) samples: BTreeMap<(String, String, u64), Vec<f64>>,
+    /// Each round's cache-line round trip and load.
+    pub(super) rounds: Vec<Round>,
     /// (name, wait, size) -> stats.
     pub(super) lat: Vec<Lat>,
+}
+
+/// One round of the interleaved throughput measurements.
+pub(super) struct Round {
+    pub(super) round: u64,
+    /// Median cache-line round trip measured at the round's start, ns.
+    pub(super) cache_line_p50: f64,
+    /// 1-minute load average at the round's start.
+    pub(super) load: String,
+}
+
+/// Median, minimum and maximum of a point's rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Spread {
+    pub(super) median: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+    pub(super) rounds: usize,
 }
 
 pub(super) struct Lat {
@@ -47,9 +69,16 @@ impl Results {
                     r.info.insert(f[1].to_owned(), f[2].to_owned());
                 }
                 Some("tput") if f.len() >= 6 => {
-                    r.tput
-                        .insert((f[1].to_owned(), f[2].to_owned(), int(3)), num(4));
+                    r.samples
+                        .entry((f[1].to_owned(), f[2].to_owned(), int(3)))
+                        .or_default()
+                        .push(num(4));
                 }
+                Some("round") if f.len() >= 4 => r.rounds.push(Round {
+                    round: int(1),
+                    cache_line_p50: num(2),
+                    load: f[3].to_owned(),
+                }),
                 Some("lat") if f.len() >= 10 => r.lat.push(Lat {
                     name: f[1].to_owned(),
                     wait: f[2].to_owned(),
@@ -73,6 +102,11 @@ impl Results {
                     }
                 }
                 _ => {}
+            }
+        }
+        for (key, values) in &r.samples {
+            if let Some(spread) = spread_of(values) {
+                r.tput.insert(key.clone(), spread.median);
             }
         }
         r.sizes = r.info_sizes("sizes");
@@ -101,6 +135,14 @@ impl Results {
             .copied()
     }
 
+    /// A point's median, minimum and maximum over the rounds.
+    pub(super) fn spread(&self, scope: &str, name: &str, size: u64) -> Option<Spread> {
+        spread_of(
+            self.samples
+                .get(&(scope.to_owned(), name.to_owned(), size))?,
+        )
+    }
+
     pub(super) fn names(&self, scope: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for (s, n, _) in self.tput.keys() {
@@ -124,6 +166,26 @@ impl Results {
     pub(super) fn cache_line(&self) -> Option<&Lat> {
         self.lat.iter().find(|l| l.name == CACHE_LINE)
     }
+}
+
+fn spread_of(values: &[f64]) -> Option<Spread> {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        rounds: n,
+    })
 }
 
 #[cfg(test)]
@@ -153,5 +215,30 @@ mod tests {
         let cl = r.cache_line().expect("the cache-line record");
         assert_eq!((cl.count, cl.p50, cl.max), (100, 411.0, 2_013_183.0));
         assert_eq!(cl.curve, [(50.0, 411.0)]);
+    }
+
+    #[test]
+    fn rounds_give_a_median_and_a_spread() {
+        let r = Results::parse(
+            "round\t0\t180\t0.52\n\
+             tput\txproc\tivchan-copy\t64\t30.0\t1920.0\t0\n\
+             round\t1\t390\t1.10\n\
+             tput\txproc\tivchan-copy\t64\t10.0\t640.0\t1\n\
+             tput\txproc\tivchan-copy\t64\t20.0\t1280.0\t2\n\
+             tput\txproc\tivchan-copy\t64\t40.0\t2560.0\t3\n",
+        );
+        assert_eq!(r.msgs("xproc", "ivchan-copy", 64), Some(25.0));
+        assert_eq!(
+            r.spread("xproc", "ivchan-copy", 64),
+            Some(Spread {
+                median: 25.0,
+                min: 10.0,
+                max: 40.0,
+                rounds: 4
+            })
+        );
+        assert_eq!(r.rounds.len(), 2);
+        assert_eq!(r.rounds[1].cache_line_p50, 390.0);
+        assert_eq!(r.rounds[1].load, "1.10");
     }
 }
