@@ -232,6 +232,15 @@ fn guest_restarts_while_host_runs_and_nothing_is_lost() {
         loop {
             match host.send(&msg, Some(Duration::from_millis(50))) {
                 Ok(()) => break,
+                // A restart seen while the send waited ends the send: it is
+                // reported there, once, and not again by `poll_peer`.
+                Err(ChannelError::PeerRestarted {
+                    old_epoch,
+                    new_epoch,
+                }) => events.push(PeerEvent::Restarted {
+                    old_epoch,
+                    new_epoch,
+                }),
                 Err(e) if !e.is_fatal() => {}
                 Err(e) => panic!("{e}"),
             }
