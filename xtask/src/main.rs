@@ -178,6 +178,31 @@ fn miri() {
 /// would, its ivchan dependencies taken from the packages just made (cargo
 /// puts them in a temporary local registry), so nothing needs to be
 /// published first. Prints cargo's packaging report and each crate's files.
+/// Removes `$CARGO_HOME/registry/src/*/ivchan-*`: sources of our own
+/// crates that earlier publish checks unpacked there.
+fn forget_unpacked_ivchan_packages() {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry/src")) else {
+        return;
+    };
+    let Ok(indexes) = std::fs::read_dir(&src) else {
+        return;
+    };
+    for index in indexes.flatten() {
+        let Ok(packages) = std::fs::read_dir(index.path()) else {
+            continue;
+        };
+        for package in packages.flatten() {
+            if package.file_name().to_string_lossy().starts_with("ivchan-") {
+                eprintln!("removing stale {}", package.path().display());
+                let _ = std::fs::remove_dir_all(package.path());
+            }
+        }
+    }
+}
+
 fn publish_check() {
     step("publish dry run (cargo publish --workspace --dry-run)");
     // The verify builds see the ivchan crates as registry packages of an
@@ -187,6 +212,11 @@ fn publish_check() {
     // verifies in a target directory of its own, made anew.
     let target = project_root().join("target/publish-check");
     let _ = std::fs::remove_dir_all(&target);
+    // The same holds for the sources cargo unpacks from those packages into
+    // its registry cache: an unpacked ivchan-protocol-0.1.0 from an earlier
+    // run is compiled instead of this one. No real dependency is named
+    // ivchan-*, so only our own packages go.
+    forget_unpacked_ivchan_packages();
     // --allow-dirty: this checks what would be packaged, not whether the
     // working tree is committed (CI's clone always is).
     run(cargo()
