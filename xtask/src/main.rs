@@ -178,26 +178,30 @@ fn miri() {
 /// would, its ivchan dependencies taken from the packages just made (cargo
 /// puts them in a temporary local registry), so nothing needs to be
 /// published first. Prints cargo's packaging report and each crate's files.
-/// Removes `$CARGO_HOME/registry/src/*/ivchan-*`: sources of our own
-/// crates that earlier publish checks unpacked there.
+/// Removes `$CARGO_HOME/registry/{src,cache}/*/ivchan-*`: our own crates,
+/// as earlier publish checks packaged and unpacked them there.
 fn forget_unpacked_ivchan_packages() {
     let home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let Some(src) = home.map(|h| h.join("registry/src")) else {
+    let Some(home) = home else {
         return;
     };
-    let Ok(indexes) = std::fs::read_dir(&src) else {
-        return;
-    };
-    for index in indexes.flatten() {
-        let Ok(packages) = std::fs::read_dir(index.path()) else {
+    // Unpacked sources, and the package files they came from.
+    for kind in ["registry/src", "registry/cache"] {
+        let Ok(indexes) = std::fs::read_dir(home.join(kind)) else {
             continue;
         };
-        for package in packages.flatten() {
-            if package.file_name().to_string_lossy().starts_with("ivchan-") {
-                eprintln!("removing stale {}", package.path().display());
-                let _ = std::fs::remove_dir_all(package.path());
+        for index in indexes.flatten() {
+            let Ok(packages) = std::fs::read_dir(index.path()) else {
+                continue;
+            };
+            for package in packages.flatten() {
+                let path = package.path();
+                if package.file_name().to_string_lossy().starts_with("ivchan-") {
+                    eprintln!("removing stale {}", path.display());
+                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                }
             }
         }
     }
