@@ -327,7 +327,6 @@ const INSTALLED: &[&str] = &[
     "ivchan-guest-agent",
     "ivchan-demo",
     "ivchan-provision",
-    "ivchan-c",
 ];
 
 /// Installs the tools and agents as the README says, into a clean
