@@ -375,9 +375,13 @@ impl Supervisor {
                 }
                 events.push(VmEvent::Appeared(channel));
             }
-            // Still being made by its creator: wait for its next change.
+            // Still being made by its creator (sized, or locked while it
+            // writes the header): wait for its next change, which its
+            // close at the latest brings (IN_CLOSE_WRITE).
             Err(HostError::Region(
-                RegionError::Unsized { path } | RegionError::BadSize { path, .. },
+                RegionError::Unsized { path }
+                | RegionError::BadSize { path, .. }
+                | RegionError::Busy { path },
             )) => {
                 self.waiting.insert(uuid, path);
             }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use ivchan_host::doorbell::{Doorbell, VmOptions};
+use ivchan_host::doorbell::{Doorbell, VmOptions, HOST_PEER_ID};
 use ivchan_host::{
     AsyncVmChannel, Channel, ChannelOptions, PeerMapping, RegionOptions, Supervisor, VmEvent,
     VmUuid,
@@ -254,7 +254,7 @@ fn guest(dir: &Path, n: u64) {
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     // Version, own id, -1 with the memory, then each peer's eventfd (one
-    // vector): the host's (peer 0), then our own.
+    // vector): the host's (`HOST_PEER_ID`), then our own.
     assert_eq!(recv_msg(&sock).0, 0);
     let id = recv_msg(&sock).0;
     let (minus_one, _shm) = recv_msg(&sock);
@@ -265,7 +265,11 @@ fn guest(dir: &Path, n: u64) {
         fds.insert(peer, fd.expect("an eventfd with each peer id"));
     }
     let bell = GuestBell {
-        host: Doorbell::from_fd(fds.remove(&0).expect("the host is peer 0")).unwrap(),
+        host: Doorbell::from_fd(
+            fds.remove(&i64::from(HOST_PEER_ID))
+                .expect("an eventfd for the host's peer id"),
+        )
+        .unwrap(),
         own: Doorbell::from_fd(fds.remove(&id).unwrap()).unwrap(),
     };
 
