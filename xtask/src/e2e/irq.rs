@@ -223,7 +223,7 @@ pub(super) fn doorbell_driver(kit: &Kit) -> Result<Outcome, String> {
             "ivchan-vm: driver loaded",
             "ivchan-vm: inspect wakes by  driver (bound to ivshmem_doorbell)",
             // IVPosition read through the driver's mapping of BAR0.
-            "waits for the host's messages by driver, as doorbell peer 1",
+            "waits for the host's messages by driver, as doorbell peer 0",
             "ivchan-vm: driver unloaded",
         ],
     )?;
@@ -335,7 +335,7 @@ pub(super) fn doorbell_vfio(kit: &Kit) -> Result<Outcome, String> {
         &[
             "ivchan-vm: vfio loaded",
             // IVPosition read through VFIO's mapping of BAR0.
-            "waits for the host's messages by vfio, as doorbell peer 1",
+            "waits for the host's messages by vfio, as doorbell peer 0",
         ],
     )?;
     let irqs = interrupts(&console);
