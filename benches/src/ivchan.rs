@@ -123,6 +123,94 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
     }
 }
 
+/// Messages a batched sender stages before it publishes them with one
+/// store of `tail` (it publishes sooner when the ring fills).
+pub const BATCH: usize = 64;
+
+/// Sends `count` copies of `msg` in batches of [`BATCH`]: each message is
+/// copied into the ring and staged, and one Release store of `tail`
+/// publishes the batch, as `Channel::send_batch` does. A full ring
+/// publishes what is staged before it waits, so the reader can drain it.
+#[inline]
+pub fn send_batched<M: DirectMemory>(
+    tx: &mut Producer<M>,
+    msg: &[u8],
+    count: u64,
+    waiter: &mut Waiter,
+) {
+    let mut staged = 0;
+    for _ in 0..count {
+        waiter.reset();
+        let mut full = 0;
+        loop {
+            match tx.reserve(msg.len()).expect("bench ring stays healthy") {
+                Some(mut grant) => {
+                    grant.write(0, msg).expect("length fits the grant");
+                    grant.stage(msg.len()).expect("length fits the grant");
+                    break;
+                }
+                None => {
+                    if full == 0 {
+                        tx.publish();
+                        staged = 0;
+                    }
+                    full += 1;
+                    waiter.wait();
+                }
+            }
+        }
+        bump(&counters::SENT.0, 1);
+        bump(&counters::FULL.0, full);
+        staged += 1;
+        if staged == BATCH {
+            tx.publish();
+            staged = 0;
+        }
+    }
+    tx.publish();
+}
+
+/// Receives `count` messages, copying each out into `buf`, and releases
+/// them with one store of `head` per look at the ring (everything the
+/// producer had published, as `Channel::recv_batch` does).
+#[inline]
+pub fn recv_batched<M: DirectMemory>(
+    rx: &mut Consumer<M>,
+    buf: &mut [u8],
+    count: u64,
+    waiter: &mut Waiter,
+) {
+    let mut left = count;
+    waiter.reset();
+    let mut empty = 0;
+    while left > 0 {
+        if rx.pending_bytes() == 0 {
+            bump(&counters::TAIL_RELOADS.0, 1);
+        }
+        let mut took = 0;
+        while took < left {
+            let Some(msg) = rx.peek().expect("bench ring stays healthy") else {
+                break;
+            };
+            let n = msg.len();
+            msg.read(0, &mut buf[..n]).expect("length fits the buffer");
+            msg.stage();
+            took += 1;
+        }
+        if took == 0 {
+            empty += 1;
+            waiter.wait();
+            continue;
+        }
+        rx.publish();
+        bump(&counters::RECEIVED.0, took);
+        bump(&counters::EMPTY.0, empty);
+        empty = 0;
+        left -= took;
+        waiter.reset();
+    }
+}
+
 /// Reads every cache line of a message in place, as a consumer that uses
 /// the bytes must: the lines have to cross from the producer's core. One
 /// byte per 64-byte line, through the volatile view.

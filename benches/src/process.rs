@@ -39,6 +39,11 @@ pub enum Transport {
     IvchanCopy,
     /// ivchan's zero-copy API over a `/dev/shm/fg_<uuid>` region file.
     IvchanZeroCopy,
+    /// ivchan's copy API in batches: [`ivchan::BATCH`] messages staged per
+    /// publish, and every message found at a look released with one store
+    /// (what `Channel::send_batch` / `recv_batch` do). Streaming only: a
+    /// round trip is a batch of one.
+    IvchanBatched,
     /// A `socketpair(AF_UNIX, SOCK_STREAM)`: one `write` / `read_exact` per
     /// message.
     Unix,
@@ -56,6 +61,7 @@ impl Transport {
     pub const ALL: &'static [Transport] = &[
         Transport::IvchanCopy,
         Transport::IvchanZeroCopy,
+        Transport::IvchanBatched,
         #[cfg(feature = "iceoryx2")]
         Transport::Iceoryx2,
         Transport::Unix,
@@ -68,6 +74,7 @@ impl Transport {
         match self {
             Self::IvchanCopy => "ivchan-copy",
             Self::IvchanZeroCopy => "ivchan-zero-copy",
+            Self::IvchanBatched => "ivchan-batched",
             Self::Unix => "unix-socket",
             Self::Pipe => "pipe",
             Self::Tcp => "tcp-loopback",
@@ -84,8 +91,16 @@ impl Transport {
         match self {
             Self::IvchanCopy => Some(Api::Copy),
             Self::IvchanZeroCopy => Some(Api::ZeroCopy),
+            // Batches copy in and out, like the copy API.
+            Self::IvchanBatched => Some(Api::Copy),
             _ => None,
         }
+    }
+
+    /// Whether messages move in batches (one publish and one release for
+    /// many), not one commit per message.
+    pub fn batched(self) -> bool {
+        self == Self::IvchanBatched
     }
 }
 
@@ -160,7 +175,7 @@ impl Session {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let (mut child, link) = match transport {
-            Transport::IvchanCopy | Transport::IvchanZeroCopy => {
+            Transport::IvchanCopy | Transport::IvchanZeroCopy | Transport::IvchanBatched => {
                 let uuid: VmUuid = format!(
                     "00000000-0000-4000-8000-{:012x}",
                     u64::from(std::process::id()) << 16 | u64::from(next_serial())
@@ -293,8 +308,12 @@ impl Session {
                 let header = Header::open(file.region()).expect("region stays valid");
                 let (mut tx, _) = header.split(Side::Host).expect("ring stays valid");
                 let mut w = Waiter::new(WaitStrategy::Backoff);
-                for _ in 0..count {
-                    ivchan::send(&mut tx, api, msg, &mut w);
+                if self.transport.batched() {
+                    ivchan::send_batched(&mut tx, msg, count, &mut w);
+                } else {
+                    for _ in 0..count {
+                        ivchan::send(&mut tx, api, msg, &mut w);
+                    }
                 }
             }
             Link::Stream { tx, .. } => {
@@ -478,12 +497,16 @@ fn child(name: &str) -> Result<(), AnyError> {
             while let Some((op, size, count, wait)) = next()? {
                 buf.resize(size.max(8), 0);
                 let mut w = Waiter::new(wait);
-                for _ in 0..count {
-                    match op {
-                        Op::Stream => {
-                            ivchan::recv(&mut rx, api, &mut buf, &mut w);
+                if op == Op::Stream && transport.batched() {
+                    ivchan::recv_batched(&mut rx, &mut buf, count, &mut w);
+                } else {
+                    for _ in 0..count {
+                        match op {
+                            Op::Stream => {
+                                ivchan::recv(&mut rx, api, &mut buf, &mut w);
+                            }
+                            Op::Echo => ivchan::echo(&mut rx, &mut tx, api, &mut buf, &mut w),
                         }
-                        Op::Echo => ivchan::echo(&mut rx, &mut tx, api, &mut buf, &mut w),
                     }
                 }
                 done()?;

@@ -186,7 +186,8 @@ fn main() {
     for &transport in Transport::ALL {
         let name = transport.name();
         let want_tput = opts.wants(&format!("xproc/{name}"));
-        let want_lat = opts.wants(&format!("rtt/{name}"));
+        // A batched round trip would be a batch of one: streaming only.
+        let want_lat = !transport.batched() && opts.wants(&format!("rtt/{name}"));
         if !want_tput && !want_lat {
             continue;
         }

@@ -1,11 +1,12 @@
-//! `cargo xtask bench-report [--quick] [--no-iceoryx2] [--no-wait]
-//! [--only SUBSTRING]`: runs
-//! the benchmark runner (`ivchan-benches`' `bench-report-runner`, the same
-//! measurement code as `cargo bench`) and writes `docs/BENCHMARKS.md` with
-//! the machine, the method, tables of ivchan against each peer and limit,
-//! the targets of issue 6, and SVG plots in `docs/bench/`.
+//! `cargo xtask bench-report [--quick] [--repeat N] [--no-iceoryx2]
+//! [--no-wait] [--only SUBSTRING]`: runs the benchmark runner
+//! (`ivchan-benches`' `bench-report-runner`, the same measurement code as
+//! `cargo bench`) `N` times in a row (default 1) and writes
+//! `docs/BENCHMARKS.md` with the machine, the method, tables of ivchan
+//! against each peer and limit over every run, the targets of issue 15
+//! judged run by run, and SVG plots in `docs/bench/`.
 //!
-//! Before measuring it waits (up to ten minutes) for the 1-minute load
+//! Before each run it waits (up to ten minutes) for the 1-minute load
 //! average to drop below 0.7, and it records the load before and after.
 //! Hand-written analysis in `docs/bench/notes.md` is copied into the report.
 
@@ -25,20 +26,27 @@ use std::time::{Duration, Instant};
 use crate::{project_root, step};
 use results::Results;
 
-/// What the report says about the run itself, beside the results.
+/// What the report says about the runs themselves, beside the results.
 struct RunInfo {
     /// What the machine is: (property, value) rows.
     machine: Vec<(String, String)>,
-    load_before: String,
-    load_start: String,
-    load_end: String,
-    took: Duration,
+    /// Each whole run, in order.
+    runs: Vec<WholeRun>,
     quick: bool,
     iceoryx2: bool,
 }
 
+/// The load around one whole run of the runner, and how long it measured.
+struct WholeRun {
+    load_before: String,
+    load_start: String,
+    load_end: String,
+    took: Duration,
+}
+
 /// The command's arguments, for usage messages.
-pub const USAGE: &str = "bench-report [--quick] [--no-iceoryx2] [--no-wait] [--only SUBSTRING]";
+pub const USAGE: &str =
+    "bench-report [--quick] [--repeat N] [--no-iceoryx2] [--no-wait] [--only SUBSTRING]";
 
 /// What `cargo xtask bench-report` was asked for.
 #[derive(Debug, Default, PartialEq)]
@@ -51,6 +59,8 @@ struct Options {
     no_iceoryx2: bool,
     /// Only the measurements whose names contain this (`--only`).
     only: Option<String>,
+    /// Whole runs in a row (`--repeat`; 0 stands for the default, 1).
+    repeat: usize,
 }
 
 impl Options {
@@ -64,6 +74,13 @@ impl Options {
                 "--no-wait" => o.no_wait = true,
                 "--no-iceoryx2" => o.no_iceoryx2 = true,
                 "--only" => o.only = Some(args.next().ok_or("--only needs a SUBSTRING")?),
+                "--repeat" => {
+                    o.repeat = args
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|&n: &usize| (1..=20).contains(&n))
+                        .ok_or("--repeat needs a number of runs from 1 to 20")?;
+                }
                 "-h" | "--help" => return Ok(None),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -90,7 +107,9 @@ pub fn run() {
         no_wait,
         no_iceoryx2,
         ref only,
+        repeat,
     } = opts;
+    let repeat = repeat.max(1);
     let only = only.as_deref();
     let mut iceoryx2 = !no_iceoryx2;
     let root = project_root();
@@ -105,21 +124,39 @@ pub fn run() {
         iceoryx2 = false;
     }
 
-    step("bench-report: wait for a quiet machine");
-    let load_before = if no_wait {
-        format!("{} (not waited for: --no-wait)", machine::load1())
-    } else {
-        machine::wait_for_quiet()
-    };
-    let load_start = machine::loadavg();
-    step("bench-report: measure");
-    let started = Instant::now();
-    let Some(out) = runner::measure(quick, iceoryx2, only) else {
-        exit(1);
-    };
-    let took = started.elapsed();
-    let load_end = machine::loadavg();
+    let mut out = String::new();
+    let mut runs = Vec::new();
+    for n in 1..=repeat {
+        step(&format!(
+            "bench-report: run {n} of {repeat}: wait for a quiet machine"
+        ));
+        let load_before = if no_wait {
+            format!("{} (not waited for: --no-wait)", machine::load1())
+        } else {
+            machine::wait_for_quiet()
+        };
+        let load_start = machine::loadavg();
+        step(&format!("bench-report: run {n} of {repeat}: measure"));
+        let started = Instant::now();
+        let Some(text) = runner::measure(quick, iceoryx2, only) else {
+            exit(1);
+        };
+        let took = started.elapsed();
+        // Each run's records follow a `run N` line (results::split_runs).
+        out.push_str(&format!("run\t{n}\n"));
+        out.push_str(&text);
+        runs.push(WholeRun {
+            load_before,
+            load_start,
+            load_end: machine::loadavg(),
+            took,
+        });
+    }
     let results = Results::parse(&out);
+    let per_run: Vec<Results> = results::split_runs(&out)
+        .into_iter()
+        .map(Results::parse)
+        .collect();
 
     step("bench-report: write docs/BENCHMARKS.md and docs/bench/");
     let bench_dir = root.join("docs/bench");
@@ -133,26 +170,26 @@ pub fn run() {
         &bench_dir.join(svg::throughput_file("xthread")),
         &svg::throughput(&results, "xthread", "Cross-thread streaming throughput"),
     );
-    for &size in &results.latency_sizes {
+    // Latency curves of the last run: every run's rows are in the table.
+    let last = per_run.last().unwrap_or(&results);
+    for &size in &last.latency_sizes {
         write(
             &bench_dir.join(svg::latency_file(size)),
-            &svg::latency(&results, size),
+            &svg::latency(last, size),
         );
     }
     let notes = fs::read_to_string(bench_dir.join("notes.md")).ok();
+    let took: Duration = runs.iter().map(|w| w.took).sum();
     let run = RunInfo {
         machine: machine::describe(),
-        load_before,
-        load_start,
-        load_end,
-        took,
+        runs,
         quick,
         iceoryx2,
     };
-    let md = markdown::report(&results, &run, notes.as_deref());
+    let md = markdown::report(&results, &per_run, &run, notes.as_deref());
     write(&root.join("docs/BENCHMARKS.md"), &md);
     eprintln!(
-        "xtask: wrote docs/BENCHMARKS.md ({:.0} s of measuring)",
+        "xtask: wrote docs/BENCHMARKS.md ({repeat} run(s), {:.0} s of measuring)",
         took.as_secs_f64()
     );
 }
@@ -184,8 +221,15 @@ mod tests {
                 no_wait: true,
                 no_iceoryx2: false,
                 only: Some("xproc/ivchan".into()),
+                repeat: 0,
             }))
         );
+        assert_eq!(
+            parse(&["--repeat", "3"]).map(|o| o.map(|o| o.repeat)),
+            Ok(Some(3))
+        );
+        assert!(parse(&["--repeat", "0"]).is_err());
+        assert!(parse(&["--repeat"]).is_err());
         assert_eq!(parse(&["--quick", "--help"]), Ok(None));
         assert!(parse(&["--only"]).is_err());
         assert!(parse(&["--qiuck"]).is_err());

@@ -1,5 +1,8 @@
 //! The runner's output, parsed: one tab-separated record a line (see
-//! `benches/src/bin/bench-report-runner.rs` for the format).
+//! `benches/src/bin/bench-report-runner.rs` for the format). A report of
+//! several whole runs (`--repeat`) concatenates their outputs, each after a
+//! `run N` line that xtask writes; parsed whole, every point's samples span
+//! all runs, and [`split_runs`] gives each run on its own.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +31,8 @@ pub(super) struct Results {
 
 /// One round of the interleaved throughput measurements.
 pub(super) struct Round {
+    /// The whole run it belongs to (`run` lines; 1 when there are none).
+    pub(super) run: u64,
     pub(super) round: u64,
     /// Median cache-line round trip measured at the round's start, ns.
     pub(super) cache_line_p50: f64,
@@ -45,6 +50,8 @@ pub(super) struct Spread {
 }
 
 pub(super) struct Lat {
+    /// The whole run it belongs to (`run` lines; 1 when there are none).
+    pub(super) run: u64,
     pub(super) name: String,
     pub(super) wait: String,
     pub(super) size: u64,
@@ -60,11 +67,13 @@ pub(super) struct Lat {
 impl Results {
     pub(super) fn parse(text: &str) -> Self {
         let mut r = Self::default();
+        let mut run = 1;
         for line in text.lines() {
             let f: Vec<&str> = line.split('\t').collect();
             let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
             let int = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
             match f.first().copied() {
+                Some("run") if f.len() >= 2 => run = int(1),
                 Some("info") if f.len() >= 3 => {
                     r.info.insert(f[1].to_owned(), f[2].to_owned());
                 }
@@ -75,11 +84,13 @@ impl Results {
                         .push(num(4));
                 }
                 Some("round") if f.len() >= 4 => r.rounds.push(Round {
+                    run,
                     round: int(1),
                     cache_line_p50: num(2),
                     load: f[3].to_owned(),
                 }),
                 Some("lat") if f.len() >= 10 => r.lat.push(Lat {
+                    run,
                     name: f[1].to_owned(),
                     wait: f[2].to_owned(),
                     size: int(3),
@@ -93,11 +104,9 @@ impl Results {
                 }),
                 Some("curve") if f.len() >= 6 => {
                     let (name, wait, size) = (f[1], f[2], int(3));
-                    if let Some(l) = r
-                        .lat
-                        .iter_mut()
-                        .find(|l| l.name == name && l.wait == wait && l.size == size)
-                    {
+                    if let Some(l) = r.lat.iter_mut().rev().find(|l| {
+                        l.run == run && l.name == name && l.wait == wait && l.size == size
+                    }) {
                         l.curve.push((num(4), num(5)));
                     }
                 }
@@ -162,10 +171,36 @@ impl Results {
     }
 
     /// The cache-line round trip: the latency limit every transport is
-    /// compared with.
+    /// compared with (of the first run, when there are several: compare
+    /// within a run with [`Results::cache_line_of`]).
     pub(super) fn cache_line(&self) -> Option<&Lat> {
         self.lat.iter().find(|l| l.name == CACHE_LINE)
     }
+
+    /// The cache-line round trip measured in whole run `run`.
+    pub(super) fn cache_line_of(&self, run: u64) -> Option<&Lat> {
+        self.lat
+            .iter()
+            .find(|l| l.run == run && l.name == CACHE_LINE)
+    }
+}
+
+/// The runner output of each whole run, in order: the text after each
+/// `run N` line (all of `text` when it has none).
+pub(super) fn split_runs(text: &str) -> Vec<&str> {
+    let mut starts: Vec<usize> = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("run\t") {
+            starts.push(at);
+        }
+        at += line.len();
+    }
+    if starts.is_empty() {
+        return vec![text];
+    }
+    starts.push(text.len());
+    starts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
 }
 
 fn spread_of(values: &[f64]) -> Option<Spread> {
@@ -240,5 +275,41 @@ mod tests {
         assert_eq!(r.rounds.len(), 2);
         assert_eq!(r.rounds[1].cache_line_p50, 390.0);
         assert_eq!(r.rounds[1].load, "1.10");
+        assert!(r.rounds.iter().all(|round| round.run == 1));
+    }
+
+    #[test]
+    fn repeated_runs_pool_their_samples_and_split_apart() {
+        let text = "run\t1\n\
+                    info\tsizes\t[64]\n\
+                    round\t0\t200\t0.30\n\
+                    tput\txproc\tivchan-copy\t64\t10.0\t640.0\t0\n\
+                    lat\tcache-line\tbusy-poll\t8\t100\t200\t200\t300\t400\t900\n\
+                    curve\tcache-line\tbusy-poll\t8\t50\t200\n\
+                    run\t2\n\
+                    info\tsizes\t[64]\n\
+                    round\t0\t400\t0.90\n\
+                    tput\txproc\tivchan-copy\t64\t30.0\t1920.0\t0\n\
+                    lat\tcache-line\tbusy-poll\t8\t100\t400\t400\t500\t600\t900\n\
+                    curve\tcache-line\tbusy-poll\t8\t50\t400\n";
+        let all = Results::parse(text);
+        let runs: Vec<u64> = all.rounds.iter().map(|round| round.run).collect();
+        assert_eq!(runs, [1, 2]);
+        assert_eq!(all.msgs("xproc", "ivchan-copy", 64), Some(20.0));
+        assert_eq!(all.cache_line_of(2).map(|l| l.p50), Some(400.0));
+        assert_eq!(
+            all.cache_line_of(2).map(|l| l.curve.clone()),
+            Some(vec![(50.0, 400.0)])
+        );
+        assert_eq!(
+            all.cache_line_of(1).map(|l| l.curve.clone()),
+            Some(vec![(50.0, 200.0)])
+        );
+        let runs = split_runs(text);
+        assert_eq!(runs.len(), 2);
+        let second = Results::parse(runs[1]);
+        assert_eq!(second.msgs("xproc", "ivchan-copy", 64), Some(30.0));
+        assert_eq!(second.rounds[0].run, 2);
+        assert_eq!(split_runs("info\tsizes\t[8]\n"), ["info\tsizes\t[8]\n"]);
     }
 }
