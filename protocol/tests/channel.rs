@@ -158,6 +158,74 @@ fn full_ring_send_waits_for_the_reader() {
 }
 
 #[test]
+fn the_byte_stream_writer_batches_until_flush_and_the_reader_drains_a_batch_at_once() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let mut guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    let mut buf = [0u8; 64];
+
+    let mut w = guest.writer(None);
+    for i in 0..10u8 {
+        w.write_all(&[i; 10]).unwrap();
+    }
+    // Staged, not published: a small write shares the next publish.
+    assert_eq!(host.try_recv(&mut buf).unwrap(), None);
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(host.try_recv(&mut buf).unwrap(), Some(10));
+    assert_eq!(buf[..10], [0; 10]);
+
+    // One read takes every queued message that fits (nine, 90 bytes),
+    // not one message per call; then a message read across two calls.
+    let mut r = host.reader(Some(Duration::from_secs(1)));
+    let mut got = [0u8; 95];
+    assert_eq!(r.read(&mut got).unwrap(), 90);
+    assert_eq!(got[..10], [1; 10]);
+    assert_eq!(got[80..90], [9; 10]);
+    drop(r);
+
+    let mut w = guest.writer(None);
+    w.write_all(b"0123456789").unwrap();
+    w.finish().unwrap();
+    let mut r = host.reader(Some(Duration::from_secs(1)));
+    let mut part = [0u8; 4];
+    assert_eq!(r.read(&mut part).unwrap(), 4);
+    assert_eq!(&part, b"0123");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"456789");
+}
+
+#[test]
+fn a_byte_stream_writer_facing_a_full_ring_times_out_after_publishing_what_fits() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+    let mut w = guest.writer(Some(Duration::from_millis(50)));
+    // More than the 16 KiB ring holds, and nobody reads.
+    let data = vec![7u8; 64 * 1024];
+    let n = w.write(&data).unwrap();
+    assert!(n > 0 && n < data.len(), "wrote {n}");
+    let err = w.write(&data[n..]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    drop(w);
+    // What was accepted is all published, byte for byte.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Some(len) = host.try_recv(&mut buf).unwrap() {
+        got.extend_from_slice(&buf[..len]);
+    }
+    assert_eq!(got.len(), n);
+    assert!(got.iter().all(|&b| b == 7));
+}
+
+#[test]
 fn byte_stream_round_trip_across_threads() {
     let mut words = vec![0u64; (1 << 20) / 8];
     let header = Header::create(Region::from_words(&mut words), &params()).unwrap();

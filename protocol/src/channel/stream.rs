@@ -1,16 +1,37 @@
-//! `std::io` adapters: a byte stream over a channel's messages.
+//! `std::io` adapters: a byte stream over a channel's messages, batched.
+//!
+//! The writer stages messages and publishes them together, the way a
+//! `BufWriter` holds bytes until `flush`: the reader takes a whole batch
+//! with one load of `tail`. The reader copies straight from the ring into
+//! the caller's buffer (no staging copy), fills it from as many messages
+//! as are queued, and hands the space back in chunks rather than per
+//! message. Both publish before they wait, so neither side can stall the
+//! other with work it has not published.
 
 use std::io;
 use std::time::Duration;
 
-use super::Channel;
+use super::{stage_send, Channel, ChannelError};
+
+/// Staged bytes after which the writer publishes without being asked:
+/// small enough that a streaming reader is never far behind, large enough
+/// that tiny writes share a publish.
+const PUBLISH_EVERY: usize = 16 << 10;
+
+/// Bytes read after which the reader hands space back to the writer
+/// without waiting to find the ring empty.
+const RELEASE_EVERY: usize = 64 << 10;
 
 impl<'a> Channel<'a> {
-    /// A byte-stream writer: each `write` sends up to one message.
+    /// A byte-stream writer. Writes are staged and published in batches:
+    /// call [`flush`](io::Write::flush) (or
+    /// [`finish`](ChannelWriter::finish), or drop the writer) to make what
+    /// was written visible to the reader, as with a `BufWriter`.
     pub fn writer(&mut self, timeout: Option<Duration>) -> ChannelWriter<'_, 'a> {
         ChannelWriter {
             channel: self,
             timeout,
+            staged: 0,
         }
     }
 
@@ -18,28 +39,57 @@ impl<'a> Channel<'a> {
     /// (see [`ChannelWriter::finish`]) reads as end of stream.
     pub fn reader(&mut self, timeout: Option<Duration>) -> ChannelReader<'_, 'a> {
         ChannelReader {
-            buf: vec![0; self.rx.max_message()],
             channel: self,
             timeout,
-            start: 0,
-            end: 0,
+            offset: 0,
+            unreleased: 0,
             eof: false,
         }
     }
 }
 
 /// `std::io::Write` over a channel. Writes of any length are split into
-/// messages of at most [`Channel::max_message`] bytes.
+/// messages of at most an eighth of the ring (so several are in flight)
+/// and [`Channel::max_message`] bytes. Staged messages are published every
+/// 16 KiB, before any wait for room, on `flush`, on `finish` and on drop.
 #[derive(Debug)]
 pub struct ChannelWriter<'c, 'a> {
     channel: &'c mut Channel<'a>,
     timeout: Option<Duration>,
+    /// Bytes staged since the last publish.
+    staged: usize,
 }
 
 impl ChannelWriter<'_, '_> {
-    /// Ends the stream: the reader sees end of file.
+    /// Ends the stream: publishes everything written, then an empty message
+    /// that the reader sees as end of file.
     pub fn finish(self) -> io::Result<()> {
         Ok(self.channel.send(&[], self.timeout)?)
+    }
+
+    fn publish(&mut self) {
+        self.channel.tx.publish();
+        self.channel.after_publish();
+        self.staged = 0;
+    }
+
+    /// Stages one message, publishing first and waiting when the ring is
+    /// full.
+    fn stage(&mut self, piece: &[u8]) -> Result<(), ChannelError> {
+        self.channel.usable()?;
+        self.channel.tick();
+        if !stage_send(&mut self.channel.tx, piece)? {
+            // The reader can only make room for what it can see.
+            self.publish();
+            self.channel.block(self.timeout, false, |ch| {
+                stage_send(&mut ch.tx, piece).map(|s| s.then_some(()))
+            })?;
+        }
+        self.staged += piece.len();
+        if self.staged >= PUBLISH_EVERY {
+            self.publish();
+        }
+        Ok(())
     }
 }
 
@@ -48,50 +98,112 @@ impl io::Write for ChannelWriter<'_, '_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        // Messages of an eighth of the ring keep several in flight, so the
-        // reader copies one while the writer fills the next.
-        let chunk = (self.channel.tx.capacity() / 8).min(self.channel.tx.max_message());
-        let n = buf.len().min(chunk);
-        self.channel.send(&buf[..n], self.timeout)?;
-        Ok(n)
+        let chunk = (self.channel.tx.capacity() / 8)
+            .min(self.channel.tx.max_message())
+            .max(1);
+        let mut written = 0;
+        for piece in buf.chunks(chunk) {
+            match self.stage(piece) {
+                Ok(()) => written += piece.len(),
+                // What was staged counts; the error comes back on the next
+                // call (a poisoned ring stays poisoned, a timeout recurs).
+                Err(_) if written > 0 => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.channel.publish();
+        self.publish();
         Ok(())
     }
 }
 
-/// `std::io::Read` over a channel.
+impl Drop for ChannelWriter<'_, '_> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+/// `std::io::Read` over a channel. A `read` waits (up to the timeout) only
+/// for the first message; it then copies from every message already
+/// queued until `out` is full, reading a message that does not fit across
+/// several calls.
 #[derive(Debug)]
 pub struct ChannelReader<'c, 'a> {
     channel: &'c mut Channel<'a>,
     timeout: Option<Duration>,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Bytes of the current (front) message already read.
+    offset: usize,
+    /// Bytes consumed but not yet handed back to the writer.
+    unreleased: usize,
     eof: bool,
+}
+
+impl ChannelReader<'_, '_> {
+    fn release(&mut self) {
+        self.channel.rx.publish();
+        self.unreleased = 0;
+    }
+
+    /// Copies queued bytes into `out`; waits only while nothing at all has
+    /// been copied.
+    fn fill(&mut self, out: &mut [u8]) -> Result<usize, ChannelError> {
+        let mut n = 0;
+        while n < out.len() {
+            let msg = match self.channel.rx.peek() {
+                Ok(Some(msg)) => msg,
+                Ok(None) if n > 0 => break,
+                Ok(None) => {
+                    // Hand back what was read before waiting: the writer
+                    // may be waiting for that room.
+                    self.release();
+                    self.channel
+                        .block(self.timeout, true, |ch| ch.rx.peek().map(|g| g.map(drop)))?;
+                    continue;
+                }
+                // Return what was copied; the error comes back next call.
+                Err(_) if n > 0 => break,
+                Err(e) => return Err(e.into()),
+            };
+            let len = msg.len();
+            if len == 0 {
+                msg.stage();
+                self.eof = true;
+                break;
+            }
+            let take = (len - self.offset).min(out.len() - n);
+            msg.read(self.offset, &mut out[n..n + take])?;
+            n += take;
+            if self.offset + take == len {
+                msg.stage();
+                self.offset = 0;
+                self.unreleased += len;
+                if self.unreleased >= RELEASE_EVERY {
+                    self.release();
+                }
+            } else {
+                self.offset += take;
+            }
+        }
+        Ok(n)
+    }
 }
 
 impl io::Read for ChannelReader<'_, '_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
+        if out.is_empty() || self.eof {
             return Ok(0);
         }
-        while self.start == self.end {
-            if self.eof {
-                return Ok(0);
-            }
-            let n = self.channel.recv(&mut self.buf, self.timeout)?;
-            if n == 0 {
-                self.eof = true;
-            }
-            self.start = 0;
-            self.end = n;
-        }
-        let n = out.len().min(self.end - self.start);
-        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        Ok(n)
+        self.channel.usable()?;
+        self.channel.tick();
+        Ok(self.fill(out)?)
+    }
+}
+
+impl Drop for ChannelReader<'_, '_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
