@@ -67,6 +67,13 @@ pub fn parse_pci_address(text: &str) -> Result<String, GuestError> {
     Ok(format!("{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"))
 }
 
+/// Whether mapping failed because a sysfs file of the device is missing:
+/// a hotplugged device whose directory is there before its `resource*`
+/// and `enable` files.
+fn still_appearing(e: &GuestError) -> bool {
+    matches!(e, GuestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// Finds and maps the device `selector` names (see the module docs).
 ///
 /// [`GuestError::NoMatch`] lists why each device was passed over; its
@@ -100,7 +107,17 @@ pub fn select(
                 address: address.clone(),
                 available,
             })?;
-        return MappedBar::map(device, options);
+        return MappedBar::map(device, options).map_err(|e| {
+            if still_appearing(&e) {
+                GuestError::NoMatch {
+                    wanted: format!("address {address}"),
+                    reasons: format!("{address}: {e}"),
+                    waiting: vec![address.clone()],
+                }
+            } else {
+                e
+            }
+        });
     }
     let vm = match selector {
         Selector::Identity => Some(product_uuid(sysfs_root)?),
@@ -114,6 +131,14 @@ pub fn select(
         let address = device.address.clone();
         let bar = match MappedBar::map(device, options) {
             Ok(bar) => bar,
+            // Hotplug: the device's directory shows up a moment before its
+            // resource files; a later attempt may map it.
+            Err(e) if still_appearing(&e) => {
+                log::debug!("{address}: still appearing: {e}");
+                reasons.push(format!("{address}: still appearing ({e})"));
+                waiting.push(address);
+                continue;
+            }
             // An unrelated, unusable device does not stop the search.
             Err(e @ GuestError::BarTooSmall { .. }) => {
                 log::debug!("{address}: passed over: {e}");

@@ -353,6 +353,39 @@ fn malformed_sysfs_values_are_typed_errors() {
 }
 
 #[test]
+fn a_device_whose_resource_files_are_not_there_yet_is_waited_for() {
+    // Seen under TCG hotplug: the device directory is listed before sysfs
+    // creates its resource files.
+    let sys = FakeSysfs::new();
+    sys.set_product_uuid(VM_A);
+    sys.add(&Dev::ivshmem("0000:00:1f.0"));
+    write_header(&sys, "0000:00:1f.0", VM_A, "ours");
+    let bar_file = sys.root().join("bus/pci/devices/0000:00:1f.0/resource2");
+    let hidden = sys.root().join("resource2.later");
+    fs::rename(&bar_file, &hidden).unwrap();
+    for selector in [Selector::Identity, Selector::Address("00:1f.0".into())] {
+        match select(sys.root(), &selector, &MapOptions::default()) {
+            Err(GuestError::NoMatch { waiting, .. }) => assert_eq!(waiting, ["0000:00:1f.0"]),
+            other => panic!("{selector:?}: expected a device still appearing, got {other:?}"),
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            fs::rename(&hidden, &bar_file).unwrap();
+        });
+        let bar = select_waiting(
+            sys.root(),
+            &Selector::Identity,
+            &MapOptions::default(),
+            Duration::from_secs(10),
+        )
+        .expect("mapped once the files are there");
+        assert_eq!(bar.device().address, "0000:00:1f.0");
+    });
+}
+
+#[test]
 fn guest_channel_waits_for_a_hotplugged_device_and_talks_to_its_host() {
     let sys = FakeSysfs::new();
     sys.set_product_uuid(VM_A);
