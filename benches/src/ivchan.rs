@@ -124,13 +124,15 @@ pub fn send<M: DirectMemory>(tx: &mut Producer<M>, api: Api, msg: &[u8], waiter:
 }
 
 /// Messages a batched sender stages before it publishes them with one
-/// store of `tail` (it publishes sooner when the ring fills).
+/// store of `tail` (it publishes sooner when the ring fills, or after
+/// [`ivchan_protocol::PUBLISH_EVERY`] bytes).
 pub const BATCH: usize = 64;
 
-/// Sends `count` copies of `msg` in batches of [`BATCH`]: each message is
-/// copied into the ring and staged, and one Release store of `tail`
-/// publishes the batch, as `Channel::send_batch` does. A full ring
-/// publishes what is staged before it waits, so the reader can drain it.
+/// Sends `count` copies of `msg` in batches of [`BATCH`] messages or
+/// `PUBLISH_EVERY` bytes, whichever comes first: each message is copied
+/// into the ring and staged, and one Release store of `tail` publishes
+/// the batch, as `Channel::send_batch` does. A full ring publishes what is
+/// staged before it waits, so the reader can drain it.
 #[inline]
 pub fn send_batched<M: DirectMemory>(
     tx: &mut Producer<M>,
@@ -162,7 +164,7 @@ pub fn send_batched<M: DirectMemory>(
         bump(&counters::SENT.0, 1);
         bump(&counters::FULL.0, full);
         staged += 1;
-        if staged == BATCH {
+        if staged == BATCH || staged * msg.len() >= ivchan_protocol::PUBLISH_EVERY {
             tx.publish();
             staged = 0;
         }

@@ -32,10 +32,12 @@
 //!   the `memcpy` it replaces: 64 B 3.7-4.3 ns against 2.4 ns, 1 KiB
 //!   15.7 ns against 11.1 ns, 64 KiB and 1 MiB equal or faster (57 against
 //!   52 GB/s, 49 against 48 GB/s), where the word loop reaches about 60%.
-//!   From 4 KiB, `rep movsb` instead (whole-line stores without a read for
-//!   ownership, which matters across cores), except when the destination
-//!   sits less than 64 bytes past the source modulo the page, where this
-//!   EPYC's `rep movsb` drops to 2 GB/s.
+//!   From 4 KiB, copies into shared memory use `rep movsb` instead
+//!   (whole-line stores without a read for ownership, which matters across
+//!   cores), except when the destination sits less than 64 bytes past the
+//!   source modulo the page, where this EPYC's `rep movsb` drops to 2 GB/s;
+//!   copies out of it keep the vector loop, which reads lines another core
+//!   wrote faster and more steadily.
 //!
 //! What a reader may assume about bytes read in place: each read returns
 //! bytes that were in the region at some moment during the read; nothing
@@ -258,24 +260,29 @@ mod raw {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     const MOVSB_FROM: usize = 4096;
 
-    /// Copies `n` bytes (a nonzero multiple of 64). Long copies use
-    /// `rep movsb`, whose whole-line stores need no read-for-ownership:
-    /// across cores that is what keeps a large message from pulling every
-    /// destination line back from the reader's cache (measured on two
-    /// cores, 1 MiB zero-copy: 3.1-4.0 GB/s median with `memcpy`, which
-    /// does the same, against 0.8-1.0 GB/s with the vector loop). Not when
-    /// the destination lies less than 64 bytes past the source modulo the
-    /// page, where this EPYC's `rep movsb` falls to 2 GB/s (glibc avoids the
-    /// same case). Otherwise the widest loop the CPU has: AVX for whole
-    /// 128-byte steps, SSE2 for the rest.
+    /// Copies `n` bytes (a nonzero multiple of 64). Long copies *into*
+    /// shared memory (`into_shared`) use `rep movsb`, whose whole-line
+    /// stores need no read-for-ownership: across cores that is what keeps
+    /// a large message from pulling every destination line back from the
+    /// reader's cache (measured on two cores, 1 MiB zero-copy: 3.1-4.0 GB/s
+    /// median with `memcpy`, which does the same, against 0.8-1.0 GB/s with
+    /// the vector loop). Not when the destination lies less than 64 bytes
+    /// past the source modulo the page, where this EPYC's `rep movsb` falls
+    /// to 2 GB/s (glibc avoids the same case). Copies *out of* shared
+    /// memory always take the vector loop: reading lines another core just
+    /// wrote, `rep movsb` was slow and erratic (64 KiB copy-out across
+    /// processes 5-34 GB/s against 36-39 GB/s, four interleaved A/B pairs;
+    /// docs/bench/notes.md). Otherwise the widest loop the CPU has: AVX for
+    /// whole 128-byte steps, SSE2 for the rest.
     ///
     /// # Safety
     ///
     /// As for [`sse_copy`].
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     #[inline(always)]
-    unsafe fn bulk_copy(dst: *mut u8, src: *const u8, n: usize) {
-        if n >= MOVSB_FROM && (dst as usize).wrapping_sub(src as usize) % 4096 >= 64 {
+    unsafe fn bulk_copy(dst: *mut u8, src: *const u8, n: usize, into_shared: bool) {
+        if into_shared && n >= MOVSB_FROM && (dst as usize).wrapping_sub(src as usize) % 4096 >= 64
+        {
             // SAFETY: the caller's ranges.
             unsafe { movsb(dst, src, n) };
             return;
@@ -331,7 +338,7 @@ mod raw {
             // SAFETY: the source bytes lie inside the covering words (valid,
             // caller); `dst` is a unique borrow of private memory.
             unsafe {
-                bulk_copy(dst.as_mut_ptr().add(head), base.add(at + head), bulk)
+                bulk_copy(dst.as_mut_ptr().add(head), base.add(at + head), bulk, false)
             };
         }
         // SAFETY: the rest of the caller's range.
@@ -414,7 +421,7 @@ mod raw {
             // SAFETY: the destination lies inside the covering words (valid
             // for writes, caller); `src` is private memory.
             unsafe {
-                bulk_copy(base.add(at + head), src.as_ptr().add(head), bulk)
+                bulk_copy(base.add(at + head), src.as_ptr().add(head), bulk, true)
             };
         }
         // SAFETY: the rest of the caller's range.
@@ -473,7 +480,7 @@ mod raw {
             #[cfg(all(target_arch = "x86_64", not(miri)))]
             // SAFETY: both ranges are valid (caller) and disjoint.
             unsafe {
-                bulk_copy(dst_base.add(dst_at), src_base.add(src_at), bulk)
+                bulk_copy(dst_base.add(dst_at), src_base.add(src_at), bulk, true)
             };
         }
         // The rest (all of it under Miri) through a small stack buffer.

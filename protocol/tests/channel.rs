@@ -226,6 +226,54 @@ fn a_byte_stream_writer_facing_a_full_ring_times_out_after_publishing_what_fits(
 }
 
 #[test]
+fn a_long_batch_is_published_in_parts_while_it_is_written() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let params = InitParams {
+        ring_size: Some(256 * 1024),
+        ..params()
+    };
+    let header = Header::create(Region::from_words(&mut words), &params).unwrap();
+    let options = ChannelOptions {
+        peer_timeout: None,
+        ..quick()
+    };
+    let seen_first = AtomicBool::new(false);
+    let msg = [9u8; 1024];
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut host = Channel::attach(header, Side::Host, options).unwrap();
+            let mut buf = [0u8; 1024];
+            let n = host.recv(&mut buf, Some(Duration::from_secs(30))).unwrap();
+            assert_eq!(n, 1024);
+            seen_first.store(true, Ordering::Release);
+        });
+        let mut guest = Channel::attach(header, Side::Guest, options).unwrap();
+        // The batch's last message is produced only once the reader has
+        // seen its first, which it can only once part of the batch is
+        // published: the ring has room for all of it, so only the
+        // PUBLISH_EVERY rule publishes before the end.
+        let count = ivchan_protocol::PUBLISH_EVERY / msg.len() + 4;
+        let mut waited_out = false;
+        let batch = (0..count).map(|i| {
+            if i == count - 1 {
+                let start = std::time::Instant::now();
+                while !seen_first.load(Ordering::Acquire) {
+                    if start.elapsed() > Duration::from_secs(10) {
+                        waited_out = true;
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            &msg[..]
+        });
+        assert_eq!(guest.send_batch(batch, None).unwrap(), count);
+        assert!(!waited_out, "the reader saw nothing until the batch ended");
+    });
+}
+
+#[test]
 fn byte_stream_round_trip_across_threads() {
     let mut words = vec![0u64; (1 << 20) / 8];
     let header = Header::create(Region::from_words(&mut words), &params()).unwrap();

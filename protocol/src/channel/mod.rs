@@ -38,6 +38,12 @@ pub use wait::{poll_until, WaitStrategy, Waiter};
 
 use peer::PeerWatch;
 
+/// Bytes a batched writer ([`Channel::send_batch`], the `std::io` writer)
+/// stages before it publishes without being asked: large enough that small
+/// messages share one publish (about 200 of 64 bytes), small enough that
+/// the reader starts on a batch of large messages before it is all written.
+pub const PUBLISH_EVERY: usize = 16 << 10;
+
 /// Channel settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOptions {
@@ -559,8 +565,10 @@ impl<'a> Channel<'a> {
 
     /// Sends every message of `msgs`, publishing once at the end instead of
     /// once per message (and once before each wait for room, so a full
-    /// ring drains): the reader takes the batch with one load of `tail`, and
-    /// the cache line that holds it moves once. Waits for room up to
+    /// ring drains, and every [`PUBLISH_EVERY`] bytes, so the reader works
+    /// through a long batch while it is written): the reader takes many
+    /// messages with one load of `tail`, and the cache line that holds it
+    /// moves once for them. Waits for room up to
     /// `timeout` in all. Returns how many messages were sent; when a
     /// message fails (too large, timeout, poisoned ring), the ones before
     /// it are published and the error is returned.
@@ -573,17 +581,25 @@ impl<'a> Channel<'a> {
         self.tick();
         let start = Instant::now();
         let mut sent = 0;
+        let mut staged = 0;
         let result = (|| {
             for msg in msgs {
                 if !stage_send(&mut self.tx, msg)? {
                     self.tx.publish();
                     self.after_publish();
+                    staged = 0;
                     let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
                     self.block(left, false, |ch| {
                         stage_send(&mut ch.tx, msg).map(|s| s.then_some(()))
                     })?;
                 }
                 sent += 1;
+                staged += msg.len();
+                if staged >= PUBLISH_EVERY {
+                    self.tx.publish();
+                    self.after_publish();
+                    staged = 0;
+                }
             }
             Ok(sent)
         })();

@@ -11,12 +11,7 @@
 use std::io;
 use std::time::Duration;
 
-use super::{stage_send, Channel, ChannelError};
-
-/// Staged bytes after which the writer publishes without being asked:
-/// small enough that a streaming reader is never far behind, large enough
-/// that tiny writes share a publish.
-const PUBLISH_EVERY: usize = 16 << 10;
+use super::{stage_send, Channel, ChannelError, PUBLISH_EVERY};
 
 /// Bytes read after which the reader hands space back to the writer
 /// without waiting to find the ring empty.
