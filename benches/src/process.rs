@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use ivchan_host::{RegionFile, RegionOptions, VmUuid};
 use ivchan_protocol::{Header, Side};
 
-use crate::ivchan::{self, Api};
+use crate::ivchan::{self, Api, Counters};
 use crate::limits::record;
 use crate::measure::new_histogram;
 use crate::pin::{pin_current, CONSUMER_CORE, PRODUCER_CORE};
@@ -161,6 +161,10 @@ pub struct Session {
     link: Link,
     msg: Vec<u8>,
     buf: Vec<u8>,
+    /// What the child's ivchan side counted (received, empty, tail
+    /// reloads) since the last [`Session::take_child_counters`], when
+    /// counting is on.
+    child_counts: Counters,
 }
 
 impl Session {
@@ -255,6 +259,7 @@ impl Session {
             link,
             msg: Vec::new(),
             buf: Vec::new(),
+            child_counts: Counters::default(),
         };
         session.expect_line("ready")?;
         #[cfg(feature = "iceoryx2")]
@@ -269,10 +274,26 @@ impl Session {
         self.transport
     }
 
+    /// What the child's side counted over the batches since the last call
+    /// (zeros unless `IVCHAN_BENCH_COUNTERS` is set): its `received`,
+    /// `empty` and `tail_reloads`.
+    pub fn take_child_counters(&mut self) -> Counters {
+        std::mem::take(&mut self.child_counts)
+    }
+
+    /// Reads the child's next line: `want`, or for `done`, `done` followed
+    /// by the child's counts (`done RECEIVED EMPTY TAIL_RELOADS`).
     fn expect_line(&mut self, want: &str) -> std::io::Result<()> {
         let mut line = String::new();
         self.ctl_out.read_line(&mut line)?;
-        if line.trim_end() == want {
+        let mut words = line.split_whitespace();
+        if words.next() == Some(want) {
+            let counts: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+            if let [received, empty, tail_reloads] = counts[..] {
+                self.child_counts.received += received;
+                self.child_counts.empty += empty;
+                self.child_counts.tail_reloads += tail_reloads;
+            }
             Ok(())
         } else {
             Err(std::io::Error::other(format!(
@@ -471,9 +492,19 @@ fn child(name: &str) -> Result<(), AnyError> {
             _ => Ok(None),
         }
     };
+    let counting = std::env::var_os("IVCHAN_BENCH_COUNTERS").is_some();
+    if counting {
+        Counters::enable();
+    }
     let done = || -> Result<(), AnyError> {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "done")?;
+        if counting {
+            // This side's counts for the batch, for the parent's report.
+            let c = Counters::take();
+            writeln!(out, "done {} {} {}", c.received, c.empty, c.tail_reloads)?;
+        } else {
+            writeln!(out, "done")?;
+        }
         out.flush()?;
         Ok(())
     };

@@ -7,7 +7,10 @@
 //! tput   SCOPE   NAME  SIZE  MSGS_PER_S  BYTES_PER_S  ROUND   (SCOPE: xthread, xproc, limit)
 //! lat    NAME    WAIT  SIZE  COUNT  MEAN_NS  P50  P99  P99_9  MAX
 //! curve  NAME    WAIT  SIZE  PERCENTILE  NS
+//! count  SCOPE   NAME  SIZE  SENT  FULL/MSG  HEAD_RELOADS/MSG  RECEIVED  EMPTY/MSG  TAIL_RELOADS/MSG
 //! ```
+//!
+//! (`count` records only with `IVCHAN_BENCH_COUNTERS` set.)
 //!
 //! The `info` records come first and declare what was measured with, so
 //! that the report takes these from here rather than repeating them:
@@ -27,6 +30,7 @@
 
 use std::time::Duration;
 
+use ivchan_benches::ivchan::Counters;
 use ivchan_benches::measure::{rate, LatencyStats};
 use ivchan_benches::process::{child_main, Session, Transport};
 use ivchan_benches::thread::{Queue, ThreadBench};
@@ -69,16 +73,15 @@ fn load1() -> String {
 }
 
 /// With `IVCHAN_BENCH_COUNTERS` set: how often each ivchan side waited, per
-/// message, over the point just measured (both sides are in this process
-/// for the cross-thread runs).
-fn counters(name: &str, size: usize) {
-    let c = ivchan_benches::ivchan::Counters::take();
+/// message, over the point just measured (`c`: both sides' counts, this
+/// process's and, cross-process, the child's).
+fn counters(scope: &str, name: &str, size: usize, c: Counters) {
     if std::env::var_os("IVCHAN_BENCH_COUNTERS").is_none() || c.sent == 0 {
         return;
     }
     let per = |n: u64, of: u64| n as f64 / of.max(1) as f64;
     println!(
-        "count\t{name}\t{size}\t{}\t{:.3}\t{:.3}\t{}\t{:.3}\t{:.3}",
+        "count\t{scope}\t{name}\t{size}\t{}\t{:.3}\t{:.3}\t{}\t{:.3}\t{:.3}",
         c.sent,
         per(c.full, c.sent),
         per(c.head_reloads, c.sent),
@@ -87,7 +90,7 @@ fn counters(name: &str, size: usize) {
         per(c.tail_reloads, c.received),
     );
     eprintln!(
-        "counters {name:22} {size:>8} B  full/msg {:.3}  head reloads/msg {:.3}  empty/msg {:.3}  tail reloads/msg {:.3}",
+        "counters {scope:8} {name:22} {size:>8} B  full/msg {:.3}  head reloads/msg {:.3}  empty/msg {:.3}  tail reloads/msg {:.3}",
         per(c.full, c.sent),
         per(c.head_reloads, c.sent),
         per(c.empty, c.received),
@@ -218,16 +221,31 @@ fn main() {
                     continue;
                 }
                 let mut bench = ThreadBench::new(queue, size);
-                ivchan_benches::ivchan::Counters::take();
+                Counters::take();
                 let msgs = rate(|n| bench.run(n), opts.per_run, opts.reps);
                 tput("xthread", queue.name(), size, msgs, round);
-                counters(queue.name(), size);
+                counters("xthread", queue.name(), size, Counters::take());
             }
             for (session, want_tput, _) in &mut sessions {
                 if *want_tput {
                     let name = session.transport().name();
+                    Counters::take();
+                    session.take_child_counters();
                     let msgs = rate(|n| session.stream(size, n), opts.per_run, opts.reps);
                     tput("xproc", name, size, msgs, round);
+                    let child = session.take_child_counters();
+                    let ours = Counters::take();
+                    counters(
+                        "xproc",
+                        name,
+                        size,
+                        Counters {
+                            received: child.received,
+                            empty: child.empty,
+                            tail_reloads: child.tail_reloads,
+                            ..ours
+                        },
+                    );
                 }
             }
         }
