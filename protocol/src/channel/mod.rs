@@ -584,28 +584,48 @@ impl<'a> Channel<'a> {
         let mut staged = 0;
         let result = (|| {
             for msg in msgs {
-                if !stage_send(&mut self.tx, msg)? {
-                    self.tx.publish();
-                    self.after_publish();
-                    staged = 0;
-                    let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
-                    self.block(left, false, |ch| {
-                        stage_send(&mut ch.tx, msg).map(|s| s.then_some(()))
-                    })?;
-                }
+                self.stage_batched(msg, &mut staged, || {
+                    timeout.map(|t| t.saturating_sub(start.elapsed()))
+                })?;
                 sent += 1;
-                staged += msg.len();
-                if staged >= PUBLISH_EVERY {
-                    self.tx.publish();
-                    self.after_publish();
-                    staged = 0;
-                }
             }
             Ok(sent)
         })();
+        self.publish_sent();
+        result
+    }
+
+    /// Stages one message of a batch (for [`send_batch`](Self::send_batch)
+    /// and the `std::io` writer). When the ring is full it publishes what
+    /// is staged, since the reader can only make room for what it sees,
+    /// then waits for room up to `timeout()`; once `staged` (bytes since
+    /// the last publish, kept by the caller) reaches [`PUBLISH_EVERY`], it
+    /// publishes.
+    fn stage_batched(
+        &mut self,
+        msg: &[u8],
+        staged: &mut usize,
+        timeout: impl FnOnce() -> Option<Duration>,
+    ) -> Result<(), ChannelError> {
+        if !stage_send(&mut self.tx, msg)? {
+            self.publish_sent();
+            *staged = 0;
+            self.block(timeout(), false, |ch| {
+                stage_send(&mut ch.tx, msg).map(|s| s.then_some(()))
+            })?;
+        }
+        *staged += msg.len();
+        if *staged >= PUBLISH_EVERY {
+            self.publish_sent();
+            *staged = 0;
+        }
+        Ok(())
+    }
+
+    /// Publishes staged sends and rings the peer if it waits to be woken.
+    fn publish_sent(&mut self) {
         self.tx.publish();
         self.after_publish();
-        result
     }
 
     /// Waits up to `timeout` for a message, then hands every queued message

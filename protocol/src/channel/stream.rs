@@ -11,7 +11,7 @@
 use std::io;
 use std::time::Duration;
 
-use super::{stage_send, Channel, ChannelError, PUBLISH_EVERY};
+use super::{Channel, ChannelError};
 
 /// Bytes read after which the reader hands space back to the writer
 /// without waiting to find the ring empty.
@@ -46,7 +46,8 @@ impl<'a> Channel<'a> {
 /// `std::io::Write` over a channel. Writes of any length are split into
 /// messages of at most an eighth of the ring (so several are in flight)
 /// and [`Channel::max_message`] bytes. Staged messages are published every
-/// 16 KiB, before any wait for room, on `flush`, on `finish` and on drop.
+/// [`PUBLISH_EVERY`](super::PUBLISH_EVERY) bytes, before any wait for room,
+/// on `flush`, on `finish` and on drop.
 #[derive(Debug)]
 pub struct ChannelWriter<'c, 'a> {
     channel: &'c mut Channel<'a>,
@@ -63,28 +64,18 @@ impl ChannelWriter<'_, '_> {
     }
 
     fn publish(&mut self) {
-        self.channel.tx.publish();
-        self.channel.after_publish();
+        self.channel.publish_sent();
         self.staged = 0;
     }
 
-    /// Stages one message, publishing first and waiting when the ring is
-    /// full.
+    /// Stages one message, as a batch does: publishing when the ring is
+    /// full (then waiting) and every `PUBLISH_EVERY` bytes.
     fn stage(&mut self, piece: &[u8]) -> Result<(), ChannelError> {
         self.channel.usable()?;
         self.channel.tick();
-        if !stage_send(&mut self.channel.tx, piece)? {
-            // The reader can only make room for what it can see.
-            self.publish();
-            self.channel.block(self.timeout, false, |ch| {
-                stage_send(&mut ch.tx, piece).map(|s| s.then_some(()))
-            })?;
-        }
-        self.staged += piece.len();
-        if self.staged >= PUBLISH_EVERY {
-            self.publish();
-        }
-        Ok(())
+        let timeout = self.timeout;
+        self.channel
+            .stage_batched(piece, &mut self.staged, || timeout)
     }
 }
 
