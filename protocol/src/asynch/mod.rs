@@ -324,30 +324,9 @@ impl<C: AsChannel> AsyncChannel<C> {
     fn poll_rx_op<T>(
         &mut self,
         cx: &mut Context<'_>,
-        mut attempt: impl FnMut(&mut Channel<'_>) -> Result<Option<T>, ChannelError>,
+        attempt: impl FnMut(&mut Channel<'_>) -> Result<Option<T>, ChannelError>,
     ) -> Poll<Result<T, ChannelError>> {
-        let mut closed = false;
-        loop {
-            match self.inner.with_channel(&mut attempt) {
-                Ok(Some(value)) => {
-                    self.wake_up();
-                    self.rx.timer.reset();
-                    self.idle_wakes = 0;
-                    return Poll::Ready(Ok(value));
-                }
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            if closed {
-                return Poll::Ready(Err(ChannelError::PeerClosed));
-            }
-            match self.poll_wait(cx, true) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(Woke::PeerClosed)) => closed = true,
-                Poll::Ready(Ok(Woke::Retry)) => {}
-            }
-        }
+        self.poll_op(cx, true, attempt)
     }
 
     /// Retries `attempt` (a non-blocking send) until it yields, polling on
@@ -355,13 +334,32 @@ impl<C: AsChannel> AsyncChannel<C> {
     fn poll_tx_op<T>(
         &mut self,
         cx: &mut Context<'_>,
+        attempt: impl FnMut(&mut Channel<'_>) -> Result<Option<T>, ChannelError>,
+    ) -> Poll<Result<T, ChannelError>> {
+        self.poll_op(cx, false, attempt)
+    }
+
+    /// The loop of [`poll_rx_op`](Self::poll_rx_op) (`on_receive`) and
+    /// [`poll_tx_op`](Self::poll_tx_op): a success resets that direction's
+    /// timer (and, receiving, withdraws the wake-up request); a closed peer
+    /// gets one more attempt, for what it published before closing.
+    fn poll_op<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        on_receive: bool,
         mut attempt: impl FnMut(&mut Channel<'_>) -> Result<Option<T>, ChannelError>,
     ) -> Poll<Result<T, ChannelError>> {
         let mut closed = false;
         loop {
             match self.inner.with_channel(&mut attempt) {
                 Ok(Some(value)) => {
-                    self.tx.timer.reset();
+                    if on_receive {
+                        self.wake_up();
+                        self.rx.timer.reset();
+                        self.idle_wakes = 0;
+                    } else {
+                        self.tx.timer.reset();
+                    }
                     return Poll::Ready(Ok(value));
                 }
                 Ok(None) => {}
@@ -370,7 +368,7 @@ impl<C: AsChannel> AsyncChannel<C> {
             if closed {
                 return Poll::Ready(Err(ChannelError::PeerClosed));
             }
-            match self.poll_wait(cx, false) {
+            match self.poll_wait(cx, on_receive) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(Woke::PeerClosed)) => closed = true,
