@@ -612,30 +612,30 @@ impl RingMemory for RegionRing<'_> {
     fn capacity(&self) -> usize {
         self.capacity
     }
-    #[inline]
+    #[inline(always)]
     fn load(&self, word: Word, order: Ordering) -> u64 {
         self.region.load(self.word_offset(word), order)
     }
-    #[inline]
+    #[inline(always)]
     fn store(&self, word: Word, value: u64, order: Ordering) {
         self.region.store(self.word_offset(word), value, order)
     }
-    #[inline]
+    #[inline(always)]
     fn load_header(&self, offset: usize) -> u64 {
         self.region.load(self.data + offset, Ordering::Relaxed)
     }
-    #[inline]
+    #[inline(always)]
     fn store_header(&self, offset: usize, value: u64) {
         self.region
             .store(self.data + offset, value, Ordering::Relaxed)
     }
-    #[inline]
+    #[inline(always)]
     unsafe fn write_bytes(&self, offset: usize, src: &[u8]) {
         // SAFETY: the ring owns this range (caller contract); the region
         // checks the bounds.
         unsafe { self.region.copy_in(self.data + offset, src) }
     }
-    #[inline]
+    #[inline(always)]
     unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
         self.region.copy_out(self.data + offset, dst)
     }

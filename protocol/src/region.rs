@@ -199,7 +199,7 @@ impl<'a> Region<'a> {
     /// # Safety
     ///
     /// As for [`volatile_mut`](Self::volatile_mut).
-    #[inline]
+    #[inline(always)]
     pub unsafe fn copy_in(&self, offset: usize, src: &[u8]) {
         // SAFETY: forwarded contract.
         let mut view = unsafe { self.volatile_mut(offset, src.len()) };
@@ -209,7 +209,7 @@ impl<'a> Region<'a> {
 
     /// Copies bytes at `offset` out into `dst`: one snapshot, whatever the
     /// peer does to those bytes afterwards.
-    #[inline]
+    #[inline(always)]
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) {
         // Same length by construction.
         let _ = self.volatile(offset, dst.len()).copy_to(dst);

@@ -172,6 +172,7 @@ impl Geometry {
     }
 
     /// Offset of a position in the data area; always `< capacity`.
+    #[inline]
     fn offset(&self, position: u64) -> usize {
         // Masked to below `capacity`, which is at most 2^32 and fits usize on
         // the 64-bit targets ivchan supports.
@@ -257,6 +258,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// True when staged records wait for [`publish`](Self::publish).
+    #[inline]
     pub fn has_unpublished(&self) -> bool {
         self.tail != self.published
     }
@@ -271,6 +273,7 @@ impl<M: RingMemory> Producer<M> {
         &self.mem
     }
 
+    #[inline]
     fn fail(&mut self, v: Violation) -> RingError {
         self.poison = Some(v);
         RingError::Corrupt(v)
@@ -278,6 +281,7 @@ impl<M: RingMemory> Producer<M> {
 
     /// Reloads the consumer position and checks it lies between the last
     /// one seen and what we published.
+    #[inline]
     fn refresh_head(&mut self) -> Result<(), RingError> {
         // SYNC POINT: pairs with the consumer's Release store of head, so its
         // reads of the records it released happen before we overwrite them.
@@ -299,7 +303,32 @@ impl<M: RingMemory> Producer<M> {
     /// Reserves room for a `len`-byte message. `Ok(None)` means the ring is
     /// full for now; the grant is written in place, then committed or staged.
     /// Dropping a grant abandons it.
+    #[inline]
     pub fn reserve(&mut self, len: usize) -> Result<Option<WriteGrant<'_, M>>, RingError> {
+        // The common case, kept small enough to inline into the caller so
+        // the grant stays in registers: a healthy end, a record that fits
+        // before the wrap and in the space already known free. Everything
+        // else (errors, padding, reloading `head`) takes the slow path.
+        if self.poison.is_none() && len <= self.geo.max_payload {
+            let record = record_size(len) as u64;
+            let offset = self.geo.offset(self.tail);
+            let free = self.geo.capacity - self.tail.wrapping_sub(self.head);
+            if record <= self.geo.capacity - offset as u64 && record <= free {
+                return Ok(Some(WriteGrant {
+                    producer: self,
+                    pad: 0,
+                    record_offset: offset,
+                    len,
+                }));
+            }
+        }
+        self.reserve_slow(len)
+    }
+
+    /// [`reserve`](Self::reserve) in full: checks, padding, head reloads.
+    #[cold]
+    #[inline(never)]
+    fn reserve_slow(&mut self, len: usize) -> Result<Option<WriteGrant<'_, M>>, RingError> {
         if let Some(v) = self.poison {
             return Err(RingError::Corrupt(v));
         }
@@ -342,6 +371,7 @@ impl<M: RingMemory> Producer<M> {
 
     /// Copies `msg` into the ring and publishes it. `Ok(false)` means the ring
     /// is full for now.
+    #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<bool, RingError> {
         match self.reserve(msg.len())? {
             None => Ok(false),
@@ -354,6 +384,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// Publishes every staged record with one store.
+    #[inline(always)]
     pub fn publish(&mut self) {
         if self.tail != self.published {
             if self.store_fence {
@@ -371,6 +402,7 @@ impl<M: RingMemory> Producer<M> {
     /// [`Consumer::prepare_to_sleep`]). Call after publishing, and ring the
     /// consumer's doorbell when it says so; costs a full fence, so call it
     /// only when notifications are in use. A poisoned end never asks.
+    #[inline]
     pub fn wants_wake(&self) -> bool {
         if self.poison.is_some() {
             return false;
@@ -385,6 +417,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// Bytes free as of the last consumer position seen (a lower bound).
+    #[inline]
     pub fn free_bytes(&self) -> usize {
         let used = self.tail.wrapping_sub(self.head);
         // Both are at most the capacity (2^32).
@@ -422,6 +455,7 @@ impl<M: RingMemory> WriteGrant<'_, M> {
     }
 
     /// Copies `src` into the payload at `at`.
+    #[inline(always)]
     pub fn write(&mut self, at: usize, src: &[u8]) -> Result<(), RingError> {
         let end = at.saturating_add(src.len());
         if end > self.len {
@@ -438,6 +472,7 @@ impl<M: RingMemory> WriteGrant<'_, M> {
         Ok(())
     }
 
+    #[inline(always)]
     fn finish(&mut self, len: usize) -> Result<(), RingError> {
         if len > self.len {
             return Err(RingError::OutOfGrant {
@@ -459,6 +494,7 @@ impl<M: RingMemory> WriteGrant<'_, M> {
 
     /// Finishes the message with its first `len` bytes and publishes it
     /// (and every record staged before it).
+    #[inline(always)]
     pub fn commit(mut self, len: usize) -> Result<(), RingError> {
         self.finish(len)?;
         self.producer.publish();
@@ -467,6 +503,7 @@ impl<M: RingMemory> WriteGrant<'_, M> {
 
     /// Finishes the message with its first `len` bytes without publishing;
     /// [`Producer::publish`] makes it visible, together with later ones.
+    #[inline(always)]
     pub fn stage(mut self, len: usize) -> Result<(), RingError> {
         self.finish(len)
     }
@@ -477,6 +514,7 @@ impl<M: DirectMemory> WriteGrant<'_, M> {
     /// The payload as a writable volatile view: typed writes, sub-views,
     /// copies from other views. Never a `&mut [u8]`: a hostile consumer may
     /// read or write these bytes while we fill them.
+    #[inline]
     pub fn volatile_mut(&mut self) -> VolatileSliceMut<'_> {
         // SAFETY: the payload lies inside this grant's unpublished record,
         // owned by the producer alone while the grant (borrowed mutably for
@@ -489,6 +527,7 @@ impl<M: DirectMemory> WriteGrant<'_, M> {
     }
 
     /// The payload as a read-only volatile view.
+    #[inline]
     pub fn volatile(&self) -> VolatileSlice<'_> {
         self.producer
             .mem
@@ -499,6 +538,7 @@ impl<M: DirectMemory> WriteGrant<'_, M> {
     /// [`position`](crate::volatile::VolatileWriter::position) is the length
     /// to [`commit`](Self::commit).
     #[cfg(feature = "std")]
+    #[inline]
     pub fn writer(&mut self) -> VolatileWriter<'_> {
         // SAFETY: as in `volatile_mut`.
         let view = unsafe {
@@ -567,6 +607,7 @@ impl<M: RingMemory> Consumer<M> {
         &self.mem
     }
 
+    #[inline]
     fn fail(&mut self, v: Violation) -> RingError {
         self.poison = Some(v);
         RingError::Corrupt(v)
@@ -574,6 +615,7 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Reloads the producer position and checks it did not move backwards
     /// nor more than a ring ahead of what we released.
+    #[inline]
     fn refresh_tail(&mut self) -> Result<(), RingError> {
         // SYNC POINT: pairs with the producer's Release store of tail, so the
         // records it covers are fully written before we read them.
@@ -595,7 +637,38 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Looks at the next message without consuming it. `Ok(None)` means the
     /// ring is empty for now.
+    #[inline]
     pub fn peek(&mut self) -> Result<Option<ReadGrant<'_, M>>, RingError> {
+        // The common case, small enough to inline: a healthy end, records
+        // already known published, and a message record whose header (read
+        // once, here) passes every check. Anything else, including an empty
+        // ring and padding, takes the slow path, which reads the header anew
+        // and checks its own copy.
+        let available = self.tail.wrapping_sub(self.head);
+        if self.poison.is_none() && available != 0 {
+            let offset = self.geo.offset(self.head);
+            let word = self.mem.load_header(offset);
+            #[allow(clippy::cast_possible_truncation)]
+            let (len, tag) = (word as u32 as usize, (word >> 32) as u32);
+            if tag == TAG_MESSAGE && len <= self.geo.max_payload {
+                let record = record_size(len) as u64;
+                if record <= available && record <= self.geo.capacity - offset as u64 {
+                    return Ok(Some(ReadGrant {
+                        consumer: self,
+                        offset: offset + RECORD_HEADER,
+                        len,
+                        record,
+                    }));
+                }
+            }
+        }
+        self.peek_slow()
+    }
+
+    /// [`peek`](Self::peek) in full: reloads, padding, every violation.
+    #[cold]
+    #[inline(never)]
+    fn peek_slow(&mut self) -> Result<Option<ReadGrant<'_, M>>, RingError> {
         if let Some(v) = self.poison {
             return Err(RingError::Corrupt(v));
         }
@@ -666,6 +739,7 @@ impl<M: RingMemory> Consumer<M> {
     /// Copies the next message into `buf` and releases it. Returns its
     /// length, or `Ok(None)` when the ring is empty. A message longer than
     /// `buf` stays queued and yields [`RingError::BufferTooSmall`].
+    #[inline]
     pub fn recv_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         let Some(grant) = self.peek()? else {
             return Ok(None);
@@ -682,6 +756,7 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// Publishes every staged release with one store.
+    #[inline(always)]
     pub fn publish(&mut self) {
         if self.head != self.published {
             // SYNC POINT: pairs with the producer's Acquire load of head; our
@@ -722,6 +797,7 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Bytes published and not yet consumed, as of the last producer
     /// position seen.
+    #[inline]
     pub fn pending_bytes(&self) -> usize {
         #[allow(clippy::cast_possible_truncation)]
         let pending = self.tail.wrapping_sub(self.head) as usize;
@@ -776,6 +852,7 @@ impl<M: RingMemory> ReadGrant<'_, M> {
     }
 
     /// Copies payload bytes starting at `at` into `dst`.
+    #[inline(always)]
     pub fn read(&self, at: usize, dst: &mut [u8]) -> Result<(), RingError> {
         let end = at.saturating_add(dst.len());
         if end > self.len {
@@ -789,6 +866,7 @@ impl<M: RingMemory> ReadGrant<'_, M> {
 
     /// Copies the whole payload into the start of `buf` and returns that
     /// part: one snapshot to check and use ("snapshot, then validate").
+    #[inline]
     pub fn snapshot_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], RingError> {
         let available = buf.len();
         let dst = buf.get_mut(..self.len).ok_or(RingError::BufferTooSmall {
@@ -810,6 +888,7 @@ impl<M: RingMemory> ReadGrant<'_, M> {
 
     /// Consumes the message and publishes the new position (and every
     /// release staged before it).
+    #[inline(always)]
     pub fn release(self) {
         let c = self.consumer;
         c.head = c.head.wrapping_add(self.record);
@@ -818,6 +897,7 @@ impl<M: RingMemory> ReadGrant<'_, M> {
 
     /// Consumes the message without publishing; [`Consumer::publish`] hands
     /// the space back to the producer, together with later releases.
+    #[inline(always)]
     pub fn stage(self) {
         let c = self.consumer;
         c.head = c.head.wrapping_add(self.record);
@@ -830,6 +910,7 @@ impl<M: DirectMemory> ReadGrant<'_, M> {
     /// with atomic accesses, each read a fresh look at memory a hostile
     /// producer may be rewriting. Copy what you check once
     /// ([`VolatileSlice::snapshot_into`], the typed reads), then use the copy.
+    #[inline]
     pub fn volatile(&self) -> VolatileSlice<'_> {
         self.consumer.mem.bytes(self.offset, self.len)
     }

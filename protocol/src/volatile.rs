@@ -327,7 +327,7 @@ mod raw {
     /// # Safety
     ///
     /// See the module: the covering words are valid for reads.
-    #[inline]
+    #[inline(always)]
     pub(super) unsafe fn copy_out(base: *mut u8, at: usize, dst: &mut [u8]) {
         let n = dst.len();
         let (head, bulk) = split(dst.as_ptr(), n);
@@ -409,7 +409,7 @@ mod raw {
     ///
     /// See the module: the covering words are valid for writes, and the
     /// bytes sharing a word with the range belong to the caller too.
-    #[inline]
+    #[inline(always)]
     pub(super) unsafe fn copy_in(base: *mut u8, at: usize, src: &[u8]) {
         let n = src.len();
         // The address only decides the alignment split.
@@ -633,7 +633,7 @@ impl<'a> VolatileSlice<'a> {
 
     /// Copies as many bytes as fit from the start of the view into `dst`;
     /// returns how many (the shorter of the two lengths).
-    #[inline]
+    #[inline(always)]
     pub fn copy_to(&self, dst: &mut [u8]) -> usize {
         let n = self.len.min(dst.len());
         // SAFETY: `n <= len`, inside the view.
@@ -796,7 +796,7 @@ impl<'a> VolatileSliceMut<'a> {
 
     /// Copies as many bytes of `src` as fit to the start of the view;
     /// returns how many.
-    #[inline]
+    #[inline(always)]
     pub fn copy_from(&mut self, src: &[u8]) -> usize {
         let n = self.inner.len.min(src.len());
         // SAFETY: `n <= len`, inside the view (see `write_at`).
