@@ -174,7 +174,8 @@ pub fn send_batched<M: DirectMemory>(
 
 /// Receives `count` messages, copying each out into `buf`, and releases
 /// them with one store of `head` per look at the ring (everything the
-/// producer had published, as `Channel::recv_batch` does).
+/// producer had published), or per `RELEASE_EVERY` bytes (a quarter ring
+/// at most) in a long run, as `Channel::recv_batch` does.
 #[inline]
 pub fn recv_batched<M: DirectMemory>(
     rx: &mut Consumer<M>,
@@ -183,6 +184,7 @@ pub fn recv_batched<M: DirectMemory>(
     waiter: &mut Waiter,
 ) {
     let mut left = count;
+    let release_every = ivchan_protocol::RELEASE_EVERY.min(rx.capacity() / 4);
     waiter.reset();
     let mut empty = 0;
     while left > 0 {
@@ -197,6 +199,9 @@ pub fn recv_batched<M: DirectMemory>(
             let n = msg.len();
             msg.read(0, &mut buf[..n]).expect("length fits the buffer");
             msg.stage();
+            if rx.staged_bytes() >= release_every {
+                rx.publish();
+            }
             took += 1;
         }
         if took == 0 {

@@ -78,6 +78,7 @@ pub mod volatile;
 pub use channel::{
     poll_until, CancelToken, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
     HeartbeatHandle, Notifier, OwnedChannel, PeerEvent, WaitStrategy, Waiter, PUBLISH_EVERY,
+    RELEASE_EVERY,
 };
 pub use error::{LayoutError, RingError, Violation};
 pub use layout::{

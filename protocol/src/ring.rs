@@ -795,6 +795,16 @@ impl<M: RingMemory> Consumer<M> {
         self.mem.store(Word::ConsumerFlags, 0, Ordering::Relaxed);
     }
 
+    /// Bytes of records taken with [`ReadGrant::stage`] and not yet handed
+    /// back with [`publish`](Self::publish).
+    #[inline]
+    pub fn staged_bytes(&self) -> usize {
+        // At most the capacity (2^32).
+        #[allow(clippy::cast_possible_truncation)]
+        let staged = self.head.wrapping_sub(self.published) as usize;
+        staged
+    }
+
     /// Bytes published and not yet consumed, as of the last producer
     /// position seen.
     #[inline]

@@ -683,6 +683,40 @@ fn batches_publish_once_and_release_once() {
     ));
 }
 
+#[test]
+fn a_long_batch_is_released_in_parts_while_it_is_read() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    let mut host = Channel::attach(header, Side::Host, quick()).unwrap();
+    let mut guest = Channel::attach(header, Side::Guest, quick()).unwrap();
+    // Fifteen 1008-byte records nearly fill the 16 KiB ring; a quarter of
+    // it (4 KiB) is the release chunk here.
+    let msgs: Vec<Vec<u8>> = (0..15u8).map(|i| vec![i; 1000]).collect();
+    assert_eq!(
+        host.send_batch(msgs.iter().map(|m| &m[..]), None).unwrap(),
+        15
+    );
+    // The shared head as the reader's callback sees it, message by message.
+    let mut heads = Vec::new();
+    let n = guest
+        .recv_batch(usize::MAX, Some(Duration::from_secs(1)), |_| {
+            heads.push(
+                header
+                    .ring_positions(ivchan_protocol::Direction::HostToGuest)
+                    .0,
+            );
+        })
+        .unwrap();
+    assert_eq!(n, 15);
+    let record = records_size(&msgs[..1]);
+    // Space goes back every quarter ring (five records), not at the end.
+    let chunk = 5 * record;
+    let expect: Vec<u64> = (0..15u64).map(|i| i / 5 * chunk).collect();
+    assert_eq!(heads, expect);
+    let (head, _) = header.ring_positions(ivchan_protocol::Direction::HostToGuest);
+    assert_eq!(head, records_size(&msgs));
+}
+
 /// Bytes the records of `msgs` occupy in a ring that has not wrapped.
 fn records_size(msgs: &[Vec<u8>]) -> u64 {
     msgs.iter()

@@ -44,6 +44,13 @@ use peer::PeerWatch;
 /// the reader starts on a batch of large messages before it is all written.
 pub const PUBLISH_EVERY: usize = 16 << 10;
 
+/// Bytes a batched reader ([`Channel::recv_batch`], the `std::io` reader)
+/// takes before it hands the space back without waiting to find the ring
+/// empty (a quarter of the ring when that is less): a reader working
+/// through a long run of messages never leaves the writer waiting for
+/// room it has already read.
+pub const RELEASE_EVERY: usize = 64 << 10;
+
 /// Channel settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOptions {
@@ -622,6 +629,14 @@ impl<'a> Channel<'a> {
         Ok(())
     }
 
+    /// After a batched reader stages a message: hands the staged space back
+    /// once it reaches [`RELEASE_EVERY`] bytes or a quarter of the ring.
+    fn release_batched(&mut self) {
+        if self.rx.staged_bytes() >= RELEASE_EVERY.min(self.rx.capacity() / 4) {
+            self.rx.publish();
+        }
+    }
+
     /// Publishes staged sends and rings the peer if it waits to be woken.
     fn publish_sent(&mut self) {
         self.tx.publish();
@@ -630,7 +645,8 @@ impl<'a> Channel<'a> {
 
     /// Waits up to `timeout` for a message, then hands every queued message
     /// (at most `max`) to `f` in place, as a volatile view, and releases
-    /// them all with one store of `head`. Returns how many `f` saw. On an
+    /// them with one store of `head` (one per [`RELEASE_EVERY`] bytes in a
+    /// long batch). Returns how many `f` saw. On an
     /// error after the first message, the ones `f` saw are released and the
     /// error is returned.
     pub fn recv_batch(
@@ -652,6 +668,7 @@ impl<'a> Channel<'a> {
                 Ok(Some(msg)) => {
                     f(msg.volatile());
                     msg.stage();
+                    self.release_batched();
                     seen += 1;
                 }
                 Ok(None) => break Ok(seen),

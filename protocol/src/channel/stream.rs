@@ -13,10 +13,6 @@ use std::time::Duration;
 
 use super::{Channel, ChannelError};
 
-/// Bytes read after which the reader hands space back to the writer
-/// without waiting to find the ring empty.
-const RELEASE_EVERY: usize = 64 << 10;
-
 impl<'a> Channel<'a> {
     /// A byte-stream writer. Writes are staged and published in batches:
     /// call [`flush`](io::Write::flush) (or
@@ -37,7 +33,6 @@ impl<'a> Channel<'a> {
             channel: self,
             timeout,
             offset: 0,
-            unreleased: 0,
             eof: false,
         }
     }
@@ -122,15 +117,12 @@ pub struct ChannelReader<'c, 'a> {
     timeout: Option<Duration>,
     /// Bytes of the current (front) message already read.
     offset: usize,
-    /// Bytes consumed but not yet handed back to the writer.
-    unreleased: usize,
     eof: bool,
 }
 
 impl ChannelReader<'_, '_> {
     fn release(&mut self) {
         self.channel.rx.publish();
-        self.unreleased = 0;
     }
 
     /// Copies queued bytes into `out`; waits only while nothing at all has
@@ -165,10 +157,7 @@ impl ChannelReader<'_, '_> {
             if self.offset + take == len {
                 msg.stage();
                 self.offset = 0;
-                self.unreleased += len;
-                if self.unreleased >= RELEASE_EVERY {
-                    self.release();
-                }
+                self.channel.release_batched();
             } else {
                 self.offset += take;
             }
