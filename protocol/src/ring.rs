@@ -303,7 +303,7 @@ impl<M: RingMemory> Producer<M> {
     /// Reserves room for a `len`-byte message. `Ok(None)` means the ring is
     /// full for now; the grant is written in place, then committed or staged.
     /// Dropping a grant abandons it.
-    #[inline]
+    #[inline(always)]
     pub fn reserve(&mut self, len: usize) -> Result<Option<WriteGrant<'_, M>>, RingError> {
         // The common case, kept small enough to inline into the caller so
         // the grant stays in registers: a healthy end, a record that fits
@@ -637,7 +637,7 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Looks at the next message without consuming it. `Ok(None)` means the
     /// ring is empty for now.
-    #[inline]
+    #[inline(always)]
     pub fn peek(&mut self) -> Result<Option<ReadGrant<'_, M>>, RingError> {
         // The common case, small enough to inline: a healthy end, records
         // already known published, and a message record whose header (read
