@@ -615,24 +615,34 @@ impl<M: RingMemory> Consumer<M> {
 
     /// Reloads the producer position and checks it did not move backwards
     /// nor more than a ring ahead of what we released.
-    #[inline]
+    #[inline(always)]
     fn refresh_tail(&mut self) -> Result<(), RingError> {
         // SYNC POINT: pairs with the producer's Release store of tail, so the
         // records it covers are fully written before we read them.
         let tail = self.mem.load(Word::Tail, Ordering::Acquire);
-        if tail % 8 != 0 {
-            return Err(self.fail(Violation::Misaligned { position: tail }));
-        }
         let ahead = tail.wrapping_sub(self.published);
-        if ahead > self.geo.capacity || ahead < self.tail.wrapping_sub(self.published) {
-            return Err(self.fail(Violation::TailOutOfRange {
-                tail,
-                min: self.tail,
-                max: self.published.wrapping_add(self.geo.capacity),
-            }));
+        if tail % 8 != 0
+            || ahead > self.geo.capacity
+            || ahead < self.tail.wrapping_sub(self.published)
+        {
+            return Err(self.bad_tail(tail));
         }
         self.tail = tail;
         Ok(())
+    }
+
+    /// Poisons the ring with what is wrong with `tail` (see `refresh_tail`).
+    #[cold]
+    #[inline(never)]
+    fn bad_tail(&mut self, tail: u64) -> RingError {
+        if tail % 8 != 0 {
+            return self.fail(Violation::Misaligned { position: tail });
+        }
+        self.fail(Violation::TailOutOfRange {
+            tail,
+            min: self.tail,
+            max: self.published.wrapping_add(self.geo.capacity),
+        })
     }
 
     /// Looks at the next message without consuming it. `Ok(None)` means the
@@ -643,7 +653,16 @@ impl<M: RingMemory> Consumer<M> {
         // already known published, and a message record whose header (read
         // once, here) passes every check. Anything else, including an empty
         // ring and padding, takes the slow path, which reads the header anew
-        // and checks its own copy.
+        // and checks its own copy. A ring that looks empty is looked at
+        // again here, not in the slow path: a consumer that keeps up finds
+        // every message this way, and returning its grant from an
+        // out-of-line call costs a trip through the stack per message.
+        if self.poison.is_none() && self.tail == self.head {
+            self.refresh_tail()?;
+            if self.tail == self.head {
+                return Ok(None);
+            }
+        }
         let available = self.tail.wrapping_sub(self.head);
         if self.poison.is_none() && available != 0 {
             let offset = self.geo.offset(self.head);
