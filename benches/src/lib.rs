@@ -6,7 +6,7 @@
 //!
 //! - [`thread::ThreadBench`]: two pinned threads in one process, one ring
 //!   or queue between them (ivchan over a heap region, rtrb, ringbuf,
-//!   crossbeam).
+//!   crossbeam, and [`plain_ring`], ivchan's format without its checks).
 //! - [`process::Session`]: this binary re-executed as a pinned child
 //!   process; the parent produces, the child consumes or echoes (ivchan over
 //!   a real `/dev/shm` region file, Unix socket pair, pipe, TCP loopback,
@@ -20,6 +20,7 @@ pub mod ivchan;
 pub mod limits;
 pub mod measure;
 pub mod pin;
+pub mod plain_ring;
 pub mod process;
 pub mod thread;
 pub mod wait;

@@ -16,6 +16,7 @@ use ringbuf::traits::{Consumer as _, Observer as _, Producer as _, Split as _};
 
 use crate::ivchan::{self, Api, HeapRegion};
 use crate::pin::{pin_current, CONSUMER_CORE, PRODUCER_CORE};
+use crate::plain_ring::{self, PlainRx, PlainTx};
 use crate::wait::{WaitStrategy, Waiter};
 use crate::RING_SIZE;
 
@@ -35,6 +36,9 @@ pub enum Queue {
     /// empty ones back (the producer copies into a recycled buffer, the
     /// consumer copies out of it).
     Crossbeam,
+    /// ivchan's record format in plain Rust, without checks or volatile
+    /// copies ([`crate::plain_ring`]): the floor under ivchan's own ring.
+    PlainRing,
 }
 
 impl Queue {
@@ -45,6 +49,7 @@ impl Queue {
         Queue::Rtrb,
         Queue::Ringbuf,
         Queue::Crossbeam,
+        Queue::PlainRing,
     ];
 
     /// Name in reports.
@@ -55,6 +60,7 @@ impl Queue {
             Self::Rtrb => "rtrb",
             Self::Ringbuf => "ringbuf",
             Self::Crossbeam => "crossbeam-arrayqueue",
+            Self::PlainRing => "plain-ring",
         }
     }
 }
@@ -73,6 +79,7 @@ enum State {
         full: Box<ArrayQueue<Box<[u8]>>>,
         free: Box<ArrayQueue<Box<[u8]>>>,
     },
+    Plain(Option<(PlainTx, PlainRx)>),
 }
 
 /// One queue, one message size; [`run`](Self::run) streams a batch.
@@ -91,6 +98,7 @@ impl ThreadBench {
             Queue::IvchanCopy | Queue::IvchanZeroCopy => State::Ivchan(HeapRegion::new()),
             Queue::Rtrb => State::Rtrb(Some(rtrb::RingBuffer::new(RING_SIZE))),
             Queue::Ringbuf => State::Ringbuf(Some(ringbuf::HeapRb::<u8>::new(RING_SIZE).split())),
+            Queue::PlainRing => State::Plain(Some(plain_ring::channel(RING_SIZE))),
             Queue::Crossbeam => {
                 let slots = (RING_SIZE / size.max(1)).clamp(2, 4096);
                 let free = ArrayQueue::new(slots);
@@ -169,6 +177,34 @@ impl ThreadBench {
                         for _ in 0..count {
                             w.reset();
                             while rx.pop_entire_slice(&mut buf).is_err() {
+                                w.wait();
+                            }
+                        }
+                        rx
+                    },
+                );
+                *pair = Some((tx, rx));
+                elapsed
+            }
+            State::Plain(pair) => {
+                let (mut tx, mut rx) = pair.take().expect("queue returned after each run");
+                let (elapsed, tx, rx) = two_threads(
+                    move || {
+                        let mut w = busy();
+                        for _ in 0..count {
+                            w.reset();
+                            while !tx.send(msg) {
+                                w.wait();
+                            }
+                        }
+                        tx
+                    },
+                    move || {
+                        let mut w = busy();
+                        let mut buf = vec![0u8; size];
+                        for _ in 0..count {
+                            w.reset();
+                            while rx.recv(&mut buf).is_none() {
                                 w.wait();
                             }
                         }

@@ -370,8 +370,10 @@ as `Channel::send_batch` / `recv_batch` do.
   - *Cross-thread*: ivchan over a heap region (same code path as a mapped file); \
 rtrb 0.4 (`push_entire_slice` / `pop_entire_slice` on a `RingBuffer<u8>`), ringbuf 0.6 \
 (`push_slice` / `pop_slice` once `vacant_len` / `occupied_len` allow a whole message), crossbeam \
-`ArrayQueue<Box<[u8]>>` (filled buffers one way, empty ones back; copy in and copy out). Every \
-queue holds {RING_SIZE} of data.
+`ArrayQueue<Box<[u8]>>` (filled buffers one way, empty ones back; copy in and copy out). \
+*plain-ring* is not a peer but a floor: ivchan's own record format and positions in plain Rust \
+(`copy_nonoverlapping`, no checks of the peer, no volatile views; `benches/src/plain_ring.rs`), \
+what the ring would cost if it could trust its peer. Every queue holds {RING_SIZE} of data.
   - *Cross-process*: the runner re-executes itself as the child. ivchan runs over a real \
 `{REGION_FILE}` file created by `ivchan-host` ({REGION_SIZE} region, {RING_SIZE} rings); the child maps \
 it with `memmap2`, as a guest maps BAR2. Peers: a Unix `socketpair(SOCK_STREAM)`, two pipes, \
