@@ -1,6 +1,8 @@
 //! The machine's limits, measured the same way as the transports: memcpy
-//! bandwidth on one core at each message size, and the round trip of one
-//! cache line between the two cores.
+//! bandwidth on one core at each message size, the round trip of one
+//! cache line between the two cores, and the round trip through two
+//! [`plain_ring`](crate::plain_ring)s (ivchan's record format without its
+//! checks), the floor under ivchan's own round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use hdrhistogram::Histogram;
 
 use crate::measure::new_histogram;
 use crate::pin::{pin_current, PRODUCER_CORE};
+use crate::plain_ring;
 use crate::thread::two_threads;
 
 /// Copies `size` bytes from one buffer to another `count` times on core 0
@@ -62,6 +65,48 @@ pub fn cache_line_round_trips(count: u64) -> (Duration, Histogram<u64>) {
                     std::hint::spin_loop();
                 }
                 line.store(2 * i + 2, Ordering::Release);
+            }
+        },
+    );
+    (elapsed, hist)
+}
+
+/// Ping-pongs a `size`-byte message `count` times through two plain rings
+/// (one each way) between core 0 and core 1, both sides busy-polling.
+/// Returns the total time and a histogram of each round trip in
+/// nanoseconds, timed as the transports' round trips are.
+pub fn plain_ring_round_trips(size: usize, count: u64) -> (Duration, Histogram<u64>) {
+    let (mut ping_tx, mut echo_rx) = plain_ring::channel(crate::RING_SIZE);
+    let (mut echo_tx, mut ping_rx) = plain_ring::channel(crate::RING_SIZE);
+    let (elapsed, hist, ()) = two_threads(
+        move || {
+            let msg = vec![0xa5u8; size];
+            let mut buf = vec![0u8; size];
+            let mut hist = new_histogram();
+            for _ in 0..count {
+                let t = Instant::now();
+                while !ping_tx.send(&msg) {
+                    std::hint::spin_loop();
+                }
+                while ping_rx.recv(&mut buf).is_none() {
+                    std::hint::spin_loop();
+                }
+                record(&mut hist, t.elapsed());
+            }
+            hist
+        },
+        move || {
+            let mut buf = vec![0u8; size];
+            for _ in 0..count {
+                let n = loop {
+                    match echo_rx.recv(&mut buf) {
+                        Some(n) => break n,
+                        None => std::hint::spin_loop(),
+                    }
+                };
+                while !echo_tx.send(&buf[..n]) {
+                    std::hint::spin_loop();
+                }
             }
         },
     );

@@ -253,6 +253,12 @@ fn main() {
     if opts.wants("limit") {
         let s = timed_latency(opts.latency_time, limits::cache_line_round_trips);
         latency("cache-line", "busy-poll", 8, &s);
+        for &size in LATENCY_SIZES {
+            let s = timed_latency(opts.latency_time, |n| {
+                limits::plain_ring_round_trips(size, n)
+            });
+            latency("plain-ring", "busy-poll", size, &s);
+        }
     }
     for (session, _, want_lat) in &mut sessions {
         if !*want_lat {

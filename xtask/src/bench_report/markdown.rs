@@ -389,7 +389,10 @@ default): 200 checks spaced by 1, 2, 4 … 32 pause hints, then 50 yields, then 
 doubling to 1 ms. Every in-process queue and both ivchan APIs use the same waiter.
 - **Limits.** *memcpy*: `copy_from_slice` of the message size between two hot buffers on core 0. \
 *Cache-line round trip*: one 128-byte-aligned `AtomicU64` bounced between cores 0 and 1, each \
-round trip timed the same way as the transports' (so both include the ~20 ns timer cost).
+round trip timed the same way as the transports' (so both include the ~20 ns timer cost). \
+*plain-ring round trip*: the same ping-pong through two plain rings (ivchan's record format \
+without its checks, see above) between two pinned threads, busy-polling: the floor under \
+ivchan's own round trip.
 - Ratios are ivchan / peer (or / limit) in messages per second at the same size; above 1 means \
 ivchan is faster.
 ";
