@@ -158,130 +158,107 @@ impl ThreadBench {
                 );
                 elapsed
             }
-            State::Rtrb(pair) => {
-                let (mut tx, mut rx) = pair.take().expect("queue returned after each run");
-                let (elapsed, tx, rx) = two_threads(
-                    move || {
-                        let mut w = busy();
-                        for _ in 0..count {
-                            w.reset();
-                            while tx.push_entire_slice(msg).is_err() {
-                                w.wait();
-                            }
-                        }
-                        tx
-                    },
-                    move || {
-                        let mut w = busy();
-                        let mut buf = vec![0u8; size];
-                        for _ in 0..count {
-                            w.reset();
-                            while rx.pop_entire_slice(&mut buf).is_err() {
-                                w.wait();
-                            }
-                        }
-                        rx
-                    },
+            State::Plain(pair) => {
+                let ends = pair.take().expect("queue returned after each run");
+                let (elapsed, tx, rx) = stream(
+                    ends,
+                    msg,
+                    count,
+                    |tx, m| tx.send(m),
+                    |rx, buf| rx.recv(buf).is_some(),
                 );
                 *pair = Some((tx, rx));
                 elapsed
             }
-            State::Plain(pair) => {
-                let (mut tx, mut rx) = pair.take().expect("queue returned after each run");
-                let (elapsed, tx, rx) = two_threads(
-                    move || {
-                        let mut w = busy();
-                        for _ in 0..count {
-                            w.reset();
-                            while !tx.send(msg) {
-                                w.wait();
-                            }
-                        }
-                        tx
-                    },
-                    move || {
-                        let mut w = busy();
-                        let mut buf = vec![0u8; size];
-                        for _ in 0..count {
-                            w.reset();
-                            while rx.recv(&mut buf).is_none() {
-                                w.wait();
-                            }
-                        }
-                        rx
-                    },
+            State::Rtrb(pair) => {
+                let ends = pair.take().expect("queue returned after each run");
+                let (elapsed, tx, rx) = stream(
+                    ends,
+                    msg,
+                    count,
+                    |tx, m| tx.push_entire_slice(m).is_ok(),
+                    |rx, buf| rx.pop_entire_slice(buf).is_ok(),
                 );
                 *pair = Some((tx, rx));
                 elapsed
             }
             State::Ringbuf(pair) => {
-                let (mut tx, mut rx) = pair.take().expect("queue returned after each run");
-                let (elapsed, tx, rx) = two_threads(
-                    move || {
-                        let mut w = busy();
-                        for _ in 0..count {
-                            w.reset();
-                            while tx.vacant_len() < size {
-                                w.wait();
-                            }
-                            tx.push_slice(msg);
-                        }
-                        tx
-                    },
-                    move || {
-                        let mut w = busy();
-                        let mut buf = vec![0u8; size];
-                        for _ in 0..count {
-                            w.reset();
-                            while rx.occupied_len() < size {
-                                w.wait();
-                            }
-                            rx.pop_slice(&mut buf);
-                        }
-                        rx
-                    },
+                let ends = pair.take().expect("queue returned after each run");
+                let (elapsed, tx, rx) = stream(
+                    ends,
+                    msg,
+                    count,
+                    |tx, m| tx.vacant_len() >= m.len() && tx.push_slice(m) == m.len(),
+                    |rx, buf| rx.occupied_len() >= buf.len() && rx.pop_slice(buf) == buf.len(),
                 );
                 *pair = Some((tx, rx));
                 elapsed
             }
             State::Crossbeam { full, free } => {
                 let (full, free) = (&**full, &**free);
-                let (elapsed, (), ()) = two_threads(
-                    move || {
-                        let mut w = busy();
-                        for _ in 0..count {
-                            w.reset();
-                            let mut b = loop {
-                                match free.pop() {
-                                    Some(b) => break b,
-                                    None => w.wait(),
-                                }
-                            };
-                            b.copy_from_slice(msg);
+                let (elapsed, (), ()) = stream(
+                    ((), ()),
+                    msg,
+                    count,
+                    |(), m| match free.pop() {
+                        Some(mut b) => {
+                            b.copy_from_slice(m);
                             full.push(b).expect("as many slots as buffers");
+                            true
                         }
+                        None => false,
                     },
-                    move || {
-                        let mut w = busy();
-                        let mut buf = vec![0u8; size];
-                        for _ in 0..count {
-                            w.reset();
-                            let b = loop {
-                                match full.pop() {
-                                    Some(b) => break b,
-                                    None => w.wait(),
-                                }
-                            };
+                    |(), buf| match full.pop() {
+                        Some(b) => {
                             buf.copy_from_slice(&b);
                             free.push(b).expect("as many slots as buffers");
+                            true
                         }
-                        std::hint::black_box(&buf);
+                        None => false,
                     },
                 );
                 elapsed
             }
         }
     }
+}
+
+/// Streams `count` copies of `msg` through a queue's two ends on the two
+/// cores: `send` tries once to put a whole message in, `recv` tries once
+/// to take a whole message out into the buffer; each side waits with the
+/// same waiter while its try fails. Returns the time and the ends.
+fn stream<T: Send, R: Send>(
+    (mut tx, mut rx): (T, R),
+    msg: &[u8],
+    count: u64,
+    mut send: impl FnMut(&mut T, &[u8]) -> bool + Send,
+    mut recv: impl FnMut(&mut R, &mut [u8]) -> bool + Send,
+) -> (Duration, T, R) {
+    let size = msg.len();
+    two_threads(
+        move || {
+            let mut w = Waiter::new(WaitStrategy::Backoff);
+            for _ in 0..count {
+                w.reset();
+                while !send(&mut tx, msg) {
+                    w.wait();
+                }
+            }
+            tx
+        },
+        move || {
+            let mut w = Waiter::new(WaitStrategy::Backoff);
+            let mut buf = vec![0u8; size];
+            for _ in 0..count {
+                w.reset();
+                while !recv(&mut rx, &mut buf) {
+                    w.wait();
+                }
+            }
+            std::hint::black_box(&buf);
+            rx
+        },
+    )
 }
 
 /// Runs `producer` on core 0 and `consumer` on core 1, started together;
