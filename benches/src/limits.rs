@@ -1,8 +1,8 @@
 //! The machine's limits, measured the same way as the transports: memcpy
 //! bandwidth on one core at each message size, the round trip of one
 //! cache line between the two cores, and the round trip through two
-//! [`plain_ring`](crate::plain_ring)s (ivchan's record format without its
-//! checks), the floor under ivchan's own round trip.
+//! [`plain_ring`]s (ivchan's record format without its checks), the floor
+//! under ivchan's own round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
