@@ -352,6 +352,55 @@ fn second_opener_gets_busy() {
     opts(dir.path()).open(&vm).expect("lock released on drop");
 }
 
+/// A supervisor watching the directory opens a region file the moment it
+/// appears. A creator racing with it must neither fail nor be seen
+/// half-made: the file appears sized and locked, or not at all.
+#[test]
+fn a_watcher_opening_new_files_never_sees_them_half_made() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let dir = shm_dir();
+    let rounds = if cfg!(miri) { 10 } else { 2000 };
+    // The uuid being created now; `rounds` ends the watcher.
+    let current = AtomicU64::new(0);
+    let uuid_of = |n: u64| uuid(&format!("00000000-0000-4000-8000-{n:012x}"));
+    std::thread::scope(|s| {
+        // The watcher: opens the file being created in a tight loop, as the
+        // supervisor does on each inotify event, and lets go at once.
+        let watcher = s.spawn(|| {
+            let mut unsized_seen = 0u64;
+            loop {
+                let n = current.load(Relaxed);
+                if n >= rounds {
+                    return unsized_seen;
+                }
+                if let Err(RegionError::Unsized { .. } | RegionError::BadSize { .. }) =
+                    opts(dir.path()).open(&uuid_of(n))
+                {
+                    unsized_seen += 1;
+                }
+            }
+        });
+        let mut failed = Vec::new();
+        for n in 0..rounds {
+            current.store(n, Relaxed);
+            if let Err(e) = opts(dir.path()).create(&uuid_of(n)) {
+                failed.push(format!("create {n}: {e}"));
+            }
+        }
+        current.store(rounds, Relaxed);
+        let unsized_seen = watcher.join().unwrap();
+        assert_eq!(failed, Vec::<String>::new(), "creates failed");
+        assert_eq!(
+            unsized_seen, 0,
+            "the watcher saw files before they were sized"
+        );
+    });
+    assert_eq!(
+        list_regions(dir.path(), "fg_").unwrap().len() as u64,
+        rounds
+    );
+}
+
 #[test]
 fn inspection_never_writes_the_file() {
     let dir = shm_dir();

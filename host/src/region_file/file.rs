@@ -31,6 +31,62 @@ unsafe impl SharedMemory for RegionFile {
     }
 }
 
+/// An unnamed file (`O_TMPFILE`) in the directory of `path`, or `None`
+/// where the file system or the kernel has none, or `/proc` is missing
+/// (linking one into place goes through `/proc/self/fd`).
+fn open_unnamed(path: &Path, mode: u32) -> Result<Option<File>, RegionError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Ok(None);
+    }
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(nix::fcntl::OFlag::O_TMPFILE.bits())
+        .open(dir);
+    match opened {
+        Ok(file) => Ok(Some(file)),
+        Err(e)
+            if matches!(
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                nix::errno::Errno::EOPNOTSUPP
+                    | nix::errno::Errno::EISDIR
+                    | nix::errno::Errno::EINVAL
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(RegionError::Io {
+            path: path.to_path_buf(),
+            op: "create",
+            source,
+        }),
+    }
+}
+
+/// Gives the unnamed file behind `file` the name `path`; fails with
+/// `AlreadyExists` (as a create does) when the name is taken.
+fn link_into_place(file: &File, path: &Path) -> Result<(), RegionError> {
+    use std::os::fd::AsRawFd;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    nix::unistd::linkat(
+        None,
+        Path::new(&fd_path),
+        None,
+        path,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(|errno| RegionError::Io {
+        path: path.to_path_buf(),
+        op: "create",
+        source: errno.into(),
+    })
+}
+
 impl RegionFile {
     /// Opens `<dir>/<prefix><uuid>` if it exists, or creates it.
     pub fn open_or_create(uuid: &VmUuid, opts: &RegionOptions) -> Result<Self, RegionError> {
@@ -55,6 +111,23 @@ impl RegionFile {
         let gid = opts.group.unwrap_or_else(nix::unistd::getegid).as_raw();
         opts.trust.check_mode(&path, opts.mode, gid)?;
         check_space(&path, opts.size)?;
+        // Made in full (locked, owned, sized, mapped) before it has a name,
+        // then linked into place: a supervisor watching the directory sees
+        // the file ready or not at all, never empty and unlocked (it used
+        // to lock such a file first, and the creator then failed as Busy).
+        if let Some(file) = open_unnamed(&path, opts.mode)? {
+            let made = Self::finish_create(file, &path, uuid, opts)?;
+            link_into_place(&made.file, &path)?;
+            log::info!(
+                "created {} ({} bytes, mode {:04o})",
+                path.display(),
+                opts.size,
+                opts.mode
+            );
+            return Ok(made);
+        }
+        // A file system without unnamed files: create by name, and remove
+        // the half-made file on failure.
         let file = open_flags(
             &path,
             OpenOptions::new()
@@ -63,7 +136,6 @@ impl RegionFile {
                 .create_new(true)
                 .mode(opts.mode),
         )?;
-        // From here on, failure removes the half-made file.
         let made = Self::finish_create(file, &path, uuid, opts);
         match &made {
             Ok(_) => log::info!(
