@@ -271,46 +271,47 @@ mod raw {
                 );
             }
         } else if n <= 64 {
-            // SAFETY: as above; `is_short` checked AVX for copies over 32
-            // bytes, and `vzeroupper` cleans up after the AVX registers.
-            unsafe {
-                core::arch::asm!(
-                    "vmovdqu ymm0, [{s}]",
-                    "vmovdqu ymm1, [{s} + {n} - 32]",
-                    "vmovdqu [{d}], ymm0",
-                    "vmovdqu [{d} + {n} - 32], ymm1",
-                    "vzeroupper",
-                    s = in(reg) src,
-                    d = in(reg) dst,
-                    n = in(reg) n,
-                    out("ymm0") _,
-                    out("ymm1") _,
-                    options(nostack, preserves_flags)
-                );
-            }
+            // SAFETY: the caller's ranges; `is_short` checked AVX for copies
+            // over 32 bytes.
+            unsafe { avx_pair(dst, src, n) };
         } else {
-            // SAFETY: as in the branch above.
+            // Two 64-byte pairs, overlapping in the middle.
+            // SAFETY: the first and the last 64 bytes of the caller's ranges
+            // (`n` is 65 to 128); AVX checked as above.
             unsafe {
-                core::arch::asm!(
-                    "vmovdqu ymm0, [{s}]",
-                    "vmovdqu ymm1, [{s} + 32]",
-                    "vmovdqu ymm2, [{s} + {n} - 64]",
-                    "vmovdqu ymm3, [{s} + {n} - 32]",
-                    "vmovdqu [{d}], ymm0",
-                    "vmovdqu [{d} + 32], ymm1",
-                    "vmovdqu [{d} + {n} - 64], ymm2",
-                    "vmovdqu [{d} + {n} - 32], ymm3",
-                    "vzeroupper",
-                    s = in(reg) src,
-                    d = in(reg) dst,
-                    n = in(reg) n,
-                    out("ymm0") _,
-                    out("ymm1") _,
-                    out("ymm2") _,
-                    out("ymm3") _,
-                    options(nostack, preserves_flags)
-                );
+                avx_pair(dst, src, 64);
+                avx_pair(dst.add(n - 64), src.add(n - 64), 64);
             }
+        }
+    }
+
+    /// Copies `n` bytes, 32 to 64, with two 32-byte AVX loads from both ends
+    /// of the range, then the matching stores.
+    ///
+    /// # Safety
+    ///
+    /// As for [`sse_copy`], for `n` bytes, and the CPU supports AVX.
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[inline(always)]
+    unsafe fn avx_pair(dst: *mut u8, src: *const u8, n: usize) {
+        debug_assert!((32..=64).contains(&n));
+        // SAFETY: both accesses lie inside the caller's valid, disjoint
+        // ranges (`n >= 32`); AVX is present (caller); the clobbered
+        // registers are declared and `vzeroupper` cleans up after them.
+        unsafe {
+            core::arch::asm!(
+                "vmovdqu ymm0, [{s}]",
+                "vmovdqu ymm1, [{s} + {n} - 32]",
+                "vmovdqu [{d}], ymm0",
+                "vmovdqu [{d} + {n} - 32], ymm1",
+                "vzeroupper",
+                s = in(reg) src,
+                d = in(reg) dst,
+                n = in(reg) n,
+                out("ymm0") _,
+                out("ymm1") _,
+                options(nostack, preserves_flags)
+            );
         }
     }
 
