@@ -115,41 +115,39 @@ impl RegionFile {
         // then linked into place: a supervisor watching the directory sees
         // the file ready or not at all, never empty and unlocked (it used
         // to lock such a file first, and the creator then failed as Busy).
-        if let Some(file) = open_unnamed(&path, opts.mode)? {
-            let made = Self::finish_create(file, &path, uuid, opts)?;
-            link_into_place(&made.file, &path)?;
-            log::info!(
-                "created {} ({} bytes, mode {:04o})",
-                path.display(),
-                opts.size,
-                opts.mode
-            );
-            return Ok(made);
-        }
-        // A file system without unnamed files: create by name, and remove
-        // the half-made file on failure.
+        let made = match open_unnamed(&path, opts.mode)? {
+            Some(file) => {
+                let made = Self::finish_create(file, &path, uuid, opts)?;
+                link_into_place(&made.file, &path)?;
+                made
+            }
+            None => Self::create_named(&path, uuid, opts)?,
+        };
+        log::info!(
+            "created {} ({} bytes, mode {:04o})",
+            path.display(),
+            opts.size,
+            opts.mode
+        );
+        Ok(made)
+    }
+
+    /// [`create_at`](Self::create_at) on a file system without unnamed
+    /// files: creates the file by name, and removes it again when making it
+    /// fails.
+    fn create_named(path: &Path, uuid: VmUuid, opts: &RegionOptions) -> Result<Self, RegionError> {
         let file = open_flags(
-            &path,
+            path,
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(opts.mode),
         )?;
-        let made = Self::finish_create(file, &path, uuid, opts);
-        match &made {
-            Ok(_) => log::info!(
-                "created {} ({} bytes, mode {:04o})",
-                path.display(),
-                opts.size,
-                opts.mode
-            ),
-            Err(e) => {
-                log::debug!("removing {} after a failed create: {e}", path.display());
-                let _ = fs::remove_file(&path);
-            }
-        }
-        made
+        Self::finish_create(file, path, uuid, opts).inspect_err(|e| {
+            log::debug!("removing {} after a failed create: {e}", path.display());
+            let _ = fs::remove_file(path);
+        })
     }
 
     fn finish_create(
