@@ -649,36 +649,37 @@ impl<M: RingMemory> Consumer<M> {
     /// ring is empty for now.
     #[inline(always)]
     pub fn peek(&mut self) -> Result<Option<ReadGrant<'_, M>>, RingError> {
-        // The common case, small enough to inline: a healthy end, records
-        // already known published, and a message record whose header (read
-        // once, here) passes every check. Anything else, including an empty
-        // ring and padding, takes the slow path, which reads the header anew
-        // and checks its own copy. A ring that looks empty is looked at
-        // again here, not in the slow path: a consumer that keeps up finds
-        // every message this way, and returning its grant from an
-        // out-of-line call costs a trip through the stack per message.
-        if self.poison.is_none() && self.tail == self.head {
+        // The common case, small enough to inline: a healthy end and a
+        // message record whose header (read once, here) passes every check.
+        // Anything else (padding, a header that fails a check) takes the
+        // slow path, which reads the header anew and checks its own copy. A
+        // ring that looks empty is looked at again here, not in the slow
+        // path: a consumer that keeps up finds every message this way, and
+        // returning its grant from an out-of-line call costs a trip through
+        // the stack per message.
+        if let Some(v) = self.poison {
+            return Err(RingError::Corrupt(v));
+        }
+        if self.tail == self.head {
             self.refresh_tail()?;
             if self.tail == self.head {
                 return Ok(None);
             }
         }
         let available = self.tail.wrapping_sub(self.head);
-        if self.poison.is_none() && available != 0 {
-            let offset = self.geo.offset(self.head);
-            let word = self.mem.load_header(offset);
-            #[allow(clippy::cast_possible_truncation)]
-            let (len, tag) = (word as u32 as usize, (word >> 32) as u32);
-            if tag == TAG_MESSAGE && len <= self.geo.max_payload {
-                let record = record_size(len) as u64;
-                if record <= available && record <= self.geo.capacity - offset as u64 {
-                    return Ok(Some(ReadGrant {
-                        consumer: self,
-                        offset: offset + RECORD_HEADER,
-                        len,
-                        record,
-                    }));
-                }
+        let offset = self.geo.offset(self.head);
+        let word = self.mem.load_header(offset);
+        #[allow(clippy::cast_possible_truncation)]
+        let (len, tag) = (word as u32 as usize, (word >> 32) as u32);
+        if tag == TAG_MESSAGE && len <= self.geo.max_payload {
+            let record = record_size(len) as u64;
+            if record <= available && record <= self.geo.capacity - offset as u64 {
+                return Ok(Some(ReadGrant {
+                    consumer: self,
+                    offset: offset + RECORD_HEADER,
+                    len,
+                    record,
+                }));
             }
         }
         self.peek_slow()
