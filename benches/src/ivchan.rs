@@ -270,36 +270,39 @@ pub fn recv<M: DirectMemory>(
 
 /// Receives one message and sends it back on `tx` (the echo side of a
 /// round trip). The zero-copy API copies the peeked bytes straight into the
-/// reply's grant.
+/// reply's grant. A waiter per direction, as a channel keeps one pace per
+/// direction: a reply counted into the receiving side's batch would make a
+/// ping-pong look like a stream.
 #[inline]
 pub fn echo<M: DirectMemory>(
     rx: &mut Consumer<M>,
     tx: &mut Producer<M>,
     api: Api,
     buf: &mut [u8],
-    waiter: &mut Waiter,
+    recv_wait: &mut Waiter,
+    send_wait: &mut Waiter,
 ) {
     match api {
         Api::Copy => {
-            let n = recv(rx, api, buf, waiter);
-            send(tx, api, &buf[..n], waiter);
+            let n = recv(rx, api, buf, recv_wait);
+            send(tx, api, &buf[..n], send_wait);
         }
         Api::ZeroCopy => {
-            waiter.reset();
+            recv_wait.reset();
             let msg = loop {
                 if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
                     break msg;
                 }
-                waiter.wait();
+                recv_wait.wait();
             };
-            waiter.reset();
+            send_wait.reset();
             loop {
                 if let Some(mut grant) = tx.reserve(msg.len()).expect("bench ring stays healthy") {
                     grant.volatile_mut().copy_from_volatile(&msg.volatile());
                     grant.commit(msg.len()).expect("length fits the grant");
                     break;
                 }
-                waiter.wait();
+                send_wait.wait();
             }
             msg.release();
         }

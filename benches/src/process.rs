@@ -373,11 +373,12 @@ impl Session {
                 let file = file.as_ref().expect("region kept until drop");
                 let header = Header::open(file.region()).expect("region stays valid");
                 let (mut tx, mut rx) = header.split(Side::Host).expect("ring stays valid");
-                let mut w = Waiter::new(wait);
+                // A waiter per direction: each learns its own ring's pace.
+                let (mut send_wait, mut recv_wait) = (Waiter::new(wait), Waiter::new(wait));
                 for _ in 0..count {
                     let t = Instant::now();
-                    ivchan::send(&mut tx, api, msg, &mut w);
-                    ivchan::recv(&mut rx, api, buf, &mut w);
+                    ivchan::send(&mut tx, api, msg, &mut send_wait);
+                    ivchan::recv(&mut rx, api, buf, &mut recv_wait);
                     record(&mut hist, t.elapsed());
                 }
             }
@@ -527,7 +528,7 @@ fn child(name: &str) -> Result<(), AnyError> {
             ready()?;
             while let Some((op, size, count, wait)) = next()? {
                 buf.resize(size.max(8), 0);
-                let mut w = Waiter::new(wait);
+                let (mut w, mut reply_wait) = (Waiter::new(wait), Waiter::new(wait));
                 if op == Op::Stream && transport.batched() {
                     ivchan::recv_batched(&mut rx, &mut buf, count, &mut w);
                 } else {
@@ -536,7 +537,16 @@ fn child(name: &str) -> Result<(), AnyError> {
                             Op::Stream => {
                                 ivchan::recv(&mut rx, api, &mut buf, &mut w);
                             }
-                            Op::Echo => ivchan::echo(&mut rx, &mut tx, api, &mut buf, &mut w),
+                            Op::Echo => {
+                                ivchan::echo(
+                                    &mut rx,
+                                    &mut tx,
+                                    api,
+                                    &mut buf,
+                                    &mut w,
+                                    &mut reply_wait,
+                                );
+                            }
                         }
                     }
                 }

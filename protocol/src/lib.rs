@@ -77,7 +77,7 @@ pub mod volatile;
 #[cfg(feature = "std")]
 pub use channel::{
     poll_until, CancelToken, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
-    HeartbeatHandle, Notifier, OwnedChannel, PeerEvent, WaitStrategy, Waiter, PUBLISH_EVERY,
+    HeartbeatHandle, Notifier, OwnedChannel, Pace, PeerEvent, WaitStrategy, Waiter, PUBLISH_EVERY,
     RELEASE_EVERY,
 };
 pub use error::{LayoutError, RingError, Violation};

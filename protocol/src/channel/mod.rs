@@ -34,7 +34,7 @@ mod wait;
 pub use cancel::CancelToken;
 pub use owned::OwnedChannel;
 pub use stream::{ChannelReader, ChannelWriter};
-pub use wait::{poll_until, WaitStrategy, Waiter};
+pub use wait::{poll_until, Pace, WaitStrategy, Waiter};
 
 use peer::PeerWatch;
 
@@ -255,9 +255,9 @@ pub struct Channel<'a> {
     spurious_wakes: u64,
     /// Set from outside to stop blocked calls.
     cancel: Option<CancelToken>,
-    /// Spin leads learned by the last blocking send and receive
-    /// ([`Waiter::lead`]), so a stream keeps its batching across calls.
-    leads: [u32; 2],
+    /// The pace learned by the last blocking send and receive
+    /// ([`Waiter::pace`]), so a stream keeps its batching across calls.
+    paces: [Pace; 2],
 }
 
 /// Empty doorbell wakes in a row taken without pausing.
@@ -302,7 +302,7 @@ impl<'a> Channel<'a> {
             broken: None,
             spurious_wakes: 0,
             cancel: None,
-            leads: [0; 2],
+            paces: [Pace::default(); 2],
         })
     }
 
@@ -707,7 +707,7 @@ impl<'a> Channel<'a> {
         self.check_cancel()?;
         let start = Instant::now();
         let side = usize::from(on_receive);
-        let mut waiter = Waiter::with_lead(self.options.wait, self.leads[side]);
+        let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
         let mut polls = 0u32;
         let mut checked = start;
         // Wakes from the doorbell in a row that found nothing to read.
@@ -716,7 +716,7 @@ impl<'a> Channel<'a> {
         loop {
             if let Some(value) = attempt(self)? {
                 waiter.reset();
-                self.leads[side] = waiter.lead();
+                self.paces[side] = waiter.pace();
                 return Ok(value);
             }
             if std::mem::take(&mut woke) {

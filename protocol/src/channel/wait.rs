@@ -64,63 +64,97 @@ impl Default for WaitStrategy {
     }
 }
 
+/// What a [`Waiter`] learned about the peer's pace, carried from one
+/// blocking call to the next ([`Waiter::pace`], [`Waiter::with_pace`]) so
+/// that a stream keeps it across calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// Extra doublings of the first spin gap (0 to 5).
+    lead: u32,
+    /// Messages taken since the last wait ended, that one included.
+    batch: u32,
+    /// Waits in a row whose look found a single message.
+    singles: u32,
+}
+
+impl Pace {
+    /// How many doublings the first spin gap starts with (0 to 5).
+    pub fn lead(&self) -> u32 {
+        self.lead
+    }
+}
+
 /// One wait in progress under a [`WaitStrategy`].
 ///
-/// A waiter that lives across messages (one per side of a stream, calling
-/// [`reset`](Self::reset) after every message) also learns, with
-/// `spin_backoff`: when each wait yields only a message or two (the peer
-/// produces about as fast as this side consumes, so this side takes one
-/// message per look, and each look pulls the peer's cache lines away from
-/// it), later waits start with a longer first gap, so the peer writes a
-/// batch undisturbed and this side takes it from its cached position. When
-/// a longer gap still yields one message (a ping-pong, not a stream), the
-/// gap shrinks again; a wait that runs into yielding (the peer went quiet)
-/// starts the next one from the shortest gap.
+/// A waiter that lives across messages (or hands its [`Pace`] from call
+/// to call), calling [`reset`](Self::reset) after every message, also
+/// learns how long to leave the peer alone, with `spin_backoff`, from the
+/// batch taken since the last wait, each time a new wait starts. Every look
+/// at the peer's position pulls its cache line away from it, and a peer
+/// that is writing stalls on it, so:
+///
+/// - a wait whose look found a batch (the messages after it came without
+///   waiting) means a streaming peer: the first gap doubles, and the peer
+///   writes the next batch undisturbed;
+/// - a wait that found a single message means a ping-pong (nothing more
+///   comes until this side answers) or a peer held back by our looks: the
+///   first gap halves, for latency. To tell the two apart, after every
+///   64th single in a row one wait starts with the longest gap: a stream then yields a batch and keeps the long
+///   gap, a ping-pong pays one slow answer and falls back;
+/// - a wait that runs into yielding (the peer went quiet) starts the next
+///   one from the shortest gap.
 #[derive(Debug)]
 pub struct Waiter {
     strategy: WaitStrategy,
     step: u64,
     sleep: Duration,
-    /// Extra doublings of the first spin gap, learned by `reset`.
-    lead: u32,
-    /// Progress made since the last wait ended (messages in its batch).
-    batch: u32,
+    pace: Pace,
 }
 
 /// The largest learned lead: the first gap is then the longest one, 32
 /// pause hints.
 const MAX_LEAD: u32 = 5;
 
-/// A wait that yields at least this many messages is batching well.
-const GOOD_BATCH: u32 = 8;
+/// Singles in a row after which one wait probes with the longest gap.
+const PROBE_EVERY: u32 = 64;
 
 impl Waiter {
     /// Starts waiting.
     pub fn new(strategy: WaitStrategy) -> Self {
-        Self::with_lead(strategy, 0)
+        Self::with_pace(strategy, Pace::default())
     }
 
-    /// Starts waiting with a lead learned by an earlier waiter
-    /// ([`lead`](Self::lead)), for callers that make a waiter per call.
-    pub fn with_lead(strategy: WaitStrategy, lead: u32) -> Self {
+    /// Starts waiting with the pace learned by an earlier waiter
+    /// ([`pace`](Self::pace)), for callers that make a waiter per call.
+    pub fn with_pace(strategy: WaitStrategy, pace: Pace) -> Self {
         Self {
             strategy,
             step: 0,
             sleep: strategy.min_sleep,
-            lead: lead.min(MAX_LEAD),
-            batch: 0,
+            pace: Pace {
+                lead: pace.lead.min(MAX_LEAD),
+                ..pace
+            },
         }
+    }
+
+    /// What this waiter has learned, to hand to the next one.
+    pub fn pace(&self) -> Pace {
+        self.pace
     }
 
     /// The learned lead (0 to 5): how many doublings the first spin gap
     /// starts with.
     pub fn lead(&self) -> u32 {
-        self.lead
+        self.pace.lead
     }
 
     /// Waits once, a little longer than last time; never longer than
     /// `limit` when a sleep is due.
     pub fn wait(&mut self, limit: Option<Duration>) {
+        if self.step == 0 {
+            self.learn();
+        }
         let s = &self.strategy;
         self.step += 1;
         if self.step <= u64::from(s.spins) {
@@ -129,7 +163,7 @@ impl Waiter {
             // writer on every miss (measured: 6 M msg/s with single pauses,
             // 47-58 M msg/s spaced out, 64 B across two cores).
             let pauses = if s.spin_backoff {
-                1u32 << (self.step - 1 + u64::from(self.lead)).min(5)
+                1u32 << (self.step - 1 + u64::from(self.pace.lead)).min(5)
             } else {
                 1
             };
@@ -155,33 +189,43 @@ impl Waiter {
         self.step + 1 > u64::from(s.spins) + u64::from(s.yields)
     }
 
-    /// Progress was made: the next wait spins again (and the lead is
-    /// learned from how long this wait took; see the type's docs).
+    /// Progress was made (one message): the next wait spins again.
     pub fn reset(&mut self) {
+        let p = &mut self.pace;
         if self.step == 0 {
             // Progress without waiting: one more message in this batch.
-            self.batch = self.batch.saturating_add(1);
+            p.batch = p.batch.saturating_add(1);
             return;
         }
-        if self.strategy.spin_backoff {
-            let spins = u64::from(self.strategy.spins);
-            self.lead = if self.step > spins {
-                // The peer went quiet: look quickly again.
-                0
-            } else if self.batch >= GOOD_BATCH {
-                self.lead
-            } else if self.batch >= 2 || (self.lead == 0 && self.step <= 2) {
-                // Small batches, or data at the first quick looks: in step
-                // with the peer; look later next time.
-                (self.lead + 1).min(MAX_LEAD)
-            } else {
-                // A late look still found a single message: not a stream.
-                self.lead.saturating_sub(1)
-            };
+        if self.step > u64::from(self.strategy.spins) {
+            // The peer went quiet: look quickly again.
+            p.lead = 0;
+            p.singles = 0;
         }
-        self.batch = 1;
+        p.batch = 1;
         self.step = 0;
         self.sleep = self.strategy.min_sleep;
+    }
+
+    /// At the start of a wait: the batch since the last one is complete;
+    /// sets the first gap from it (see the type's docs).
+    fn learn(&mut self) {
+        let p = &mut self.pace;
+        let batch = std::mem::take(&mut p.batch);
+        if !self.strategy.spin_backoff || batch == 0 {
+            return;
+        }
+        if batch >= 2 {
+            p.lead = (p.lead + 1).min(MAX_LEAD);
+            p.singles = 0;
+        } else {
+            p.singles += 1;
+            p.lead = if p.singles % PROBE_EVERY == 0 {
+                MAX_LEAD
+            } else {
+                p.lead.saturating_sub(1)
+            };
+        }
     }
 }
 
@@ -227,43 +271,98 @@ pub fn poll_until<T, E>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_lead_follows_the_batches_a_wait_yields() {
-        let mut w = Waiter::new(WaitStrategy::adaptive());
-        // One quick look found a message, then another came at once: in
-        // step with a streaming peer.
+    /// One wait (its first gap learned from the batch before it) that ends
+    /// on its first look, then `more` messages taken without waiting.
+    fn batch_of(w: &mut Waiter, more: u32) {
         w.wait(None);
         w.reset();
-        assert_eq!(w.lead(), 1);
-        w.reset();
-        w.wait(None);
-        w.reset();
-        assert_eq!(w.lead(), 2);
-        // A good batch keeps the lead.
-        for _ in 0..GOOD_BATCH {
+        for _ in 0..more {
             w.reset();
         }
-        w.wait(None);
-        w.reset();
-        assert_eq!(w.lead(), 2);
-        // A late look that found a single message: a ping-pong; shrink.
-        w.wait(None);
-        w.reset();
-        assert_eq!(w.lead(), 1);
+    }
+
+    #[test]
+    fn the_lead_follows_the_batches_the_waits_yield() {
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        // The first wait has no batch before it to judge.
+        batch_of(&mut w, 3);
+        assert_eq!(w.lead(), 0);
+        // Each wait after a batch of four: a stream; the gap grows to the
+        // longest and stays there.
+        for lead in 1..=MAX_LEAD + 2 {
+            batch_of(&mut w, 3);
+            assert_eq!(w.lead(), lead.min(MAX_LEAD));
+        }
+        // Single messages (a ping-pong): the gap shrinks back to the
+        // shortest.
+        batch_of(&mut w, 0);
+        assert_eq!(w.lead(), MAX_LEAD);
+        for lead in (0..MAX_LEAD).rev() {
+            batch_of(&mut w, 0);
+            assert_eq!(w.lead(), lead);
+        }
+        batch_of(&mut w, 0);
+        assert_eq!(w.lead(), 0);
         // A wait that ran into yielding: the peer is idle.
+        batch_of(&mut w, 3);
+        batch_of(&mut w, 3);
+        assert_eq!(w.lead(), 1);
         for _ in 0..=WaitStrategy::adaptive().spins {
             w.wait(None);
         }
+        assert_eq!(w.lead(), 2);
         w.reset();
         assert_eq!(w.lead(), 0);
         // Busy-polling never learns a lead (latency first).
         let mut b = Waiter::new(WaitStrategy::busy_poll());
-        b.wait(None);
-        b.reset();
-        b.reset();
-        b.wait(None);
-        b.reset();
+        for _ in 0..4 {
+            batch_of(&mut b, 3);
+        }
         assert_eq!(b.lead(), 0);
+    }
+
+    #[test]
+    fn singles_in_a_row_probe_with_the_longest_gap_now_and_then() {
+        // A peer held back by our quick looks sends one message per look,
+        // like a ping-pong partner: only a longer gap tells them apart.
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        batch_of(&mut w, 0);
+        for n in 1..PROBE_EVERY {
+            batch_of(&mut w, 0);
+            assert_eq!(w.lead(), 0, "single {n}");
+        }
+        // The probe: the longest gap, and it yields a batch of eight.
+        batch_of(&mut w, 7);
+        assert_eq!(w.lead(), MAX_LEAD);
+        // A stream: the gap stays long.
+        batch_of(&mut w, 0);
+        assert_eq!(w.lead(), MAX_LEAD);
+        // Singles again: back down, and the count starts over.
+        batch_of(&mut w, 0);
+        assert_eq!(w.lead(), MAX_LEAD - 1);
+        for _ in 0..PROBE_EVERY - 2 {
+            batch_of(&mut w, 0);
+        }
+        assert_eq!(w.lead(), 0);
+        batch_of(&mut w, 0);
+        assert_eq!(w.lead(), MAX_LEAD);
+    }
+
+    #[test]
+    fn the_pace_carries_from_one_waiter_to_the_next() {
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        for _ in 0..3 {
+            batch_of(&mut w, 3);
+        }
+        let pace = w.pace();
+        assert_eq!(pace.lead(), 2);
+        // A blocking call per message: the next call's waiter takes a
+        // message without waiting; the one after waits.
+        let mut next = Waiter::with_pace(WaitStrategy::adaptive(), pace);
+        next.reset();
+        let mut after = Waiter::with_pace(WaitStrategy::adaptive(), next.pace());
+        after.wait(None);
+        assert_eq!(after.lead(), 3, "the batch spanned two waiters");
     }
 
     #[test]
