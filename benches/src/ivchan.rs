@@ -214,7 +214,7 @@ pub fn recv_batched<M: DirectMemory>(
         bump(&counters::EMPTY.0, empty);
         empty = 0;
         left -= took;
-        waiter.reset();
+        waiter.progress(usize::try_from(took).unwrap_or(usize::MAX));
     }
 }
 

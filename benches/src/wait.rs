@@ -65,6 +65,12 @@ impl Waiter {
         self.0.reset();
     }
 
+    /// Progress of `messages` at once (a batch taken with one look).
+    #[inline]
+    pub fn progress(&mut self, messages: usize) {
+        self.0.progress(messages);
+    }
+
     /// Waits a little, more each call.
     #[inline]
     pub fn wait(&mut self) {

@@ -260,6 +260,10 @@ pub struct Channel<'a> {
     paces: [Pace; 2],
 }
 
+/// Index of the send and the receive [`Pace`] in `Channel::paces`.
+const SEND: usize = 0;
+const RECV: usize = 1;
+
 /// Empty doorbell wakes in a row taken without pausing.
 const STORM_GRACE: u32 = 4;
 /// First pause after the grace, doubling per empty wake up to the maximum.
@@ -614,7 +618,9 @@ impl<'a> Channel<'a> {
         staged: &mut usize,
         timeout: impl FnOnce() -> Option<Duration>,
     ) -> Result<(), ChannelError> {
-        if !stage_send(&mut self.tx, msg)? {
+        if stage_send(&mut self.tx, msg)? {
+            self.paces[SEND].took(1);
+        } else {
             self.publish_sent();
             *staged = 0;
             self.block(timeout(), false, |ch| {
@@ -676,6 +682,9 @@ impl<'a> Channel<'a> {
             }
         };
         self.rx.publish();
+        // The wait (if any) ended on the first; the rest came in the same
+        // look, a batch the receive pace learns from.
+        self.paces[RECV].took(seen.saturating_sub(1));
         result
     }
 
@@ -706,7 +715,7 @@ impl<'a> Channel<'a> {
         self.usable()?;
         self.check_cancel()?;
         let start = Instant::now();
-        let side = usize::from(on_receive);
+        let side = if on_receive { RECV } else { SEND };
         let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
         let mut polls = 0u32;
         let mut checked = start;
@@ -814,5 +823,59 @@ impl Drop for Channel<'_> {
     fn drop(&mut self) {
         self.publish();
         self.header.set_state(self.side, PeerState::Closed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::InitParams;
+    use crate::region::Region;
+
+    /// The lead a wait starting from `pace` learns.
+    fn next_lead(pace: Pace) -> u32 {
+        let mut w = Waiter::with_pace(WaitStrategy::adaptive(), pace);
+        w.wait(None);
+        w.lead()
+    }
+
+    #[test]
+    fn batch_calls_teach_the_pace_every_message_they_move() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let params = InitParams {
+            uuid: [5; 16],
+            name: "pace",
+            ring_size: Some(16 * 1024),
+        };
+        let header = Header::create(Region::from_words(&mut words), &params).unwrap();
+        let opts = ChannelOptions {
+            wait: WaitStrategy::adaptive(),
+            ..ChannelOptions::default()
+        };
+        let mut host = Channel::attach(header, Side::Host, opts).unwrap();
+        let mut guest = Channel::attach(header, Side::Guest, opts).unwrap();
+        let msgs = [[7u8; 8]; 4];
+        assert_eq!(
+            host.send_batch(msgs.iter().map(|m| &m[..]), None).unwrap(),
+            4
+        );
+        // Four messages staged without waiting: a stream, not a single.
+        assert_eq!(next_lead(host.paces[SEND]), 1);
+        let n = guest.recv_batch(usize::MAX, None, |_| {}).unwrap();
+        assert_eq!(n, 4);
+        // All four came in one look.
+        assert_eq!(next_lead(guest.paces[RECV]), 1);
+
+        // The byte-stream reader: three messages copied by one read.
+        let mut guest = Channel::attach(header, Side::Guest, opts).unwrap();
+        assert_eq!(
+            host.send_batch(msgs[..3].iter().map(|m| &m[..]), None)
+                .unwrap(),
+            3
+        );
+        let mut out = [0u8; 24];
+        let got = std::io::Read::read(&mut guest.reader(None), &mut out).unwrap();
+        assert_eq!(got, 24);
+        assert_eq!(next_lead(guest.paces[RECV]), 1);
     }
 }

@@ -129,6 +129,9 @@ impl ChannelReader<'_, '_> {
     /// been copied.
     fn fill(&mut self, out: &mut [u8]) -> Result<usize, ChannelError> {
         let mut n = 0;
+        // Messages finished, and whether a wait (which counts the first
+        // for the receive pace) came before them.
+        let (mut finished, mut waited) = (0usize, false);
         while n < out.len() {
             let msg = match self.channel.rx.peek() {
                 Ok(Some(msg)) => msg,
@@ -139,6 +142,7 @@ impl ChannelReader<'_, '_> {
                     self.release();
                     self.channel
                         .block(self.timeout, true, |ch| ch.rx.peek().map(|g| g.map(drop)))?;
+                    waited = true;
                     continue;
                 }
                 // Return what was copied; the error comes back next call.
@@ -158,10 +162,17 @@ impl ChannelReader<'_, '_> {
                 msg.stage();
                 self.offset = 0;
                 self.channel.release_batched();
+                finished += 1;
             } else {
                 self.offset += take;
             }
         }
+        let unwaited = if waited {
+            finished.saturating_sub(1)
+        } else {
+            finished
+        };
+        self.channel.paces[super::RECV].took(unwaited);
         Ok(n)
     }
 }

@@ -82,6 +82,13 @@ impl Pace {
     pub fn lead(&self) -> u32 {
         self.lead
     }
+
+    /// `messages` more taken without waiting (a batch read or written
+    /// past the call that waited).
+    pub(crate) fn took(&mut self, messages: usize) {
+        let n = u32::try_from(messages).unwrap_or(u32::MAX);
+        self.batch = self.batch.saturating_add(n);
+    }
 }
 
 /// One wait in progress under a [`WaitStrategy`].
@@ -205,6 +212,15 @@ impl Waiter {
         p.batch = 1;
         self.step = 0;
         self.sleep = self.strategy.min_sleep;
+    }
+
+    /// Progress of `messages` at once (a batch taken with one look): as
+    /// many [`reset`](Self::reset)s. Zero does nothing.
+    pub fn progress(&mut self, messages: usize) {
+        if messages > 0 {
+            self.reset();
+            self.pace.took(messages - 1);
+        }
     }
 
     /// At the start of a wait: the batch since the last one is complete;
@@ -346,6 +362,21 @@ mod tests {
         assert_eq!(w.lead(), 0);
         batch_of(&mut w, 0);
         assert_eq!(w.lead(), MAX_LEAD);
+    }
+
+    #[test]
+    fn a_batch_taken_in_one_look_counts_every_message() {
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        w.wait(None);
+        w.progress(5);
+        w.wait(None);
+        assert_eq!(w.lead(), 1, "a batch of five is a stream");
+        w.progress(1);
+        w.wait(None);
+        assert_eq!(w.lead(), 0, "one message is a single");
+        w.progress(0);
+        w.wait(None);
+        assert_eq!(w.lead(), 0, "no progress leaves the wait going");
     }
 
     #[test]
