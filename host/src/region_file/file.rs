@@ -341,3 +341,60 @@ pub(super) fn map_checked(
     })?;
     map(len).map_err(io_err(path, "map"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM: &str = "7a1c3e5f-2b4d-4f60-8a9b-0c1d2e3f4a5b";
+
+    /// `/dev/shm` supports unnamed files, so `create_at` never falls back
+    /// here; the fallback (the only path on file systems without them) is
+    /// driven directly.
+    #[test]
+    fn the_named_fallback_makes_a_ready_file_and_removes_a_failed_one() {
+        let dir = tempfile::tempdir_in("/dev/shm").expect("tempdir");
+        let uuid: VmUuid = VM.parse().expect("uuid");
+        let opts = RegionOptions::new()
+            .dir(dir.path())
+            .size(1 << 20)
+            .mode(0o640);
+        let path = opts.path_for(&uuid);
+
+        let made = RegionFile::create_named(&path, uuid, &opts).expect("create");
+        let meta = fs::metadata(&path).expect("stat");
+        assert_eq!(meta.len(), 1 << 20);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert!(
+            matches!(
+                RegionFile::open_at(path.clone(), uuid, &opts),
+                Err(RegionError::Busy { .. })
+            ),
+            "the new file is locked"
+        );
+        match RegionFile::create_named(&path, uuid, &opts) {
+            Err(RegionError::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::AlreadyExists);
+            }
+            other => panic!("a taken name: {other:?}"),
+        }
+        assert_eq!(
+            fs::metadata(&path).expect("stat").len(),
+            1 << 20,
+            "untouched"
+        );
+        drop(made);
+
+        // A size the checks refuse fails after the file was made: it goes.
+        let bad = opts.clone().size(3 << 20);
+        let other: VmUuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+            .parse()
+            .expect("uuid");
+        let bad_path = bad.path_for(&other);
+        assert!(matches!(
+            RegionFile::create_named(&bad_path, other, &bad),
+            Err(RegionError::BadSize { .. })
+        ));
+        assert!(!bad_path.exists(), "no half-made file is left");
+    }
+}
