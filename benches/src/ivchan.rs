@@ -184,7 +184,7 @@ pub fn recv_batched<M: DirectMemory>(
     waiter: &mut Waiter,
 ) {
     let mut left = count;
-    let release_every = ivchan_protocol::RELEASE_EVERY.min(rx.capacity() / 4);
+    let release_every = ivchan_protocol::release_chunk(rx.capacity());
     waiter.reset();
     let mut empty = 0;
     while left > 0 {

@@ -76,9 +76,9 @@ pub mod volatile;
 
 #[cfg(feature = "std")]
 pub use channel::{
-    poll_until, CancelToken, Channel, ChannelError, ChannelOptions, ChannelReader, ChannelWriter,
-    HeartbeatHandle, Notifier, OwnedChannel, Pace, PeerEvent, WaitStrategy, Waiter, PUBLISH_EVERY,
-    RELEASE_EVERY,
+    poll_until, release_chunk, CancelToken, Channel, ChannelError, ChannelOptions, ChannelReader,
+    ChannelWriter, HeartbeatHandle, Notifier, OwnedChannel, Pace, PeerEvent, WaitStrategy, Waiter,
+    PUBLISH_EVERY, RELEASE_EVERY,
 };
 pub use error::{LayoutError, RingError, Violation};
 pub use layout::{

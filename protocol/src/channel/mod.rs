@@ -51,6 +51,18 @@ pub const PUBLISH_EVERY: usize = 16 << 10;
 /// room it has already read.
 pub const RELEASE_EVERY: usize = 64 << 10;
 
+/// The release chunk for a ring of `capacity` bytes: [`RELEASE_EVERY`], or
+/// a quarter of the ring when that is less. For batched readers built on
+/// a bare [`Consumer`](crate::ring::Consumer), to hand space back as
+/// [`Channel::recv_batch`] does.
+pub const fn release_chunk(capacity: usize) -> usize {
+    if capacity / 4 < RELEASE_EVERY {
+        capacity / 4
+    } else {
+        RELEASE_EVERY
+    }
+}
+
 /// Channel settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOptions {
@@ -638,7 +650,7 @@ impl<'a> Channel<'a> {
     /// After a batched reader stages a message: hands the staged space back
     /// once it reaches [`RELEASE_EVERY`] bytes or a quarter of the ring.
     fn release_batched(&mut self) {
-        if self.rx.staged_bytes() >= RELEASE_EVERY.min(self.rx.capacity() / 4) {
+        if self.rx.staged_bytes() >= release_chunk(self.rx.capacity()) {
             self.rx.publish();
         }
     }
@@ -837,6 +849,13 @@ mod tests {
         let mut w = Waiter::with_pace(WaitStrategy::adaptive(), pace);
         w.wait(None);
         w.lead()
+    }
+
+    #[test]
+    fn the_release_chunk_is_a_quarter_ring_at_most() {
+        assert_eq!(release_chunk(16 << 10), 4 << 10);
+        assert_eq!(release_chunk(256 << 10), RELEASE_EVERY);
+        assert_eq!(release_chunk(4 << 20), RELEASE_EVERY);
     }
 
     #[test]
