@@ -53,7 +53,7 @@ pub const RELEASE_EVERY: usize = 64 << 10;
 
 /// The release chunk for a ring of `capacity` bytes: [`RELEASE_EVERY`], or
 /// a quarter of the ring when that is less. For batched readers built on
-/// a bare [`Consumer`](crate::ring::Consumer), to hand space back as
+/// a bare [`Consumer`], to hand space back as
 /// [`Channel::recv_batch`] does.
 pub const fn release_chunk(capacity: usize) -> usize {
     if capacity / 4 < RELEASE_EVERY {
