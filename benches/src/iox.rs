@@ -159,8 +159,8 @@ impl Child {
 }
 
 /// Reads one byte of every cache line of an iceoryx2 sample (memory this
-/// process owns as a subscriber: a plain slice), as ivchan's `touch` does
-/// through its volatile view.
+/// process owns as a subscriber: a plain slice), last line first, as
+/// ivchan's `touch` does through its volatile view.
 fn touch_bytes(bytes: &[u8]) -> u8 {
-    bytes.iter().step_by(64).fold(0, |x, b| x ^ b)
+    bytes.iter().step_by(64).rev().fold(0, |x, b| x ^ b)
 }

@@ -364,7 +364,8 @@ a whole message is there. Both sides wait with the default strategy below (socke
 transports block in the kernel; iceoryx2's publisher retries on its own).
   - *ivchan copy*: `send` / `recv_into` (the payload is copied in and copied out). \
 *ivchan zero-copy*: `reserve` + copy into the grant + `commit`; `peek` + read one byte of every \
-64-byte line in place + `release`. One commit (Release store of `tail`) per message in both. \
+64-byte line in place, last line first (as ivchan's copies out of the ring read; iceoryx2's \
+receiver does the same) + `release`. One commit (Release store of `tail`) per message in both. \
 *ivchan batched* (cross-process only): the copy API's bytes, but up to 64 messages staged per \
 publish and every message found at one look copied out and released with one store of `head`, \
 as `Channel::send_batch` / `recv_batch` do.
