@@ -194,21 +194,32 @@ mod raw {
     }
 
     /// The same with 32-byte AVX loads and stores, 128 bytes per step
-    /// (`n` a nonzero multiple of 128), for CPUs that have AVX.
+    /// (`n` a nonzero multiple of 128), for CPUs that have AVX. With `down`
+    /// the steps run from the end of the range to its start: copies out of
+    /// the ring do that, so that their loads keep the CPU's stream
+    /// prefetchers running back into lines already read, not on past the
+    /// message into the lines the producer is writing next.
     ///
     /// # Safety
     ///
     /// As for [`sse_copy`], and the CPU supports AVX.
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     #[inline(always)]
-    unsafe fn avx_copy(dst: *mut u8, src: *const u8, n: usize) {
+    unsafe fn avx_copy(dst: *mut u8, src: *const u8, n: usize, down: bool) {
         debug_assert!(n != 0 && n % 128 == 0);
-        // SAFETY: caller contract (ranges, AVX present); the clobbered
+        // The first step's offset and the signed stride between steps
+        // (two's complement in the register for a step down).
+        let (first, stride) = if down {
+            (n - 128, 128usize.wrapping_neg())
+        } else {
+            (0, 128)
+        };
+        // SAFETY: caller contract (ranges, AVX present): `n / 128` steps
+        // from `first` by `stride` cover `0..n` exactly; the clobbered
         // vector registers are declared, and `vzeroupper` leaves the upper
         // halves clean for SSE code that follows.
         unsafe {
             core::arch::asm!(
-                "xor {i}, {i}",
                 "2:",
                 "vmovdqu ymm0, [{s} + {i}]",
                 "vmovdqu ymm1, [{s} + {i} + 32]",
@@ -218,56 +229,15 @@ mod raw {
                 "vmovdqu [{d} + {i} + 32], ymm1",
                 "vmovdqu [{d} + {i} + 64], ymm2",
                 "vmovdqu [{d} + {i} + 96], ymm3",
-                "add {i}, 128",
-                "cmp {i}, {n}",
-                "jb 2b",
-                "vzeroupper",
-                s = in(reg) src,
-                d = in(reg) dst,
-                n = in(reg) n,
-                i = out(reg) _,
-                out("ymm0") _,
-                out("ymm1") _,
-                out("ymm2") _,
-                out("ymm3") _,
-                options(nostack)
-            );
-        }
-    }
-
-    /// [`avx_copy`] from the end of the range to its start, 128 bytes per
-    /// step (`n` a nonzero multiple of 128): for copies out of the ring,
-    /// whose descending loads keep the CPU's stream prefetchers running
-    /// into lines already read, not on past the message into the lines the
-    /// producer is writing next.
-    ///
-    /// # Safety
-    ///
-    /// As for [`avx_copy`].
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    #[inline(always)]
-    unsafe fn avx_copy_down(dst: *mut u8, src: *const u8, n: usize) {
-        debug_assert!(n != 0 && n % 128 == 0);
-        // SAFETY: as for `avx_copy`: every access lies inside the caller's
-        // ranges (`i` steps from `n - 128` down to 0; `vmovdqu` leaves the
-        // flags of the `sub` for the `jnz`).
-        unsafe {
-            core::arch::asm!(
-                "2:",
-                "sub {i}, 128",
-                "vmovdqu ymm0, [{s} + {i}]",
-                "vmovdqu ymm1, [{s} + {i} + 32]",
-                "vmovdqu ymm2, [{s} + {i} + 64]",
-                "vmovdqu ymm3, [{s} + {i} + 96]",
-                "vmovdqu [{d} + {i}], ymm0",
-                "vmovdqu [{d} + {i} + 32], ymm1",
-                "vmovdqu [{d} + {i} + 64], ymm2",
-                "vmovdqu [{d} + {i} + 96], ymm3",
+                "add {i}, {stride}",
+                "sub {k}, 1",
                 "jnz 2b",
                 "vzeroupper",
                 s = in(reg) src,
                 d = in(reg) dst,
-                i = inout(reg) n => _,
+                stride = in(reg) stride,
+                i = inout(reg) first => _,
+                k = inout(reg) n / 128 => _,
                 out("ymm0") _,
                 out("ymm1") _,
                 out("ymm2") _,
@@ -434,7 +404,7 @@ mod raw {
         if into_shared {
             if wide != 0 {
                 // SAFETY: a prefix of the caller's ranges; AVX is present.
-                unsafe { avx_copy(dst, src, wide) };
+                unsafe { avx_copy(dst, src, wide, false) };
             }
             if n > wide {
                 // SAFETY: the rest of the caller's ranges, a multiple of 64.
@@ -442,14 +412,14 @@ mod raw {
             }
             return;
         }
-        // Out of shared memory: from the end down (see `avx_copy_down`).
+        // Out of shared memory: from the end down (see `avx_copy`).
         if n > wide {
             // SAFETY: the end of the caller's ranges, a multiple of 64.
             unsafe { sse_copy(dst.add(wide), src.add(wide), n - wide) };
         }
         if wide != 0 {
             // SAFETY: a prefix of the caller's ranges; AVX is present.
-            unsafe { avx_copy_down(dst, src, wide) };
+            unsafe { avx_copy(dst, src, wide, true) };
         }
     }
 
@@ -493,7 +463,7 @@ mod raw {
             return;
         }
         let (head, bulk) = split(dst.as_ptr(), n);
-        // From the end down, as `bulk_copy` reads (see `avx_copy_down`).
+        // From the end down, as `bulk_copy` reads (see `avx_copy`).
         // SAFETY: the end of the caller's range.
         unsafe { copy_out_words(base, at + head + bulk, &mut dst[head + bulk..]) };
         if bulk != 0 {
