@@ -401,25 +401,25 @@ mod raw {
             return;
         }
         let wide = if has_avx() { n & !127 } else { 0 };
-        if into_shared {
-            if wide != 0 {
-                // SAFETY: a prefix of the caller's ranges; AVX is present.
-                unsafe { avx_copy(dst, src, wide, false) };
-            }
+        // The SSE steps lie at the end of the range (one at most with AVX).
+        let sse_end = || {
             if n > wide {
-                // SAFETY: the rest of the caller's ranges, a multiple of 64.
+                // SAFETY: the end of the caller's ranges, a multiple of 64.
                 unsafe { sse_copy(dst.add(wide), src.add(wide), n - wide) };
             }
-            return;
-        }
-        // Out of shared memory: from the end down (see `avx_copy`).
-        if n > wide {
-            // SAFETY: the end of the caller's ranges, a multiple of 64.
-            unsafe { sse_copy(dst.add(wide), src.add(wide), n - wide) };
+        };
+        // Out of shared memory the whole copy runs from the end down (see
+        // `avx_copy`): the end first, then the AVX steps descending.
+        let down = !into_shared;
+        if down {
+            sse_end();
         }
         if wide != 0 {
             // SAFETY: a prefix of the caller's ranges; AVX is present.
-            unsafe { avx_copy(dst, src, wide, true) };
+            unsafe { avx_copy(dst, src, wide, down) };
+        }
+        if !down {
+            sse_end();
         }
     }
 

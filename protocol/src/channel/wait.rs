@@ -106,8 +106,9 @@ impl Pace {
 /// - a wait that found a single message means a ping-pong (nothing more
 ///   comes until this side answers) or a peer held back by our looks: the
 ///   first gap halves, for latency. To tell the two apart, after every
-///   64th single in a row one wait starts with the longest gap: a stream then yields a batch and keeps the long
-///   gap, a ping-pong pays one slow answer and falls back;
+///   64th single in a row one wait starts with the longest gap: a stream
+///   then yields a batch and keeps the long gap, a ping-pong pays one slow
+///   answer and falls back;
 /// - a wait that runs into yielding (the peer went quiet) starts the next
 ///   one from the shortest gap.
 #[derive(Debug)]
