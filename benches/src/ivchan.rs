@@ -190,6 +190,7 @@ pub fn recv_batched<M: DirectMemory>(
     while left > 0 {
         if rx.pending_bytes() == 0 {
             bump(&counters::TAIL_RELOADS.0, 1);
+            waiter.before_look();
         }
         let mut took = 0;
         while took < left {
@@ -237,7 +238,9 @@ pub fn touch(bytes: VolatileSlice<'_>) -> u8 {
 
 /// Receives one message, waiting while the ring is empty; returns its
 /// length. The copy API copies it into `buf`; the zero-copy API touches
-/// every cache line in place.
+/// every cache line in place. When the backlog seen at the last look is
+/// used up, the waiter leaves a streaming producer its lead before the
+/// next look, as `Channel::recv` does.
 #[inline]
 pub fn recv<M: DirectMemory>(
     rx: &mut Consumer<M>,
@@ -250,6 +253,7 @@ pub fn recv<M: DirectMemory>(
     loop {
         if rx.pending_bytes() == 0 {
             bump(&counters::TAIL_RELOADS.0, 1);
+            waiter.before_look();
         }
         let got = match api {
             Api::Copy => rx.recv_into(buf).expect("bench ring stays healthy"),
@@ -294,6 +298,9 @@ pub fn echo<M: DirectMemory>(
         }
         Api::ZeroCopy => {
             recv_wait.reset();
+            if rx.pending_bytes() == 0 {
+                recv_wait.before_look();
+            }
             let msg = loop {
                 if let Some(msg) = rx.peek().expect("bench ring stays healthy") {
                     break msg;

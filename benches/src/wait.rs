@@ -71,6 +71,13 @@ impl Waiter {
         self.0.progress(messages);
     }
 
+    /// The cached backlog is used up and the next look reloads the
+    /// peer's position: in a stream, leave the peer a gap first.
+    #[inline]
+    pub fn before_look(&mut self) {
+        self.0.before_look();
+    }
+
     /// Waits a little, more each call.
     #[inline]
     pub fn wait(&mut self) {

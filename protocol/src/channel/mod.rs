@@ -729,6 +729,13 @@ impl<'a> Channel<'a> {
         let start = Instant::now();
         let side = if on_receive { RECV } else { SEND };
         let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
+        if on_receive && self.rx.pending_bytes() == 0 {
+            // The backlog seen at the last look is used up: the attempt
+            // looks at `tail` again, and in a stream the writer gets its
+            // lead first. (A sender looks at `head` only when the free
+            // space it saw runs out, a quarter ring or more apart.)
+            waiter.before_look();
+        }
         let mut polls = 0u32;
         let mut checked = start;
         // Wakes from the doorbell in a row that found nothing to read.
@@ -896,5 +903,44 @@ mod tests {
         let got = std::io::Read::read(&mut guest.reader(None), &mut out).unwrap();
         assert_eq!(got, 24);
         assert_eq!(next_lead(guest.paces[RECV]), 1);
+    }
+
+    #[test]
+    fn a_reader_that_never_waits_learns_the_stream_from_its_looks() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let params = InitParams {
+            uuid: [6; 16],
+            name: "looks",
+            ring_size: Some(16 * 1024),
+        };
+        let header = Header::create(Region::from_words(&mut words), &params).unwrap();
+        let opts = ChannelOptions {
+            wait: WaitStrategy::adaptive(),
+            ..ChannelOptions::default()
+        };
+        let mut host = Channel::attach(header, Side::Host, opts).unwrap();
+        let mut guest = Channel::attach(header, Side::Guest, opts).unwrap();
+        let mut buf = [0u8; 8];
+        // Each round: three messages queued, then received one `recv` at a
+        // time. The ring is never empty when the reader looks, so no wait
+        // ever starts; the first `recv` of a round looks at `tail` again.
+        for round in 1..=3 {
+            for _ in 0..3 {
+                host.send(&[round; 8], None).unwrap();
+            }
+            for _ in 0..3 {
+                assert_eq!(guest.recv(&mut buf, None).unwrap(), 8);
+                assert_eq!(buf, [round; 8]);
+            }
+            // Each look after the first found three: a stream.
+            assert_eq!(guest.paces[RECV].lead(), u32::from(round) - 1);
+        }
+        // A ping-pong: one message per look. The first look judges the
+        // last round's three (lead 3); each single then takes one off.
+        for _ in 0..4 {
+            host.send(&[9; 8], None).unwrap();
+            assert_eq!(guest.recv(&mut buf, None).unwrap(), 8);
+        }
+        assert_eq!(guest.paces[RECV].lead(), 0);
     }
 }
