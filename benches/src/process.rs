@@ -39,7 +39,7 @@ pub enum Transport {
     IvchanCopy,
     /// ivchan's zero-copy API over a `/dev/shm/fg_<uuid>` region file.
     IvchanZeroCopy,
-    /// ivchan's copy API in batches: [`ivchan::BATCH`] messages staged per
+    /// ivchan's copy API in batches: `PUBLISH_EVERY` bytes staged per
     /// publish, and every message found at a look released with one store
     /// (what `Channel::send_batch` / `recv_batch` do). Streaming only: a
     /// round trip is a batch of one.

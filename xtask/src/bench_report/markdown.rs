@@ -218,8 +218,8 @@ pub(super) fn report(r: &Results, runs: &[Results], run: &RunInfo, notes: Option
     let _ = writeln!(
         o,
         "![cross-process throughput](bench/{})\n\nOne commit (publish) per \
-         message, except *ivchan-batched* (up to 64 messages per publish, one \
-         release per look); payload bytes per second.\n",
+         message, except *ivchan-batched* (one publish per 16 KiB, one release \
+         per look); payload bytes per second.\n",
         throughput_file("xproc")
     );
     rate_table(r, "xproc", &mut o);
@@ -366,9 +366,10 @@ transports block in the kernel; iceoryx2's publisher retries on its own).
 *ivchan zero-copy*: `reserve` + copy into the grant + `commit`; `peek` + read one byte of every \
 64-byte line in place, last line first (as ivchan's copies out of the ring read; iceoryx2's \
 receiver does the same) + `release`. One commit (Release store of `tail`) per message in both. \
-*ivchan batched* (cross-process only): the copy API's bytes, but up to 64 messages staged per \
-publish and every message found at one look copied out and released with one store of `head`, \
-as `Channel::send_batch` / `recv_batch` do.
+*ivchan batched* (cross-process only): the copy API's bytes, but staged and published once per \
+16 KiB (`PUBLISH_EVERY`: 256 messages of 64 B, every message from 16 KiB up), as one long \
+`Channel::send_batch` call does, and every message found at one look copied out and released \
+with one store of `head`, as `recv_batch` does.
   - *Cross-thread*: ivchan over a heap region (same code path as a mapped file); \
 rtrb 0.4 (`push_entire_slice` / `pop_entire_slice` on a `RingBuffer<u8>`), ringbuf 0.6 \
 (`push_slice` / `pop_slice` once `vacant_len` / `occupied_len` allow a whole message), crossbeam \
