@@ -858,6 +858,22 @@ mod tests {
         w.lead()
     }
 
+    /// A fresh region in `words` with 16 KiB rings, and the options of a
+    /// channel that learns its pace (the adaptive strategy).
+    fn paced_region<'a>(words: &'a mut [u64], name: &'a str) -> (Header<'a>, ChannelOptions) {
+        let params = InitParams {
+            uuid: [5; 16],
+            name,
+            ring_size: Some(16 * 1024),
+        };
+        let header = Header::create(Region::from_words(words), &params).unwrap();
+        let opts = ChannelOptions {
+            wait: WaitStrategy::adaptive(),
+            ..ChannelOptions::default()
+        };
+        (header, opts)
+    }
+
     #[test]
     fn the_release_chunk_is_a_quarter_ring_at_most() {
         assert_eq!(release_chunk(16 << 10), 4 << 10);
@@ -868,16 +884,7 @@ mod tests {
     #[test]
     fn batch_calls_teach_the_pace_every_message_they_move() {
         let mut words = vec![0u64; (1 << 20) / 8];
-        let params = InitParams {
-            uuid: [5; 16],
-            name: "pace",
-            ring_size: Some(16 * 1024),
-        };
-        let header = Header::create(Region::from_words(&mut words), &params).unwrap();
-        let opts = ChannelOptions {
-            wait: WaitStrategy::adaptive(),
-            ..ChannelOptions::default()
-        };
+        let (header, opts) = paced_region(&mut words, "pace");
         let mut host = Channel::attach(header, Side::Host, opts).unwrap();
         let mut guest = Channel::attach(header, Side::Guest, opts).unwrap();
         let msgs = [[7u8; 8]; 4];
@@ -908,16 +915,7 @@ mod tests {
     #[test]
     fn a_reader_that_never_waits_learns_the_stream_from_its_looks() {
         let mut words = vec![0u64; (1 << 20) / 8];
-        let params = InitParams {
-            uuid: [6; 16],
-            name: "looks",
-            ring_size: Some(16 * 1024),
-        };
-        let header = Header::create(Region::from_words(&mut words), &params).unwrap();
-        let opts = ChannelOptions {
-            wait: WaitStrategy::adaptive(),
-            ..ChannelOptions::default()
-        };
+        let (header, opts) = paced_region(&mut words, "looks");
         let mut host = Channel::attach(header, Side::Host, opts).unwrap();
         let mut guest = Channel::attach(header, Side::Guest, opts).unwrap();
         let mut buf = [0u8; 8];
