@@ -1,5 +1,5 @@
-//! The async channel against the blocking one, 64 KiB messages streamed
-//! across two threads through the channel API (heartbeats, peer checks,
+//! The async channel against the blocking one, 256 B and 64 KiB messages
+//! streamed across two threads through the channel API (heartbeats, peer checks,
 //! doorbells included): the host side blocking, or async on a
 //! current-thread tokio runtime, with a blocking guest thread as the peer.
 //!
@@ -21,7 +21,9 @@ use ivchan_host::asynch::{AsyncChannel, EventFdReadiness};
 use ivchan_host::doorbell::{ChannelBell, Doorbell};
 use ivchan_protocol::{Header, InitParams, Mapping, OwnedChannel, Side};
 
-const SIZE: usize = 64 * 1024;
+/// Message sizes: small (the receiver's looks at `tail` matter most) and
+/// large.
+const SIZES: [usize; 2] = [256, 64 * 1024];
 /// A VM's default region.
 const REGION: usize = 8 << 20;
 const PATIENCE: Option<Duration> = Some(Duration::from_secs(30));
@@ -72,11 +74,11 @@ fn pair(bells: bool) -> (Owned, Owned, Option<Doorbell>) {
 
 /// The guest thread: takes `(count, send)` jobs, streams or drains that
 /// many messages, and reports when done.
-fn guest_thread(mut guest: Owned) -> (mpsc::Sender<(u64, bool)>, mpsc::Receiver<()>) {
+fn guest_thread(mut guest: Owned, size: usize) -> (mpsc::Sender<(u64, bool)>, mpsc::Receiver<()>) {
     let (jobs, job_rx) = mpsc::channel::<(u64, bool)>();
     let (done_tx, done) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; SIZE];
+        let mut buf = vec![0u8; size];
         for (count, send) in job_rx {
             for _ in 0..count {
                 if send {
@@ -98,19 +100,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn send(c: &mut Criterion, mode: Mode) {
+fn send(c: &mut Criterion, mode: Mode, size: usize) {
     let rt = runtime();
     let (host, guest, _) = pair(true);
-    let (jobs, done) = guest_thread(guest);
+    let (jobs, done) = guest_thread(guest, size);
     let mut blocking = Some(host);
     let mut asynch = None;
     if mode == Mode::Async {
         asynch = blocking.take().map(AsyncChannel::new);
     }
-    let msg = vec![7u8; SIZE];
+    let msg = vec![7u8; size];
     let mut group = c.benchmark_group("async/send");
-    group.throughput(Throughput::Bytes(SIZE as u64));
-    group.bench_function(BenchmarkId::new(mode.name(), SIZE), |b| {
+    group.throughput(Throughput::Bytes(size as u64));
+    group.bench_function(BenchmarkId::new(mode.name(), size), |b| {
         b.iter_custom(|n| {
             jobs.send((n, false)).unwrap();
             let start = Instant::now();
@@ -133,10 +135,10 @@ fn send(c: &mut Criterion, mode: Mode) {
     group.finish();
 }
 
-fn recv(c: &mut Criterion, mode: Mode, bells: bool) {
+fn recv(c: &mut Criterion, mode: Mode, bells: bool, size: usize) {
     let rt = runtime();
     let (host, guest, to_host) = pair(bells);
-    let (jobs, done) = guest_thread(guest);
+    let (jobs, done) = guest_thread(guest, size);
     let mut blocking = Some(host);
     let mut asynch = None;
     if mode == Mode::Async {
@@ -149,15 +151,15 @@ fn recv(c: &mut Criterion, mode: Mode, bells: bool) {
             None => AsyncChannel::new(host),
         });
     }
-    let mut buf = vec![0u8; SIZE];
+    let mut buf = vec![0u8; size];
     let name = if bells {
         "async/recv-doorbell"
     } else {
         "async/recv-timer"
     };
     let mut group = c.benchmark_group(name);
-    group.throughput(Throughput::Bytes(SIZE as u64));
-    group.bench_function(BenchmarkId::new(mode.name(), SIZE), |b| {
+    group.throughput(Throughput::Bytes(size as u64));
+    group.bench_function(BenchmarkId::new(mode.name(), size), |b| {
         b.iter_custom(|n| {
             jobs.send((n, true)).unwrap();
             let start = Instant::now();
@@ -186,12 +188,14 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .sample_size(10)
         .configure_from_args();
-    for mode in [Mode::Blocking, Mode::Async] {
-        send(&mut c, mode);
-    }
-    for bells in [true, false] {
+    for size in SIZES {
         for mode in [Mode::Blocking, Mode::Async] {
-            recv(&mut c, mode, bells);
+            send(&mut c, mode, size);
+        }
+        for bells in [true, false] {
+            for mode in [Mode::Blocking, Mode::Async] {
+                recv(&mut c, mode, bells, size);
+            }
         }
     }
     c.final_summary();

@@ -350,8 +350,20 @@ impl<C: AsChannel> AsyncChannel<C> {
         mut attempt: impl FnMut(&mut Channel<'_>) -> Result<Option<T>, ChannelError>,
     ) -> Poll<Result<T, ChannelError>> {
         let mut closed = false;
+        if on_receive {
+            // As the blocking receive does: a streaming writer gets its
+            // lead before the look that reloads `tail`.
+            self.inner.with_channel(|ch| ch.before_receive());
+        }
         loop {
-            match self.inner.with_channel(&mut attempt) {
+            let got = self.inner.with_channel(|ch| {
+                let got = attempt(ch);
+                if on_receive && matches!(got, Ok(Some(_))) {
+                    ch.received(1);
+                }
+                got
+            });
+            match got {
                 Ok(Some(value)) => {
                     if on_receive {
                         self.wake_up();
@@ -512,5 +524,51 @@ impl<C: AsChannel> AsyncChannel<C> {
         } else {
             Woke::Retry
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{Header, InitParams};
+    use crate::region::Region;
+    use crate::{ChannelOptions, Side, WaitStrategy};
+
+    #[test]
+    fn an_async_receiver_learns_the_stream_from_its_looks() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let params = InitParams {
+            uuid: [7; 16],
+            name: "async-looks",
+            ring_size: Some(16 * 1024),
+        };
+        let header = Header::create(Region::from_words(&mut words), &params).unwrap();
+        let opts = ChannelOptions {
+            wait: WaitStrategy::adaptive(),
+            ..ChannelOptions::default()
+        };
+        let mut host = Channel::attach(header, Side::Host, opts).unwrap();
+        let guest = Channel::attach(header, Side::Guest, opts).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut guest = AsyncChannel::new(guest);
+            let mut buf = [0u8; 8];
+            // Each round: three messages queued, then three receives. Only
+            // the first of a round looks at `tail`; it judges the batch the
+            // last look found, as the blocking receive does.
+            for round in 1..=3u8 {
+                for _ in 0..3 {
+                    host.send(&[round; 8], None).unwrap();
+                }
+                for _ in 0..3 {
+                    assert_eq!(guest.recv(&mut buf).await.unwrap(), 8);
+                    assert_eq!(buf, [round; 8]);
+                }
+                assert_eq!(guest.inner.receive_lead(), u32::from(round) - 1);
+            }
+        });
     }
 }

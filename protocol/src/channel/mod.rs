@@ -714,6 +714,32 @@ impl<'a> Channel<'a> {
     /// the peer notices through the heartbeat instead.
     pub fn close(self) {}
 
+    /// Before a receive's first look: when the backlog seen at the last
+    /// look is used up, the look reloads `tail`, and in a stream the writer
+    /// gets its learned lead first ([`Waiter::before_look`]). The blocking
+    /// calls and the async channel both start here. (A sender looks at
+    /// `head` only when the free space it saw runs out, a quarter ring or
+    /// more apart, and needs no gap.)
+    pub(crate) fn before_receive(&mut self) {
+        if self.rx.pending_bytes() == 0 {
+            let mut waiter = Waiter::with_pace(self.options.wait, self.paces[RECV]);
+            waiter.before_look();
+            self.paces[RECV] = waiter.pace();
+        }
+    }
+
+    /// The lead the receive pace has learned (for the async channel's tests).
+    #[cfg(all(test, feature = "tokio"))]
+    pub(crate) fn receive_lead(&self) -> u32 {
+        self.paces[RECV].lead()
+    }
+
+    /// A receive outside the blocking calls (the async channel) took
+    /// `messages` messages: they count into the receive pace's batch.
+    pub(crate) fn received(&mut self, messages: usize) {
+        self.paces[RECV].took(messages);
+    }
+
     /// Retries `attempt` under the wait strategy until it yields a value,
     /// fails, the timeout passes, or the peer is found closed or silent.
     /// `on_receive`: the wait is for incoming data, so with a doorbell it
@@ -728,14 +754,10 @@ impl<'a> Channel<'a> {
         self.check_cancel()?;
         let start = Instant::now();
         let side = if on_receive { RECV } else { SEND };
-        let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
-        if on_receive && self.rx.pending_bytes() == 0 {
-            // The backlog seen at the last look is used up: the attempt
-            // looks at `tail` again, and in a stream the writer gets its
-            // lead first. (A sender looks at `head` only when the free
-            // space it saw runs out, a quarter ring or more apart.)
-            waiter.before_look();
+        if on_receive {
+            self.before_receive();
         }
+        let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
         let mut polls = 0u32;
         let mut checked = start;
         // Wakes from the doorbell in a row that found nothing to read.

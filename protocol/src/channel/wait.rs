@@ -228,10 +228,11 @@ impl Waiter {
     /// from it (256 B messages, cross-process: 16-22 M msg/s at 0.08-0.18
     /// looks per message, 43-57 M with a 32-pause gap at 0.01-0.02;
     /// docs/bench/notes.md). A ping-pong learns no lead and pays nothing
-    /// (but for the probe after every 64th single).
+    /// (but for the probe after every 64th single), and neither does a
+    /// look with nothing taken since the last one (a retry).
     #[inline]
     pub fn before_look(&mut self) {
-        if self.step != 0 || !self.strategy.spin_backoff {
+        if self.step != 0 || !self.strategy.spin_backoff || self.pace.batch == 0 {
             return;
         }
         self.learn();
