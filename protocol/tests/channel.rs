@@ -751,3 +751,42 @@ fn a_batch_larger_than_the_ring_drains_through_a_reader() {
         assert_eq!(sent, count);
     });
 }
+
+#[test]
+#[cfg_attr(miri, ignore)] // sleeps for real time
+fn a_sender_that_never_waits_still_beats() {
+    use std::sync::Arc;
+
+    use ivchan_protocol::{Mapping, OwnedChannel};
+
+    // Telemetry at a steady pace: the ring always has room, so `send`
+    // never waits, for longer than the peer timeout. The receiver waits
+    // between messages and watches the sender's heartbeat meanwhile.
+    // A timeout well above a loaded machine's scheduling hiccups, and three
+    // times shorter than the conversation.
+    let options = ChannelOptions {
+        peer_timeout: Some(Duration::from_millis(200)),
+        ..quick()
+    };
+    let memory = Arc::new(Mapping::anonymous(1 << 20).unwrap());
+    Header::create(memory.region(), &params()).unwrap();
+    let mut host = OwnedChannel::attach(memory.clone(), Side::Host, options).unwrap();
+    let mut guest = OwnedChannel::attach(memory, Side::Guest, options).unwrap();
+    let sender = std::thread::spawn(move || {
+        for i in 0..60u32 {
+            host.send(&i.to_le_bytes(), None).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        host
+    });
+    let mut buf = [0u8; 4];
+    for i in 0..60u32 {
+        let got = guest.recv(&mut buf, Some(Duration::from_secs(10)));
+        assert_eq!(
+            got.map(|n| &buf[..n]),
+            Ok(&i.to_le_bytes()[..]),
+            "message {i}"
+        );
+    }
+    drop(sender.join().unwrap());
+}

@@ -427,7 +427,11 @@ impl<'a> Channel<'a> {
     /// Advances this side's heartbeat if it is due. Agents that do not call
     /// the channel for a while call this (or use a [`HeartbeatHandle`]).
     pub fn tick(&mut self) {
-        let now = Instant::now();
+        self.tick_at(Instant::now());
+    }
+
+    /// [`tick`](Self::tick) with the time already read.
+    fn tick_at(&mut self, now: Instant) {
         if now.duration_since(self.beat_at) >= self.options.heartbeat_interval {
             self.header.heartbeat(self.side);
             self.beat_at = now;
@@ -736,6 +740,7 @@ impl<'a> Channel<'a> {
 
     /// A receive outside the blocking calls (the async channel) took
     /// `messages` messages: they count into the receive pace's batch.
+    #[cfg(feature = "tokio")]
     pub(crate) fn received(&mut self, messages: usize) {
         self.paces[RECV].took(messages);
     }
@@ -753,6 +758,10 @@ impl<'a> Channel<'a> {
         self.usable()?;
         self.check_cancel()?;
         let start = Instant::now();
+        // A side that only ever calls in here and never waits (a steady
+        // sender on a ring with room) must still beat, or its peer sees it
+        // fall silent while messages arrive. The clock is read anyway.
+        self.tick_at(start);
         let side = if on_receive { RECV } else { SEND };
         if on_receive {
             self.before_receive();
