@@ -732,12 +732,6 @@ impl<'a> Channel<'a> {
         }
     }
 
-    /// The lead the receive pace has learned (for the async channel's tests).
-    #[cfg(all(test, feature = "tokio"))]
-    pub(crate) fn receive_lead(&self) -> u32 {
-        self.paces[RECV].lead()
-    }
-
     /// A receive outside the blocking calls (the async channel) took
     /// `messages` messages: they count into the receive pace's batch.
     #[cfg(feature = "tokio")]
@@ -971,5 +965,35 @@ mod tests {
             assert_eq!(guest.recv(&mut buf, None).unwrap(), 8);
         }
         assert_eq!(guest.paces[RECV].lead(), 0);
+    }
+
+    #[test]
+    #[cfg(feature = "tokio")]
+    fn an_async_receiver_learns_the_stream_from_its_looks() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (header, opts) = paced_region(&mut words, "async-looks");
+        let mut host = Channel::attach(header, Side::Host, opts).unwrap();
+        let guest = Channel::attach(header, Side::Guest, opts).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut guest = crate::asynch::AsyncChannel::new(guest);
+            let mut buf = [0u8; 8];
+            // As in the blocking test above: only the first receive of a
+            // round looks at `tail`, and it judges the last look's batch.
+            for round in 1..=3u8 {
+                for _ in 0..3 {
+                    host.send(&[round; 8], None).unwrap();
+                }
+                for _ in 0..3 {
+                    assert_eq!(guest.recv(&mut buf).await.unwrap(), 8);
+                    assert_eq!(buf, [round; 8]);
+                }
+                let lead = guest.get_ref().paces[RECV].lead();
+                assert_eq!(lead, u32::from(round) - 1);
+            }
+        });
     }
 }
