@@ -11,7 +11,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
-use ivchan_protocol::Side;
+use ivchan_protocol::{Channel, ChannelOptions, Side};
 use ringbuf::traits::{Consumer as _, Observer as _, Producer as _, Split as _};
 
 use crate::ivchan::{self, Api, HeapRegion};
@@ -27,6 +27,10 @@ pub enum Queue {
     IvchanCopy,
     /// ivchan's zero-copy API over a heap region.
     IvchanZeroCopy,
+    /// ivchan's `Channel`, as an agent uses it: `send` and `recv` with the
+    /// default options (heartbeats, peer checks, the default wait), over a
+    /// heap region. What the channel layer adds to the copy API.
+    IvchanChannel,
     /// `rtrb::RingBuffer<u8>`: `push_entire_slice` / `pop_entire_slice`.
     Rtrb,
     /// `ringbuf::HeapRb<u8>`: `push_slice` / `pop_slice` once a whole
@@ -46,6 +50,7 @@ impl Queue {
     pub const ALL: &'static [Queue] = &[
         Queue::IvchanCopy,
         Queue::IvchanZeroCopy,
+        Queue::IvchanChannel,
         Queue::Rtrb,
         Queue::Ringbuf,
         Queue::Crossbeam,
@@ -57,6 +62,7 @@ impl Queue {
         match self {
             Self::IvchanCopy => "ivchan-copy",
             Self::IvchanZeroCopy => "ivchan-zero-copy",
+            Self::IvchanChannel => "ivchan-channel",
             Self::Rtrb => "rtrb",
             Self::Ringbuf => "ringbuf",
             Self::Crossbeam => "crossbeam-arrayqueue",
@@ -95,7 +101,9 @@ impl ThreadBench {
     /// bytes of buffers for crossbeam).
     pub fn new(queue: Queue, size: usize) -> Self {
         let state = match queue {
-            Queue::IvchanCopy | Queue::IvchanZeroCopy => State::Ivchan(HeapRegion::new()),
+            Queue::IvchanCopy | Queue::IvchanZeroCopy | Queue::IvchanChannel => {
+                State::Ivchan(HeapRegion::new())
+            }
             Queue::Rtrb => State::Rtrb(Some(rtrb::RingBuffer::new(RING_SIZE))),
             Queue::Ringbuf => State::Ringbuf(Some(ringbuf::HeapRb::<u8>::new(RING_SIZE).split())),
             Queue::PlainRing => State::Plain(Some(plain_ring::channel(RING_SIZE))),
@@ -132,6 +140,29 @@ impl ThreadBench {
         let msg = &self.msg[..];
         let busy = || Waiter::new(WaitStrategy::Backoff);
         match &mut self.state {
+            State::Ivchan(region) if self.queue == Queue::IvchanChannel => {
+                // Both ends attach before either thread starts, so neither
+                // sees the other absent (or closed by the previous run).
+                let header = region.header();
+                let attach = |side| {
+                    Channel::attach(header, side, ChannelOptions::default()).expect("fresh region")
+                };
+                let (mut tx, mut rx) = (attach(Side::Host), attach(Side::Guest));
+                let (elapsed, (), ()) = two_threads(
+                    move || {
+                        for _ in 0..count {
+                            tx.send(msg, None).expect("the receiver keeps up");
+                        }
+                    },
+                    move || {
+                        let mut buf = vec![0u8; size];
+                        for _ in 0..count {
+                            rx.recv(&mut buf, None).expect("the sender sends them all");
+                        }
+                    },
+                );
+                elapsed
+            }
             State::Ivchan(region) => {
                 let api = if self.queue == Queue::IvchanCopy {
                     Api::Copy
