@@ -26,6 +26,7 @@ use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
 use crate::volatile::VolatileSlice;
 
 mod cancel;
+mod clock;
 mod owned;
 mod peer;
 mod stream;
@@ -68,7 +69,9 @@ pub const fn release_chunk(capacity: usize) -> usize {
 pub struct ChannelOptions {
     /// How blocking calls wait.
     pub wait: WaitStrategy,
-    /// How often this side advances its heartbeat (while it calls in).
+    /// How often this side advances its heartbeat (while it calls in),
+    /// judged by the kernel's coarse clock: a beat lands up to one tick
+    /// (1-10 ms) late, so keep it well above that.
     pub heartbeat_interval: Duration,
     /// How long the peer's heartbeat may stand still before it counts as
     /// silent; `None` never declares it silent.
@@ -252,7 +255,8 @@ pub struct Channel<'a> {
     rx: Consumer<RegionRing<'a>>,
     options: ChannelOptions,
     epoch: u64,
-    beat_at: Instant,
+    /// When this side last beat, by the coarse clock ([`clock`]).
+    beat_at: Duration,
     peer: PeerWatch,
     /// Peer events seen inside blocking calls, kept for `poll_peer`.
     events: std::collections::VecDeque<PeerEvent>,
@@ -306,7 +310,7 @@ impl<'a> Channel<'a> {
             rx,
             options,
             epoch,
-            beat_at: now,
+            beat_at: clock::coarse_now(),
             peer: PeerWatch {
                 last: None,
                 moved_at: now,
@@ -426,13 +430,12 @@ impl<'a> Channel<'a> {
 
     /// Advances this side's heartbeat if it is due. Agents that do not call
     /// the channel for a while call this (or use a [`HeartbeatHandle`]).
+    /// Due is judged by a coarse clock, a few ns to read, so every call can
+    /// check: beats land up to one kernel tick (1-10 ms) late.
+    #[inline]
     pub fn tick(&mut self) {
-        self.tick_at(Instant::now());
-    }
-
-    /// [`tick`](Self::tick) with the time already read.
-    fn tick_at(&mut self, now: Instant) {
-        if now.duration_since(self.beat_at) >= self.options.heartbeat_interval {
+        let now = clock::coarse_now();
+        if now.saturating_sub(self.beat_at) >= self.options.heartbeat_interval {
             self.header.heartbeat(self.side);
             self.beat_at = now;
         }
@@ -751,27 +754,29 @@ impl<'a> Channel<'a> {
     ) -> Result<T, ChannelError> {
         self.usable()?;
         self.check_cancel()?;
-        let start = Instant::now();
         // A side that only ever calls in here and never waits (a steady
         // sender on a ring with room) must still beat, or its peer sees it
-        // fall silent while messages arrive. The clock is read anyway.
-        self.tick_at(start);
+        // fall silent while messages arrive.
+        self.tick();
         let side = if on_receive { RECV } else { SEND };
         if on_receive {
             self.before_receive();
         }
+        // Most calls succeed at once: they read no precise clock and build
+        // no waiter, and count one more message into the batch.
+        if let Some(value) = attempt(self)? {
+            self.paces[side].took(1);
+            return Ok(value);
+        }
+        let start = Instant::now();
         let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
         let mut polls = 0u32;
         let mut checked = start;
         // Wakes from the doorbell in a row that found nothing to read.
         let mut idle_wakes = 0u32;
         let mut woke = false;
+        // Each turn follows a failed attempt: check, wait, try again.
         loop {
-            if let Some(value) = attempt(self)? {
-                waiter.reset();
-                self.paces[side] = waiter.pace();
-                return Ok(value);
-            }
             if std::mem::take(&mut woke) {
                 idle_wakes += 1;
                 self.spurious_wakes += 1;
@@ -843,9 +848,14 @@ impl<'a> Channel<'a> {
                     }
                     self.rx.finish_sleep();
                 }
-                continue;
+            } else {
+                waiter.wait(remaining);
             }
-            waiter.wait(remaining);
+            if let Some(value) = attempt(self)? {
+                waiter.reset();
+                self.paces[side] = waiter.pace();
+                return Ok(value);
+            }
         }
     }
 }
