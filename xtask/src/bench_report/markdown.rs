@@ -374,6 +374,8 @@ with one store of `head`, as `recv_batch` does.
 rtrb 0.4 (`push_entire_slice` / `pop_entire_slice` on a `RingBuffer<u8>`), ringbuf 0.6 \
 (`push_slice` / `pop_slice` once `vacant_len` / `occupied_len` allow a whole message), crossbeam \
 `ArrayQueue<Box<[u8]>>` (filled buffers one way, empty ones back; copy in and copy out). \
+*ivchan-channel* is ivchan's `Channel` as an agent calls it: `send` and `recv` with the default \
+options (heartbeats, peer checks, the default wait), the copy API's work plus the channel layer's. \
 *plain-ring* is not a peer but a floor: ivchan's own record format and positions in plain Rust \
 (`copy_nonoverlapping`, no checks of the peer, no volatile views; `benches/src/plain_ring.rs`), \
 what the ring would cost if it could trust its peer. Every queue holds {RING_SIZE} of data.
