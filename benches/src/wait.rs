@@ -13,7 +13,8 @@ pub enum WaitStrategy {
     /// the producer's cache lines away from it while it writes.
     BusyPoll,
     /// `WaitStrategy::adaptive()`, the default: spin with 1, 2, 4 … 32
-    /// pause hints between checks, then yield, then sleep with backoff.
+    /// pause hints between checks (after eight close checks while no
+    /// stream is learned), then yield, then sleep with backoff.
     Backoff,
 }
 

@@ -12,7 +12,8 @@ pub struct WaitStrategy {
     pub spins: u32,
     /// Space the looks while spinning with 1, 2, 4 … 32 pause hints, which
     /// keeps a streaming producer's cache lines where they are (throughput);
-    /// off, each look follows one pause (latency).
+    /// a wait that has learned no stream takes a few close looks first
+    /// (a ping-pong's answer). Off, each look follows one pause (latency).
     pub spin_backoff: bool,
     /// `yield_now` iterations before sleeping.
     pub yields: u32,
@@ -125,6 +126,10 @@ pub struct Waiter {
 /// pause hints.
 const MAX_LEAD: u32 = 5;
 
+/// Spin looks a wait with no learned lead takes one pause apart before it
+/// starts doubling the gap ([`Waiter::gap`]).
+const FLAT_LOOKS: u64 = 8;
+
 /// Singles in a row after which one wait probes with the longest gap.
 const PROBE_EVERY: u32 = 64;
 
@@ -168,16 +173,7 @@ impl Waiter {
         let s = &self.strategy;
         self.step += 1;
         if self.step <= u64::from(s.spins) {
-            // 1, 2, 4 … 32 pause hints between looks: re-reading the other
-            // side's position at once pulls its cache line away from the
-            // writer on every miss (measured: 6 M msg/s with single pauses,
-            // 47-58 M msg/s spaced out, 64 B across two cores).
-            let pauses = if s.spin_backoff {
-                1u32 << (self.step - 1 + u64::from(self.pace.lead)).min(5)
-            } else {
-                1
-            };
-            for _ in 0..pauses {
+            for _ in 0..self.gap() {
                 std::hint::spin_loop();
             }
         } else if self.step <= u64::from(s.spins) + u64::from(s.yields) {
@@ -190,6 +186,25 @@ impl Waiter {
             std::thread::sleep(nap);
             self.sleep = (self.sleep * 2).min(s.max_sleep).max(s.min_sleep);
         }
+    }
+
+    /// Pause hints before the current spin look. With `spin_backoff`, 1, 2,
+    /// 4 … 32, starting `lead` doublings in: re-reading the other side's
+    /// position at once pulls its cache line away from the writer on every
+    /// miss (measured: 6 M msg/s with single pauses, 47-58 M msg/s spaced
+    /// out, 64 B across two cores). With no lead learned (a ping-pong,
+    /// whose answer comes within a few hundred ns), the first
+    /// [`FLAT_LOOKS`] looks follow one pause each before the doubling
+    /// starts: spaced out from the first look, a ping-pong saw its answer
+    /// up to a gap late (64 B round trip p50 410-480 ns against 260-280
+    /// busy-polling; docs/bench/notes.md).
+    fn gap(&self) -> u32 {
+        let doublings = match (self.strategy.spin_backoff, self.pace.lead) {
+            (false, _) => 0,
+            (true, 0) => self.step.saturating_sub(FLAT_LOOKS),
+            (true, lead) => self.step - 1 + u64::from(lead),
+        };
+        1 << doublings.min(5)
     }
 
     /// Whether the next [`wait`](Self::wait) would sleep (rather than spin
@@ -435,6 +450,34 @@ mod tests {
         w.progress(0);
         w.wait(None);
         assert_eq!(w.lead(), 0, "no progress leaves the wait going");
+    }
+
+    /// The pause hints before each of a wait's first `looks` looks.
+    fn gaps(w: &mut Waiter, looks: usize) -> Vec<u32> {
+        (0..looks)
+            .map(|_| {
+                w.wait(None);
+                w.gap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wait_with_no_lead_looks_closely_before_it_spaces_its_looks() {
+        let mut ping_pong = Waiter::new(WaitStrategy::adaptive());
+        assert_eq!(
+            gaps(&mut ping_pong, 13),
+            [1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 16, 32]
+        );
+        // A learned lead spaces a stream's looks from the first one.
+        let stream = Pace {
+            lead: 2,
+            ..Pace::default()
+        };
+        let mut stream = Waiter::with_pace(WaitStrategy::adaptive(), stream);
+        assert_eq!(gaps(&mut stream, 5), [4, 8, 16, 32, 32]);
+        let mut busy = Waiter::new(WaitStrategy::busy_poll());
+        assert_eq!(gaps(&mut busy, 12), [1; 12]);
     }
 
     #[test]
