@@ -13,11 +13,12 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ivchan_host::{RegionFile, RegionOptions, VmUuid};
-use ivchan_protocol::{Header, Side};
+use ivchan_protocol::{Channel, ChannelOptions, Header, Mapping, OwnedChannel, Side};
 
 use crate::ivchan::{self, Api, Counters};
 use crate::limits::record;
@@ -44,6 +45,11 @@ pub enum Transport {
     /// (what `Channel::send_batch` / `recv_batch` do). Streaming only: a
     /// round trip is a batch of one.
     IvchanBatched,
+    /// ivchan's `Channel` as an agent uses it, over the same region file:
+    /// `send` and `recv` with the default options (heartbeats, peer
+    /// checks), waiting as asked. What the channel layer adds to the copy
+    /// API.
+    IvchanChannel,
     /// A `socketpair(AF_UNIX, SOCK_STREAM)`: one `write` / `read_exact` per
     /// message.
     Unix,
@@ -62,6 +68,7 @@ impl Transport {
         Transport::IvchanCopy,
         Transport::IvchanZeroCopy,
         Transport::IvchanBatched,
+        Transport::IvchanChannel,
         #[cfg(feature = "iceoryx2")]
         Transport::Iceoryx2,
         Transport::Unix,
@@ -75,6 +82,7 @@ impl Transport {
             Self::IvchanCopy => "ivchan-copy",
             Self::IvchanZeroCopy => "ivchan-zero-copy",
             Self::IvchanBatched => "ivchan-batched",
+            Self::IvchanChannel => "ivchan-channel",
             Self::Unix => "unix-socket",
             Self::Pipe => "pipe",
             Self::Tcp => "tcp-loopback",
@@ -91,8 +99,8 @@ impl Transport {
         match self {
             Self::IvchanCopy => Some(Api::Copy),
             Self::IvchanZeroCopy => Some(Api::ZeroCopy),
-            // Batches copy in and out, like the copy API.
-            Self::IvchanBatched => Some(Api::Copy),
+            // Batches and the channel copy in and out, like the copy API.
+            Self::IvchanBatched | Self::IvchanChannel => Some(Api::Copy),
             _ => None,
         }
     }
@@ -144,6 +152,10 @@ fn pipe() -> (File, File) {
 
 enum Link {
     Ivchan(Option<RegionFile>),
+    /// The parent's channel end stays attached for the whole session: a
+    /// new attach is a new epoch, which the child's channel would take
+    /// for a restart.
+    Channel(Box<OwnedChannel<Arc<Mapping>>>, Option<RegionFile>),
     Stream {
         tx: Box<dyn Write + Send>,
         rx: Box<dyn Read + Send>,
@@ -179,7 +191,10 @@ impl Session {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let (mut child, link) = match transport {
-            Transport::IvchanCopy | Transport::IvchanZeroCopy | Transport::IvchanBatched => {
+            Transport::IvchanCopy
+            | Transport::IvchanZeroCopy
+            | Transport::IvchanBatched
+            | Transport::IvchanChannel => {
                 let uuid: VmUuid = format!(
                     "00000000-0000-4000-8000-{:012x}",
                     u64::from(std::process::id()) << 16 | u64::from(next_serial())
@@ -193,7 +208,16 @@ impl Session {
                 file.attach_or_init("bench")
                     .map_err(std::io::Error::other)?;
                 cmd.env(ARG_ENV, file.path());
-                (cmd.spawn()?, Link::Ivchan(Some(file)))
+                let link = if transport == Transport::IvchanChannel {
+                    let memory = Arc::new(map_shared(file.path())?);
+                    let channel =
+                        OwnedChannel::attach(memory, Side::Host, ChannelOptions::default())
+                            .map_err(std::io::Error::other)?;
+                    Link::Channel(Box::new(channel), Some(file))
+                } else {
+                    Link::Ivchan(Some(file))
+                };
+                (cmd.spawn()?, link)
             }
             Transport::Unix => {
                 let (ours, theirs) = UnixStream::pair()?;
@@ -337,6 +361,12 @@ impl Session {
                     }
                 }
             }
+            Link::Channel(channel, _) => {
+                channel.set_wait_strategy(WaitStrategy::Backoff.channel());
+                for _ in 0..count {
+                    channel.send(msg, PATIENCE).expect("child receives");
+                }
+            }
             Link::Stream { tx, .. } => {
                 for _ in 0..count {
                     tx.write_all(msg).expect("child reads");
@@ -382,6 +412,15 @@ impl Session {
                     record(&mut hist, t.elapsed());
                 }
             }
+            Link::Channel(channel, _) => {
+                channel.set_wait_strategy(wait.channel());
+                for _ in 0..count {
+                    let t = Instant::now();
+                    channel.send(msg, PATIENCE).expect("child receives");
+                    channel.recv(buf, PATIENCE).expect("child echoes");
+                    record(&mut hist, t.elapsed());
+                }
+            }
             Link::Stream { tx, rx } => {
                 for _ in 0..count {
                     let t = Instant::now();
@@ -411,7 +450,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _ = writeln!(self.ctl_in, "quit").and_then(|()| self.ctl_in.flush());
         let _ = self.child.wait();
-        if let Link::Ivchan(file) = &mut self.link {
+        if let Link::Ivchan(file) | Link::Channel(_, file) = &mut self.link {
             if let Some(file) = file.take() {
                 let _ = file.remove();
             }
@@ -428,6 +467,17 @@ impl<T> TakeOrFail<T> for Option<T> {
         self.take()
             .ok_or_else(|| std::io::Error::other("child pipe missing"))
     }
+}
+
+/// Longest a channel call in a batch may wait: a stuck peer fails the run
+/// instead of hanging it.
+const PATIENCE: Option<Duration> = Some(Duration::from_secs(30));
+
+/// Maps a region file shared, as a guest maps BAR2.
+fn map_shared(path: impl AsRef<std::path::Path>) -> std::io::Result<Mapping> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    Mapping::shared(&file, len)
 }
 
 fn next_serial() -> u16 {
@@ -516,13 +566,28 @@ fn child(name: &str) -> Result<(), AnyError> {
         Ok(())
     };
     let mut buf = Vec::new();
+    if transport == Transport::IvchanChannel {
+        let map = map_shared(&arg()?)?;
+        let header = Header::open(map.region())?;
+        let mut channel = Channel::attach(header, Side::Guest, ChannelOptions::default())?;
+        ready()?;
+        while let Some((op, size, count, wait)) = next()? {
+            buf.resize(size, 0);
+            channel.set_wait_strategy(wait.channel());
+            for _ in 0..count {
+                let n = channel.recv(&mut buf, PATIENCE)?;
+                if op == Op::Echo {
+                    channel.send(&buf[..n], PATIENCE)?;
+                }
+            }
+            done()?;
+        }
+        return Ok(());
+    }
     match transport.api() {
         Some(api) => {
-            let path = arg()?;
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            let len = usize::try_from(file.metadata()?.len())?;
             // Shared with the parent, which holds the region file.
-            let map = ivchan_protocol::Mapping::shared(&file, len)?;
+            let map = map_shared(&arg()?)?;
             let header = Header::open(map.region())?;
             let (mut tx, mut rx) = header.split(Side::Guest)?;
             ready()?;

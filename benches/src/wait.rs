@@ -27,7 +27,8 @@ impl WaitStrategy {
         }
     }
 
-    fn channel(self) -> ivchan_protocol::WaitStrategy {
+    /// The channel layer's strategy of that name.
+    pub fn channel(self) -> ivchan_protocol::WaitStrategy {
         match self {
             Self::BusyPoll => ivchan_protocol::WaitStrategy::busy_poll(),
             Self::Backoff => ivchan_protocol::WaitStrategy::adaptive(),
@@ -41,7 +42,9 @@ impl WaitStrategy {
     /// socket-like ones, which block in the kernel whatever we ask.
     pub fn for_transport(transport: Transport) -> &'static [Self] {
         match transport {
-            Transport::IvchanCopy | Transport::IvchanZeroCopy => &[Self::BusyPoll, Self::Backoff],
+            Transport::IvchanCopy | Transport::IvchanZeroCopy | Transport::IvchanChannel => {
+                &[Self::BusyPoll, Self::Backoff]
+            }
             #[cfg(feature = "iceoryx2")]
             Transport::Iceoryx2 => &[Self::BusyPoll, Self::Backoff],
             _ => &[],

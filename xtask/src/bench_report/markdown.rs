@@ -383,15 +383,17 @@ what the ring would cost if it could trust its peer. Every queue holds {RING_SIZ
 `{REGION_FILE}` file created by `ivchan-host` ({REGION_SIZE} region, {RING_SIZE} rings); the child maps \
 it with `memmap2`, as a guest maps BAR2. Peers: a Unix `socketpair(SOCK_STREAM)`, two pipes, \
 TCP over 127.0.0.1 with `TCP_NODELAY` (one `write_all` / `read_exact` per message), and \
-{ICEORYX2}. A batch is timed from the first send to the child's `done` on its control pipe.
+{ICEORYX2}. *ivchan-channel* is the `Channel` over the same kind of file, `send` and `recv` with \
+the default options; both ends stay attached for the whole run. A batch is timed from the first \
+send to the child's `done` on its control pipe.
 - **Latency** is a ping-pong between the two processes: the parent sends a message, the child \
 echoes it, and each round trip is timed with `Instant::now()` into an HdrHistogram (3 significant \
-digits) for about {LATENCY_TIME} after a warm-up. ivchan and iceoryx2 are measured busy-polling and with the \
-default wait strategy; the socket-like peers block in the kernel.
+digits) for about {LATENCY_TIME} after a warm-up. ivchan (the ring's two APIs and the channel) and iceoryx2 \
+are measured busy-polling and with the default wait strategy; the socket-like peers block in the kernel.
 - **Wait strategies** are the channel layer's own (`ivchan_protocol::WaitStrategy`, through \
 `benches/src/wait.rs`). *busy-poll*: re-check after one pause hint. *backoff* (`adaptive()`, the \
 default): 200 checks spaced by 1, 2, 4 … 32 pause hints (the first gap learned per direction from \
-the batches the looks yield), then 50 yields, then sleeps from 10 µs doubling to 1 ms. Every \
+the batches the looks yield; with none learned, eight checks one pause apart come first), then 50 yields, then sleeps from 10 µs doubling to 1 ms. Every \
 in-process queue and both ivchan APIs use the same waiter, one per direction. ivchan's receivers \
 also give a streaming writer that first gap when the backlog seen at their last look is used up, \
 before they look again, as `Channel::recv` does (`Waiter::before_look`).
