@@ -384,7 +384,8 @@ what the ring would cost if it could trust its peer. Every queue holds {RING_SIZ
 it with `memmap2`, as a guest maps BAR2. Peers: a Unix `socketpair(SOCK_STREAM)`, two pipes, \
 TCP over 127.0.0.1 with `TCP_NODELAY` (one `write_all` / `read_exact` per message), and \
 {ICEORYX2}. *ivchan-channel* is the `Channel` over the same kind of file, `send` and `recv` with \
-the default options; both ends stay attached for the whole run. A batch is timed from the first \
+the default options but no peer timeout (each end sits idle for seconds while the other transports \
+run, which the protocol calls silent); both ends stay attached for the whole run. A batch is timed from the first \
 send to the child's `done` on its control pipe.
 - **Latency** is a ping-pong between the two processes: the parent sends a message, the child \
 echoes it, and each round trip is timed with `Instant::now()` into an HdrHistogram (3 significant \
