@@ -772,6 +772,7 @@ impl<'a> Channel<'a> {
         let mut waiter = Waiter::with_pace(self.options.wait, self.paces[side]);
         let mut polls = 0u32;
         let mut checked = start;
+        let mut waited = Duration::ZERO;
         // Wakes from the doorbell in a row that found nothing to read.
         let mut idle_wakes = 0u32;
         let mut woke = false;
@@ -781,49 +782,57 @@ impl<'a> Channel<'a> {
                 idle_wakes += 1;
                 self.spurious_wakes += 1;
             }
-            let waited = start.elapsed();
-            if timeout.is_some_and(|t| waited >= t) {
-                return Err(ChannelError::Timeout { waited });
-            }
-            // Reading the peer's block costs a few loads: do it every 64
-            // polls (cheap while busy-polling) and at least once per
-            // heartbeat interval (while sleeping).
             polls = polls.wrapping_add(1);
-            if polls % 64 == 0 || checked.elapsed() >= self.options.heartbeat_interval {
-                checked = Instant::now();
-                // A restart ends the wait: whatever the caller was in the
-                // middle of is over. Other changes are kept for `poll_peer`.
-                match self.observe_peer()? {
-                    Some(PeerEvent::Restarted {
-                        old_epoch,
-                        new_epoch,
-                    }) => {
-                        return Err(ChannelError::PeerRestarted {
+            // The precise clock costs 26-40 ns here, a few looks' worth: a
+            // spinning wait reads it on its first turn and every 8th one (a
+            // timeout may end up to 8 looks late), a wait that yields or
+            // sleeps on every turn.
+            if polls == 1 || polls % 8 == 0 || !waiter.will_spin() {
+                let now = Instant::now();
+                waited = now.duration_since(start);
+                if timeout.is_some_and(|t| waited >= t) {
+                    return Err(ChannelError::Timeout { waited });
+                }
+                // Reading the peer's block costs a few loads: do it every 64
+                // polls (cheap while busy-polling) and at least once per
+                // heartbeat interval (while sleeping).
+                let due = now.duration_since(checked) >= self.options.heartbeat_interval;
+                if polls % 64 == 0 || due {
+                    checked = now;
+                    // A restart ends the wait: whatever the caller was in the
+                    // middle of is over. Other changes are kept for `poll_peer`.
+                    match self.observe_peer()? {
+                        Some(PeerEvent::Restarted {
                             old_epoch,
                             new_epoch,
-                        })
-                    }
-                    Some(event) => {
-                        if self.events.len() == KEPT_EVENTS {
-                            self.events.pop_front();
+                        }) => {
+                            return Err(ChannelError::PeerRestarted {
+                                old_epoch,
+                                new_epoch,
+                            })
                         }
-                        self.events.push_back(event);
-                    }
-                    None => {}
-                }
-                if let Some(status) = self.peer.last {
-                    if status.state == PeerState::Closed {
-                        // What the peer published before closing is still
-                        // delivered: it may have landed after our attempt.
-                        if let Some(value) = attempt(self)? {
-                            return Ok(value);
+                        Some(event) => {
+                            if self.events.len() == KEPT_EVENTS {
+                                self.events.pop_front();
+                            }
+                            self.events.push_back(event);
                         }
-                        return Err(ChannelError::PeerClosed);
+                        None => {}
                     }
-                }
-                if self.peer.silent {
-                    let since = self.peer.moved_at.elapsed();
-                    return Err(ChannelError::PeerSilent { since });
+                    if let Some(status) = self.peer.last {
+                        if status.state == PeerState::Closed {
+                            // What the peer published before closing is still
+                            // delivered: it may have landed after our attempt.
+                            if let Some(value) = attempt(self)? {
+                                return Ok(value);
+                            }
+                            return Err(ChannelError::PeerClosed);
+                        }
+                    }
+                    if self.peer.silent {
+                        let since = self.peer.moved_at.elapsed();
+                        return Err(ChannelError::PeerSilent { since });
+                    }
                 }
             }
             let remaining = timeout.map(|t| t.saturating_sub(waited));

@@ -207,6 +207,12 @@ impl Waiter {
         1 << doublings.min(5)
     }
 
+    /// Whether the next [`wait`](Self::wait) would spin (rather than
+    /// yield or sleep).
+    pub fn will_spin(&self) -> bool {
+        self.step < u64::from(self.strategy.spins)
+    }
+
     /// Whether the next [`wait`](Self::wait) would sleep (rather than spin
     /// or yield): the moment to sleep on a doorbell instead.
     pub fn will_sleep(&self) -> bool {
@@ -478,6 +484,19 @@ mod tests {
         assert_eq!(gaps(&mut stream, 5), [4, 8, 16, 32, 32]);
         let mut busy = Waiter::new(WaitStrategy::busy_poll());
         assert_eq!(gaps(&mut busy, 12), [1; 12]);
+    }
+
+    #[test]
+    fn a_waiter_says_whether_its_next_wait_spins() {
+        let adaptive = WaitStrategy::adaptive();
+        let mut w = Waiter::new(adaptive);
+        for _ in 1..adaptive.spins {
+            w.wait(None);
+        }
+        assert!(w.will_spin(), "the last spin is still to come");
+        w.wait(None);
+        assert!(!w.will_spin(), "yields come next");
+        assert!(!Waiter::new(WaitStrategy::sleep_only(Duration::from_millis(1))).will_spin());
     }
 
     #[test]
