@@ -503,12 +503,49 @@ impl<'a> Channel<'a> {
 
     /// Reads the peer's block once and returns what changed.
     fn observe_peer(&mut self) -> Result<Option<PeerEvent>, ChannelError> {
+        self.observe_peer_at(Instant::now())
+    }
+
+    /// [`observe_peer`](Self::observe_peer) with the time already read.
+    fn observe_peer_at(&mut self, now: Instant) -> Result<Option<PeerEvent>, ChannelError> {
         self.check_cancel()?;
         self.tick();
         let status = self.peer_block()?;
-        Ok(self
-            .peer
-            .observe(Instant::now(), status, self.options.peer_timeout))
+        Ok(self.peer.observe(now, status, self.options.peer_timeout))
+    }
+
+    /// Inside a wait: reads the peer's block and ends the wait on what
+    /// must end it. A restart or a silent peer is the error to return
+    /// (whatever the caller was in the middle of is over); other changes
+    /// are kept for `poll_peer`. `Ok(true)`: the peer has closed, and the
+    /// caller looks once more for what it published before closing.
+    fn peer_ends_wait(&mut self, now: Instant) -> Result<bool, ChannelError> {
+        match self.observe_peer_at(now)? {
+            Some(PeerEvent::Restarted {
+                old_epoch,
+                new_epoch,
+            }) => {
+                return Err(ChannelError::PeerRestarted {
+                    old_epoch,
+                    new_epoch,
+                })
+            }
+            Some(event) => {
+                if self.events.len() == KEPT_EVENTS {
+                    self.events.pop_front();
+                }
+                self.events.push_back(event);
+            }
+            None => {}
+        }
+        if self.peer.last.is_some_and(|s| s.state == PeerState::Closed) {
+            return Ok(true);
+        }
+        if self.peer.silent {
+            let since = self.peer.moved_at.elapsed();
+            return Err(ChannelError::PeerSilent { since });
+        }
+        Ok(false)
     }
 
     /// Sends without waiting; `Ok(false)` when the ring is full.
@@ -799,39 +836,13 @@ impl<'a> Channel<'a> {
                 let due = now.duration_since(checked) >= self.options.heartbeat_interval;
                 if polls % 64 == 0 || due {
                     checked = now;
-                    // A restart ends the wait: whatever the caller was in the
-                    // middle of is over. Other changes are kept for `poll_peer`.
-                    match self.observe_peer()? {
-                        Some(PeerEvent::Restarted {
-                            old_epoch,
-                            new_epoch,
-                        }) => {
-                            return Err(ChannelError::PeerRestarted {
-                                old_epoch,
-                                new_epoch,
-                            })
+                    if self.peer_ends_wait(now)? {
+                        // What the peer published before closing is still
+                        // delivered: it may have landed after our attempt.
+                        if let Some(value) = attempt(self)? {
+                            return Ok(value);
                         }
-                        Some(event) => {
-                            if self.events.len() == KEPT_EVENTS {
-                                self.events.pop_front();
-                            }
-                            self.events.push_back(event);
-                        }
-                        None => {}
-                    }
-                    if let Some(status) = self.peer.last {
-                        if status.state == PeerState::Closed {
-                            // What the peer published before closing is still
-                            // delivered: it may have landed after our attempt.
-                            if let Some(value) = attempt(self)? {
-                                return Ok(value);
-                            }
-                            return Err(ChannelError::PeerClosed);
-                        }
-                    }
-                    if self.peer.silent {
-                        let since = self.peer.moved_at.elapsed();
-                        return Err(ChannelError::PeerSilent { since });
+                        return Err(ChannelError::PeerClosed);
                     }
                 }
             }
