@@ -3,6 +3,7 @@
 //! run over a heap region (threads) and a mapped `/dev/shm` file
 //! (processes).
 
+use ivchan_protocol::volatile::READ_FORWARD_FROM;
 use ivchan_protocol::{
     Consumer, DirectMemory, Header, InitParams, Producer, Region, VolatileSlice,
 };
@@ -218,19 +219,23 @@ pub fn recv_batched<M: DirectMemory>(
 
 /// Reads every cache line of a message in place, as a consumer that uses
 /// the bytes must: the lines have to cross from the producer's core. One
-/// byte per 64-byte line, through the volatile view, from the last line
-/// back to the first, as ivchan's own copies out of the ring read and as
-/// `VolatileSlice`'s docs advise: front to back, right behind the
-/// producer, the stream prefetcher fetches the lines past the message
-/// while the producer writes them (1 KiB, cross-process: 7.0-9.7 M msg/s
-/// front to back, 31.5-33.8 M back to front; docs/bench/notes.md).
+/// byte per 64-byte line, through the volatile view, in the order
+/// `VolatileSlice`'s docs advise and ivchan's own copies out of the ring
+/// read: from the last line back to the first below
+/// [`READ_FORWARD_FROM`] (front to back, right behind the producer, the
+/// stream prefetcher fetches the lines past the message while the producer
+/// writes them: 1 KiB, cross-process, 7.0-9.7 M msg/s front to back,
+/// 31.5-33.8 M back to front), front to back from it (a message that large
+/// has its newest lines still in the producer's cache; docs/bench/notes.md).
 #[inline]
 pub fn touch(bytes: VolatileSlice<'_>) -> u8 {
-    let mut x = 0u8;
-    for line in (0..bytes.len().div_ceil(64)).rev() {
-        x ^= bytes.read_u8(line * 64).unwrap_or(0);
+    let lines = bytes.len().div_ceil(64);
+    let read = |line: usize| bytes.read_u8(line * 64).unwrap_or(0);
+    if bytes.len() >= READ_FORWARD_FROM {
+        (0..lines).fold(0, |x, line| x ^ read(line))
+    } else {
+        (0..lines).rev().fold(0, |x, line| x ^ read(line))
     }
-    x
 }
 
 /// Receives one message, waiting while the ring is empty; returns its

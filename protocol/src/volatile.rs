@@ -54,6 +54,15 @@
 //!   writing, and stall it. Measured across two cores with 1 KiB messages
 //!   (the copy API, five interleaved passes in fast minutes): 7.7-32.5 M
 //!   msg/s ascending, 29.0-33.8 M descending; equal at 4 KiB and 64 KiB.
+//!   From [`READ_FORWARD_FROM`] bytes (512 KiB) they run front to back
+//!   instead. A reader that starts at the end of so large a message slows
+//!   the producer's copy of the next one (1 MiB: 29-41 µs per copy in,
+//!   against 25-27 µs beside a reader that starts at the front); the likely
+//!   cause, which this machine has no hardware counters to show, is that
+//!   the newest lines are still in the producer's cache while its first
+//!   lines have already left it for the shared one (1 MiB across processes, medians of ten interleaved passes:
+//!   copies out 33.2 GB/s from the end, 34.2 GB/s from the front; one byte
+//!   per line read in place 29.5 and 32.0 GB/s; docs/bench/notes.md).
 //!
 //! What a reader may assume about bytes read in place: each read returns
 //! bytes that were in the region at some moment during the read; nothing
@@ -66,6 +75,12 @@
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+
+/// Reads of a ring message at least this long run front to back; shorter
+/// ones run from the end back to the start (see the module docs, *How
+/// shared bytes are touched*). Copies out of shared memory follow this
+/// rule; a consumer that reads a message in place should too.
+pub const READ_FORWARD_FROM: usize = 512 * 1024;
 
 /// The step of the bulk copy (SSE2 on x86-64): copies take whole steps of
 /// this many bytes through it, and the rest through atomic words.
@@ -196,9 +211,10 @@ mod raw {
     /// The same with 32-byte AVX loads and stores, 128 bytes per step
     /// (`n` a nonzero multiple of 128), for CPUs that have AVX. With `down`
     /// the steps run from the end of the range to its start: copies out of
-    /// the ring do that, so that their loads keep the CPU's stream
-    /// prefetchers running back into lines already read, not on past the
-    /// message into the lines the producer is writing next.
+    /// the ring shorter than [`READ_FORWARD_FROM`] do that, so that their
+    /// loads keep the CPU's stream prefetchers running back into lines
+    /// already read, not on past the message into the lines the producer
+    /// is writing next.
     ///
     /// # Safety
     ///
@@ -385,8 +401,9 @@ mod raw {
     /// memory always take the vector loop: reading lines another core just
     /// wrote, `rep movsb` was slow and erratic (64 KiB copy-out across
     /// processes 5-34 GB/s against 36-39 GB/s, four interleaved A/B pairs;
-    /// docs/bench/notes.md). Otherwise the widest loop the CPU has: AVX for
-    /// whole 128-byte steps, SSE2 for the rest.
+    /// docs/bench/notes.md), in the direction [`READ_FORWARD_FROM`] gives.
+    /// Otherwise the widest loop the CPU has: AVX for whole 128-byte steps,
+    /// SSE2 for the rest.
     ///
     /// # Safety
     ///
@@ -408,9 +425,10 @@ mod raw {
                 unsafe { sse_copy(dst.add(wide), src.add(wide), n - wide) };
             }
         };
-        // Out of shared memory the whole copy runs from the end down (see
-        // `avx_copy`): the end first, then the AVX steps descending.
-        let down = !into_shared;
+        // Out of shared memory a copy shorter than `READ_FORWARD_FROM` runs
+        // from the end down (see `avx_copy`): the end first, then the AVX
+        // steps descending.
+        let down = !into_shared && !reads_forward(n);
         if down {
             sse_end();
         }
@@ -421,6 +439,12 @@ mod raw {
         if !down {
             sse_end();
         }
+    }
+
+    /// Whether a copy of `n` bytes out of shared memory runs front to back.
+    #[inline(always)]
+    fn reads_forward(n: usize) -> bool {
+        n >= super::READ_FORWARD_FROM
     }
 
     /// How many leading bytes of an `n`-byte copy the bulk routine takes:
@@ -463,19 +487,34 @@ mod raw {
             return;
         }
         let (head, bulk) = split(dst.as_ptr(), n);
-        // From the end down, as `bulk_copy` reads (see `avx_copy`).
-        // SAFETY: the end of the caller's range.
-        unsafe { copy_out_words(base, at + head + bulk, &mut dst[head + bulk..]) };
+        // In the direction `bulk_copy` reads (see `READ_FORWARD_FROM`).
+        let forward = reads_forward(n);
+        let (front, rest) = dst.split_at_mut(head + bulk);
+        let (front, middle) = front.split_at_mut(head);
+        if forward {
+            // SAFETY: a prefix of the caller's range.
+            unsafe { copy_out_words(base, at, front) };
+        } else {
+            // SAFETY: the end of the caller's range.
+            unsafe { copy_out_words(base, at + head + bulk, rest) };
+        }
         if bulk != 0 {
             #[cfg(all(target_arch = "x86_64", not(miri)))]
             // SAFETY: the source bytes lie inside the covering words (valid,
-            // caller); `dst` is a unique borrow of private memory.
+            // caller); `middle` is a unique borrow of private memory.
             unsafe {
-                bulk_copy(dst.as_mut_ptr().add(head), base.add(at + head), bulk, false)
+                bulk_copy(middle.as_mut_ptr(), base.add(at + head), bulk, false)
             };
         }
-        // SAFETY: a prefix of the caller's range.
-        unsafe { copy_out_words(base, at, &mut dst[..head]) };
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        let _ = middle;
+        if forward {
+            // SAFETY: the end of the caller's range.
+            unsafe { copy_out_words(base, at + head + bulk, rest) };
+        } else {
+            // SAFETY: a prefix of the caller's range.
+            unsafe { copy_out_words(base, at, front) };
+        }
     }
 
     /// The `N` bytes at `base + at` (`N` at most 8): one atomic load when
@@ -654,13 +693,18 @@ fn check(offset: usize, len: usize, size: usize) -> Result<(), VolatileError> {
 /// in the copy, never undefined behaviour. Read what you need once, then
 /// check the copy ("snapshot, then validate").
 ///
-/// Reading a ring message in place right behind a fast producer: read it
-/// from the end back to the start where the order is yours to choose (or
-/// copy it out, which does so). Front-to-back reads make the CPU's stream
-/// prefetcher fetch the lines after the message, which the producer is
-/// writing at that moment, and every such fetch stalls it. Measured with
-/// 1 KiB messages across two cores: 7-10 M msg/s reading one byte per
-/// cache line front to back, 31-34 M back to front (docs/bench/notes.md).
+/// Reading a ring message in place right behind a fast producer: where the
+/// order is yours to choose, read a message shorter than
+/// [`READ_FORWARD_FROM`] (512 KiB) from the end back to the start, and a
+/// longer one front to back, as copying it out does. Front-to-back reads
+/// of a short message make the CPU's stream prefetcher fetch the lines
+/// after it, which the producer is writing at that moment, and every such
+/// fetch stalls it; a long message's last lines are still in the
+/// producer's cache, and reading them first takes them from under its
+/// next copy. Measured across two cores, reading one byte per cache line:
+/// 1 KiB 7-10 M msg/s front to back, 31-34 M back to front; 1 MiB 29.5
+/// GB/s back to front, 32.0 GB/s front to back (medians of ten passes;
+/// docs/bench/notes.md).
 #[derive(Clone, Copy)]
 pub struct VolatileSlice<'a> {
     /// 8-byte aligned; the words covering `start..start + len` are valid.
@@ -1227,6 +1271,43 @@ mod tests {
                         .all(|&b| b == 0xFF),
                     "wrote outside the range, len {len} start {start}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "half a megabyte per copy; the word path is covered above"
+    )]
+    fn long_copies_out_round_trip_in_either_direction() {
+        // Copies out run from the end down below `READ_FORWARD_FROM` and
+        // front to back from it: both orders, each with a partial word at
+        // either end and several destination alignments.
+        for len in [
+            READ_FORWARD_FROM - 77,
+            READ_FORWARD_FROM,
+            READ_FORWARD_FROM + 77,
+        ] {
+            for start in [0, 5] {
+                let mut w = vec![0u64; (len + 16) / 8 + 2];
+                let mut v = view(&mut w, start, len);
+                let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 251) as u8).collect();
+                v.copy_from_slice(&data).unwrap();
+                for at in [0, 3, 32] {
+                    let mut out = vec![0xEEu8; len + 64];
+                    v.as_volatile()
+                        .copy_to_slice(&mut out[at..at + len])
+                        .unwrap();
+                    assert!(
+                        out[at..at + len] == data[..],
+                        "len {len} start {start} at {at}"
+                    );
+                    assert!(
+                        out[..at].iter().chain(&out[at + len..]).all(|&b| b == 0xEE),
+                        "copied outside the buffer, len {len} start {start} at {at}"
+                    );
+                }
             }
         }
     }
