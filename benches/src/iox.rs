@@ -13,6 +13,7 @@ use std::io;
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
+use ivchan_protocol::volatile::READ_FORWARD_FROM;
 
 use crate::wait::Waiter;
 
@@ -159,8 +160,14 @@ impl Child {
 }
 
 /// Reads one byte of every cache line of an iceoryx2 sample (memory this
-/// process owns as a subscriber: a plain slice), last line first, as
-/// ivchan's `touch` does through its volatile view.
+/// process owns as a subscriber: a plain slice) in the order ivchan's
+/// `touch` reads through its volatile view: last line first below
+/// [`READ_FORWARD_FROM`], first line first from it.
 fn touch_bytes(bytes: &[u8]) -> u8 {
-    bytes.iter().step_by(64).rev().fold(0, |x, b| x ^ b)
+    let lines = bytes.iter().step_by(64);
+    if bytes.len() >= READ_FORWARD_FROM {
+        lines.fold(0, |x, b| x ^ b)
+    } else {
+        lines.rev().fold(0, |x, b| x ^ b)
+    }
 }
