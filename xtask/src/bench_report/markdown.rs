@@ -364,8 +364,9 @@ a whole message is there. Both sides wait with the default strategy below (socke
 transports block in the kernel; iceoryx2's publisher retries on its own).
   - *ivchan copy*: `send` / `recv_into` (the payload is copied in and copied out). \
 *ivchan zero-copy*: `reserve` + copy into the grant + `commit`; `peek` + read one byte of every \
-64-byte line in place, last line first (as ivchan's copies out of the ring read; iceoryx2's \
-receiver does the same) + `release`. One commit (Release store of `tail`) per message in both. \
+64-byte line in place, last line first below 512 KiB and first line first from it \
+(`READ_FORWARD_FROM`, the order ivchan's copies out of the ring read in; iceoryx2's receiver \
+does the same) + `release`. One commit (Release store of `tail`) per message in both. \
 *ivchan batched* (cross-process only): the copy API's bytes, but staged and published once per \
 16 KiB (`PUBLISH_EVERY`: 256 messages of 64 B, every message from 16 KiB up), as one long \
 `Channel::send_batch` call does, and every message found at one look copied out and released \
