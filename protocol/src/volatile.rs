@@ -57,12 +57,13 @@
 //!   From [`READ_FORWARD_FROM`] bytes (512 KiB) they run front to back
 //!   instead. A reader that starts at the end of so large a message slows
 //!   the producer's copy of the next one (1 MiB: 29-41 µs per copy in,
-//!   against 25-27 µs beside a reader that starts at the front); the likely
-//!   cause, which this machine has no hardware counters to show, is that
-//!   the newest lines are still in the producer's cache while its first
-//!   lines have already left it for the shared one (1 MiB across processes, medians of ten interleaved passes:
-//!   copies out 33.2 GB/s from the end, 34.2 GB/s from the front; one byte
-//!   per line read in place 29.5 and 32.0 GB/s; docs/bench/notes.md).
+//!   against 25-27 µs beside a reader that starts at the front); the
+//!   likely cause, which this machine has no hardware counters to show, is
+//!   that the newest lines are still in the producer's cache while its
+//!   first lines have already left it for the shared one. 1 MiB across
+//!   processes, medians of ten interleaved passes: copies out 33.2 GB/s
+//!   from the end, 34.2 GB/s from the front; one byte per line read in
+//!   place 29.5 and 32.0 GB/s (docs/bench/notes.md).
 //!
 //! What a reader may assume about bytes read in place: each read returns
 //! bytes that were in the region at some moment during the read; nothing
