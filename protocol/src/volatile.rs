@@ -490,31 +490,27 @@ mod raw {
         let (head, bulk) = split(dst.as_ptr(), n);
         // In the direction `bulk_copy` reads (see `READ_FORWARD_FROM`).
         let forward = reads_forward(n);
-        let (front, rest) = dst.split_at_mut(head + bulk);
-        let (front, middle) = front.split_at_mut(head);
         if forward {
             // SAFETY: a prefix of the caller's range.
-            unsafe { copy_out_words(base, at, front) };
+            unsafe { copy_out_words(base, at, &mut dst[..head]) };
         } else {
             // SAFETY: the end of the caller's range.
-            unsafe { copy_out_words(base, at + head + bulk, rest) };
+            unsafe { copy_out_words(base, at + head + bulk, &mut dst[head + bulk..]) };
         }
         if bulk != 0 {
             #[cfg(all(target_arch = "x86_64", not(miri)))]
             // SAFETY: the source bytes lie inside the covering words (valid,
-            // caller); `middle` is a unique borrow of private memory.
+            // caller); `dst` is a unique borrow of private memory.
             unsafe {
-                bulk_copy(middle.as_mut_ptr(), base.add(at + head), bulk, false)
+                bulk_copy(dst.as_mut_ptr().add(head), base.add(at + head), bulk, false)
             };
         }
-        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        let _ = middle;
         if forward {
             // SAFETY: the end of the caller's range.
-            unsafe { copy_out_words(base, at + head + bulk, rest) };
+            unsafe { copy_out_words(base, at + head + bulk, &mut dst[head + bulk..]) };
         } else {
             // SAFETY: a prefix of the caller's range.
-            unsafe { copy_out_words(base, at, front) };
+            unsafe { copy_out_words(base, at, &mut dst[..head]) };
         }
     }
 
