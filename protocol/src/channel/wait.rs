@@ -13,7 +13,9 @@ pub struct WaitStrategy {
     /// Space the looks while spinning with 1, 2, 4 … 32 pause hints, which
     /// keeps a streaming producer's cache lines where they are (throughput);
     /// a wait that has learned no stream takes a few close looks first
-    /// (a ping-pong's answer). Off, each look follows one pause (latency).
+    /// (a ping-pong's answer), and a reader that has learned one leaves
+    /// the writer up to 128 pauses between looks ([`Waiter::before_look`]).
+    /// Off, each look follows one pause (latency).
     pub spin_backoff: bool,
     /// `yield_now` iterations before sleeping.
     pub yields: u32,
@@ -70,7 +72,7 @@ impl Default for WaitStrategy {
 /// that a stream keeps it across calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pace {
-    /// Extra doublings of the first spin gap (0 to 5).
+    /// Doublings of the look gap and the first spin gap (0 to [`MAX_LEAD`]).
     lead: u32,
     /// Messages taken since the last wait ended, that one included.
     batch: u32,
@@ -79,7 +81,7 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// How many doublings the first spin gap starts with (0 to 5).
+    /// The learned lead (0 to 7); see [`Waiter::lead`].
     pub fn lead(&self) -> u32 {
         self.lead
     }
@@ -122,9 +124,19 @@ pub struct Waiter {
     pace: Pace,
 }
 
-/// The largest learned lead: the first gap is then the longest one, 32
-/// pause hints.
-const MAX_LEAD: u32 = 5;
+/// The largest learned lead: a stream's reader leaves the writer 128
+/// pause hints (about 4 µs here) before each look at its position. A
+/// reader closer behind reads lines the writer is still filling: 8-byte
+/// messages, two threads, a light reader (`peek`, one byte in place)
+/// that looked every 32 pauses ran at 70-75 M msg/s, finding about 100
+/// messages (1.6 KiB) per look; every 128 pauses, 121-123 M, about 1,400
+/// per look, level with a copying reader (docs/bench/notes.md).
+const MAX_LEAD: u32 = 7;
+
+/// The longest gap between a wait's spin looks (32 pause hints), and the
+/// lead a probe jumps to: a ping-pong partner's probe costs no more than
+/// that, and a stream climbs on from it to [`MAX_LEAD`].
+const MAX_SPIN_DOUBLINGS: u32 = 5;
 
 /// Spin looks a wait with no learned lead takes one pause apart before it
 /// starts doubling the gap ([`Waiter::gap`]).
@@ -158,8 +170,9 @@ impl Waiter {
         self.pace
     }
 
-    /// The learned lead (0 to 5): how many doublings the first spin gap
-    /// starts with.
+    /// The learned lead (0 to 7): a stream's look gap is `2^lead` pause
+    /// hints, and a wait's first spin gap starts `lead` doublings in (at
+    /// most 32 pauses).
     pub fn lead(&self) -> u32 {
         self.pace.lead
     }
@@ -204,7 +217,17 @@ impl Waiter {
             (true, 0) => self.step.saturating_sub(FLAT_LOOKS),
             (true, lead) => self.step - 1 + u64::from(lead),
         };
-        1 << doublings.min(5)
+        1 << doublings.min(u64::from(MAX_SPIN_DOUBLINGS))
+    }
+
+    /// Pause hints [`before_look`](Self::before_look) leaves the peer
+    /// before a look: `2^lead` once a stream is learned, else none.
+    fn look_gap(&self) -> u32 {
+        if self.pace.lead == 0 {
+            0
+        } else {
+            1 << self.pace.lead
+        }
     }
 
     /// Whether the next [`wait`](Self::wait) would spin (rather than
@@ -243,11 +266,14 @@ impl Waiter {
     /// position again, whether or not a wait follows. The batch since the
     /// last look is judged as at the start of a wait; then, in a stream (a
     /// learned lead, `spin_backoff` only), the peer is left alone for the
-    /// lead's first gap before the look. A reader that keeps up with a
-    /// stream otherwise looks every few messages, finds a few more, and
-    /// each look pulls the line the writer stores its position in away
-    /// from it (256 B messages, cross-process: 16-22 M msg/s at 0.08-0.18
-    /// looks per message, 43-57 M with a 32-pause gap at 0.01-0.02;
+    /// look gap, 2 to 128 pause hints, before the look. A reader that
+    /// keeps up with a stream otherwise looks every few messages, finds a
+    /// few more, and each look pulls the line the writer stores its
+    /// position in away from it (256 B messages, cross-process: 16-22 M
+    /// msg/s at 0.08-0.18 looks per message, 43-57 M with a 32-pause gap at
+    /// 0.01-0.02); and with tiny messages a reader only a few lines behind
+    /// reads the lines the writer is filling (8 B messages: 70-75 M msg/s
+    /// with a 32-pause gap, 121-123 M with 128;
     /// docs/bench/notes.md). A ping-pong learns no lead and pays nothing
     /// (but for the probe after every 64th single), and neither does a
     /// look with nothing taken since the last one (a retry).
@@ -257,10 +283,8 @@ impl Waiter {
             return;
         }
         self.learn();
-        if self.pace.lead > 0 {
-            for _ in 0..1u32 << self.pace.lead {
-                std::hint::spin_loop();
-            }
+        for _ in 0..self.look_gap() {
+            std::hint::spin_loop();
         }
     }
 
@@ -287,7 +311,7 @@ impl Waiter {
         } else {
             p.singles += 1;
             p.lead = if p.singles % PROBE_EVERY == 0 {
-                MAX_LEAD
+                MAX_SPIN_DOUBLINGS
             } else {
                 p.lead.saturating_sub(1)
             };
@@ -388,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn singles_in_a_row_probe_with_the_longest_gap_now_and_then() {
+    fn singles_in_a_row_probe_with_the_longest_spin_gap_now_and_then() {
         // A peer held back by our quick looks sends one message per look,
         // like a ping-pong partner: only a longer gap tells them apart.
         let mut w = Waiter::new(WaitStrategy::adaptive());
@@ -397,21 +421,47 @@ mod tests {
             batch_of(&mut w, 0);
             assert_eq!(w.lead(), 0, "single {n}");
         }
-        // The probe: the longest gap, and it yields a batch of eight.
+        // The probe: the longest spin gap (not the longest lead, so that a
+        // ping-pong's probe costs no more), and it yields a batch of eight.
         batch_of(&mut w, 7);
-        assert_eq!(w.lead(), MAX_LEAD);
-        // A stream: the gap stays long.
+        assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS);
+        // A stream: the gap grows on from there.
         batch_of(&mut w, 0);
-        assert_eq!(w.lead(), MAX_LEAD);
+        assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS + 1);
         // Singles again: back down, and the count starts over.
         batch_of(&mut w, 0);
-        assert_eq!(w.lead(), MAX_LEAD - 1);
+        assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS);
         for _ in 0..PROBE_EVERY - 2 {
             batch_of(&mut w, 0);
         }
         assert_eq!(w.lead(), 0);
         batch_of(&mut w, 0);
-        assert_eq!(w.lead(), MAX_LEAD);
+        assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS);
+    }
+
+    #[test]
+    fn a_stream_learns_a_look_gap_longer_than_any_spin_gap() {
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        assert_eq!(w.look_gap(), 0, "nothing learned: look at once");
+        // Looks that each find a batch, as a reader behind a fast writer.
+        let mut look_gaps = Vec::new();
+        for _ in 0..9 {
+            w.before_look();
+            look_gaps.push(w.look_gap());
+            w.progress(100);
+        }
+        assert_eq!(look_gaps, [0, 2, 4, 8, 16, 32, 64, 128, 128]);
+        // The stream stops: the wait's spin gaps stay at most 32 pauses.
+        w.before_look();
+        assert_eq!(gaps(&mut w, 3), [32, 32, 32]);
+        // A ping-pong's singles bring the look gap back down to none.
+        w.progress(1);
+        for _ in 0..MAX_LEAD {
+            w.before_look();
+            w.progress(1);
+        }
+        w.before_look();
+        assert_eq!(w.look_gap(), 0);
     }
 
     #[test]
