@@ -60,6 +60,31 @@ fn create_then_reopen_keeps_header_and_messages() {
 }
 
 #[test]
+fn regions_are_allocated_when_mapped_unless_asked_to_wait() {
+    // tmpfs counts a file's allocated pages in its blocks (512 bytes each).
+    let allocated = |path: &Path| fs::metadata(path).expect("stat").blocks() * 512;
+    let dir = shm_dir();
+    let eager = opts(dir.path()).create(&uuid(VM)).expect("create");
+    assert_eq!(allocated(eager.path()), MIB, "every page faulted in");
+    let lazy_opts = opts(dir.path()).prefault(false);
+    let lazy = lazy_opts.create(&uuid(OTHER_VM)).expect("create lazy");
+    {
+        let header = lazy.attach_or_init("lazy").expect("init");
+        let (mut tx, _) = header.split(Side::Host).expect("split");
+        assert!(tx.send(b"one page more").expect("send"));
+    }
+    let touched = allocated(lazy.path());
+    assert!(
+        touched > 0 && touched < MIB / 4,
+        "only touched pages: {touched}"
+    );
+    // Opening an existing file faults it in too.
+    drop(lazy);
+    let reopened = opts(dir.path()).open(&uuid(OTHER_VM)).expect("reopen");
+    assert_eq!(allocated(reopened.path()), MIB);
+}
+
+#[test]
 fn attach_or_init_initialises_a_zero_file_and_never_wipes() {
     let dir = shm_dir();
     let vm = uuid(VM);

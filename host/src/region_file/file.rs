@@ -179,7 +179,7 @@ impl RegionFile {
                 source: io::Error::other(format!("size is {len}, wanted {}", opts.size)),
             });
         }
-        Self::map(file, path.to_path_buf(), uuid, len)
+        Self::map(file, path.to_path_buf(), uuid, len, opts.prefault)
     }
 
     /// Opens the existing region file at `path` for VM `uuid`.
@@ -191,11 +191,23 @@ impl RegionFile {
         let size = check_inode(&file, &path, opts)?;
         check_size(&path, size, huge_page_size(&file, &path)?)?;
         log::debug!("opened and locked {} ({size} bytes)", path.display());
-        Self::map(file, path, uuid, size)
+        Self::map(file, path, uuid, size, opts.prefault)
     }
 
-    fn map(file: Flock<File>, path: PathBuf, uuid: VmUuid, size: u64) -> Result<Self, RegionError> {
-        let mapping = map_checked(&path, size, |len| Mapping::shared(&file, len))?;
+    fn map(
+        file: Flock<File>,
+        path: PathBuf,
+        uuid: VmUuid,
+        size: u64,
+        prefault: bool,
+    ) -> Result<Self, RegionError> {
+        let mapping = map_checked(&path, size, |len| {
+            if prefault {
+                Mapping::shared(&file, len)
+            } else {
+                Mapping::shared_lazy(&file, len)
+            }
+        })?;
         Ok(Self {
             mapping,
             file,
