@@ -62,7 +62,13 @@ fn record(len: usize) -> usize {
 /// and the receiving end.
 pub fn channel(capacity: usize) -> (PlainTx, PlainRx) {
     assert!(capacity.is_power_of_two() && capacity >= 64);
-    let words = vec![0u64; capacity / 8].into_boxed_slice();
+    let mut words = vec![0u64; capacity / 8].into_boxed_slice();
+    // One store per page, so the pages are faulted in before the first
+    // lap, as ivchan's regions are (`vec!` maps zeroes lazily).
+    // (`black_box`: a zero the compiler cannot see, or it drops the store.)
+    for word in words.iter_mut().step_by(512) {
+        *word = std::hint::black_box(0);
+    }
     let shared = Arc::new(Shared {
         head: Position(AtomicU64::new(0)),
         tail: Position(AtomicU64::new(0)),
