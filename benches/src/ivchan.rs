@@ -188,7 +188,7 @@ pub fn recv_batched<M: DirectMemory>(
     while left > 0 {
         if rx.pending_bytes() == 0 {
             bump(&counters::TAIL_RELOADS.0, 1);
-            waiter.before_look();
+            waiter.before_look(rx);
         }
         let mut took = 0;
         while took < left {
@@ -255,7 +255,7 @@ pub fn recv<M: DirectMemory>(
     loop {
         if rx.pending_bytes() == 0 {
             bump(&counters::TAIL_RELOADS.0, 1);
-            waiter.before_look();
+            waiter.before_look(rx);
         }
         let got = match api {
             Api::Copy => rx.recv_into(buf).expect("bench ring stays healthy"),
@@ -301,7 +301,7 @@ pub fn echo<M: DirectMemory>(
         Api::ZeroCopy => {
             recv_wait.reset();
             if rx.pending_bytes() == 0 {
-                recv_wait.before_look();
+                recv_wait.before_look(rx);
             }
             let msg = loop {
                 if let Some(msg) = rx.peek().expect("bench ring stays healthy") {

@@ -3,6 +3,8 @@
 //! measure what users get. Peers (rtrb, ringbuf, crossbeam, iceoryx2) wait
 //! the same way, for a fair comparison.
 
+use ivchan_protocol::{Consumer, RingMemory};
+
 use crate::process::Transport;
 
 /// How to wait for the peer.
@@ -76,10 +78,11 @@ impl Waiter {
     }
 
     /// The cached backlog is used up and the next look reloads the
-    /// peer's position: in a stream, leave the peer a gap first.
+    /// peer's position: in a stream, leave the peer a gap first, shorter
+    /// when the last look found a quarter of the ring or more.
     #[inline]
-    pub fn before_look(&mut self) {
-        self.0.before_look();
+    pub fn before_look<M: RingMemory>(&mut self, rx: &Consumer<M>) {
+        self.0.before_look(rx.last_look_found(), rx.capacity());
     }
 
     /// Waits a little, more each call.

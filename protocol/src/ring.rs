@@ -561,6 +561,8 @@ pub struct Consumer<M: RingMemory> {
     published: u64,
     /// Last producer position seen; reloaded only when the ring looks empty.
     tail: u64,
+    /// Bytes the last reload of `tail` found (see `last_look_found`).
+    found: u64,
     poison: Option<Violation>,
 }
 
@@ -578,6 +580,7 @@ impl<M: RingMemory> Consumer<M> {
             head,
             published: head,
             tail,
+            found: 0,
             poison: None,
         })
     }
@@ -627,6 +630,7 @@ impl<M: RingMemory> Consumer<M> {
         {
             return Err(self.bad_tail(tail));
         }
+        self.found = tail.wrapping_sub(self.tail);
         self.tail = tail;
         Ok(())
     }
@@ -823,6 +827,18 @@ impl<M: RingMemory> Consumer<M> {
         #[allow(clippy::cast_possible_truncation)]
         let staged = self.head.wrapping_sub(self.published) as usize;
         staged
+    }
+
+    /// Bytes the last look at the producer's position found published
+    /// (the backlog it brought, in whole records): how far ahead the
+    /// producer had got. A reader that paces its looks keeps this below a
+    /// quarter of the ring ([`Waiter::before_look`](crate::Waiter::before_look)).
+    #[inline]
+    pub fn last_look_found(&self) -> usize {
+        // At most the capacity (2^32), checked when `tail` was loaded.
+        #[allow(clippy::cast_possible_truncation)]
+        let found = self.found as usize;
+        found
     }
 
     /// Bytes published and not yet consumed, as of the last producer

@@ -118,6 +118,29 @@ fn staged_commits_are_invisible_until_one_publish() {
 }
 
 #[test]
+fn a_look_reports_the_backlog_it_found() {
+    let ring = HeapRing::new(1024).unwrap();
+    let mut tx = Producer::attach(&ring).unwrap();
+    let mut rx = Consumer::attach(&ring).unwrap();
+    assert_eq!(rx.last_look_found(), 0);
+    let mut buf = [0u8; 64];
+    for seq in 0..3u32 {
+        assert!(tx.send(&payload(seq, 20)).unwrap());
+    }
+    // One look finds all three records (32 bytes each); taking them
+    // needs no other look.
+    for _ in 0..3 {
+        assert!(rx.recv_into(&mut buf).unwrap().is_some());
+        assert_eq!(rx.last_look_found(), 3 * 32);
+    }
+    assert_eq!(rx.recv_into(&mut buf).unwrap(), None);
+    assert_eq!(rx.last_look_found(), 0, "a look that found nothing");
+    assert!(tx.send(&payload(3, 8)).unwrap());
+    assert!(rx.recv_into(&mut buf).unwrap().is_some());
+    assert_eq!(rx.last_look_found(), 16);
+}
+
+#[test]
 fn commit_can_shrink_but_not_grow_a_grant() {
     let ring = HeapRing::new(128).unwrap();
     let mut tx = Producer::attach(&ring).unwrap();

@@ -760,14 +760,15 @@ impl<'a> Channel<'a> {
 
     /// Before a receive's first look: when the backlog seen at the last
     /// look is used up, the look reloads `tail`, and in a stream the writer
-    /// gets its learned lead first ([`Waiter::before_look`]). The blocking
+    /// gets its learned lead first ([`Waiter::before_look`], shorter when
+    /// the last look found a quarter of the ring waiting). The blocking
     /// calls and the async channel both start here. (A sender looks at
     /// `head` only when the free space it saw runs out, a quarter ring or
     /// more apart, and needs no gap.)
     pub(crate) fn before_receive(&mut self) {
         if self.rx.pending_bytes() == 0 {
             let mut waiter = Waiter::with_pace(self.options.wait, self.paces[RECV]);
-            waiter.before_look();
+            waiter.before_look(self.rx.last_look_found(), self.rx.capacity());
             self.paces[RECV] = waiter.pace();
         }
     }

@@ -145,6 +145,10 @@ const FLAT_LOOKS: u64 = 8;
 /// Singles in a row after which one wait probes with the longest gap.
 const PROBE_EVERY: u32 = 64;
 
+/// A look that found `capacity / CROWDED_SHARE` bytes or more waiting
+/// lowers the lead ([`Waiter::before_look`]).
+const CROWDED_SHARE: usize = 4;
+
 impl Waiter {
     /// Starts waiting.
     pub fn new(strategy: WaitStrategy) -> Self {
@@ -181,7 +185,7 @@ impl Waiter {
     /// `limit` when a sleep is due.
     pub fn wait(&mut self, limit: Option<Duration>) {
         if self.step == 0 {
-            self.learn();
+            self.learn(false);
         }
         let s = &self.strategy;
         self.step += 1;
@@ -277,12 +281,19 @@ impl Waiter {
     /// docs/bench/notes.md). A ping-pong learns no lead and pays nothing
     /// (but for the probe after every 64th single), and neither does a
     /// look with nothing taken since the last one (a retry).
+    ///
+    /// `found` is what the last look found, in bytes
+    /// ([`Consumer::last_look_found`](crate::Consumer::last_look_found)),
+    /// and `capacity` the ring's: a look that found a quarter of the ring
+    /// or more lowers the lead instead, so that a gap never lets the
+    /// writer come near a full ring (a 4 KiB ring, 1 KiB messages: 0.7-0.8
+    /// M msg/s with a 128-pause gap, one ring's worth per gap).
     #[inline]
-    pub fn before_look(&mut self) {
+    pub fn before_look(&mut self, found: usize, capacity: usize) {
         if self.step != 0 || !self.strategy.spin_backoff || self.pace.batch == 0 {
             return;
         }
-        self.learn();
+        self.learn(found >= capacity / CROWDED_SHARE);
         for _ in 0..self.look_gap() {
             std::hint::spin_loop();
         }
@@ -298,14 +309,18 @@ impl Waiter {
     }
 
     /// At the start of a wait or look: the batch since the last one is complete;
-    /// sets the first gap from it (see the type's docs).
-    fn learn(&mut self) {
+    /// sets the first gap from it (see the type's docs). `crowded`: the
+    /// look found a quarter of the ring or more, so the gap was too long.
+    fn learn(&mut self, crowded: bool) {
         let p = &mut self.pace;
         let batch = std::mem::take(&mut p.batch);
         if !self.strategy.spin_backoff || batch == 0 {
             return;
         }
-        if batch >= 2 {
+        if crowded {
+            p.lead = p.lead.saturating_sub(1);
+            p.singles = 0;
+        } else if batch >= 2 {
             p.lead = (p.lead + 1).min(MAX_LEAD);
             p.singles = 0;
         } else {
@@ -360,6 +375,9 @@ pub fn poll_until<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ring size for looks that found nothing much.
+    const RING: usize = 4 << 20;
 
     /// One wait (its first gap learned from the batch before it) that ends
     /// on its first look, then `more` messages taken without waiting.
@@ -446,22 +464,51 @@ mod tests {
         // Looks that each find a batch, as a reader behind a fast writer.
         let mut look_gaps = Vec::new();
         for _ in 0..9 {
-            w.before_look();
+            w.before_look(0, RING);
             look_gaps.push(w.look_gap());
             w.progress(100);
         }
         assert_eq!(look_gaps, [0, 2, 4, 8, 16, 32, 64, 128, 128]);
         // The stream stops: the wait's spin gaps stay at most 32 pauses.
-        w.before_look();
+        w.before_look(0, RING);
         assert_eq!(gaps(&mut w, 3), [32, 32, 32]);
         // A ping-pong's singles bring the look gap back down to none.
         w.progress(1);
         for _ in 0..MAX_LEAD {
-            w.before_look();
+            w.before_look(0, RING);
             w.progress(1);
         }
-        w.before_look();
+        w.before_look(0, RING);
         assert_eq!(w.look_gap(), 0);
+    }
+
+    #[test]
+    fn a_look_that_found_a_quarter_ring_shortens_the_gap() {
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        for _ in 0..9 {
+            w.before_look(1024, RING);
+            w.progress(100);
+        }
+        assert_eq!(w.look_gap(), 128);
+        // The writer got a quarter of the ring ahead during the gap: each
+        // such look halves the next gap, batches or not.
+        let mut look_gaps = Vec::new();
+        for _ in 0..3 {
+            w.before_look(RING / 4, RING);
+            look_gaps.push(w.look_gap());
+            w.progress(100);
+        }
+        assert_eq!(look_gaps, [64, 32, 16]);
+        // Just under a quarter: the gap grows again.
+        w.before_look(RING / 4 - 8, RING);
+        assert_eq!(w.look_gap(), 32);
+        // A small ring keeps the gap short for the same stream.
+        let mut small = Waiter::new(WaitStrategy::adaptive());
+        for _ in 0..9 {
+            small.before_look(2048, 4096);
+            small.progress(100);
+        }
+        assert_eq!(small.look_gap(), 0);
     }
 
     #[test]
@@ -469,25 +516,25 @@ mod tests {
         let mut w = Waiter::new(WaitStrategy::adaptive());
         // Three looks that each found four messages, no wait between.
         for lead in 0..3 {
-            w.before_look();
+            w.before_look(0, RING);
             assert_eq!(w.lead(), lead);
             w.progress(4);
         }
         // A look that finds nothing, then a wait: judged once, at the look.
-        w.before_look();
+        w.before_look(0, RING);
         assert_eq!(w.lead(), 3);
         w.wait(None);
         assert_eq!(w.lead(), 3);
         // A look inside a wait (its later polls) changes nothing.
-        w.before_look();
+        w.before_look(0, RING);
         assert_eq!(w.lead(), 3);
         w.progress(1);
-        w.before_look();
+        w.before_look(0, RING);
         assert_eq!(w.lead(), 2, "one message per look is a single");
         // Busy-polling learns nothing from looks either.
         let mut b = Waiter::new(WaitStrategy::busy_poll());
         for _ in 0..3 {
-            b.before_look();
+            b.before_look(0, RING);
             b.progress(4);
         }
         assert_eq!(b.lead(), 0);
