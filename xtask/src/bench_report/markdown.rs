@@ -397,8 +397,9 @@ are measured busy-polling and with the default wait strategy; the socket-like pe
 default): 200 checks spaced by 1, 2, 4 … 32 pause hints (the first gap learned per direction from \
 the batches the looks yield; with none learned, eight checks one pause apart come first), then 50 yields, then sleeps from 10 µs doubling to 1 ms. Every \
 in-process queue and both ivchan APIs use the same waiter, one per direction. ivchan's receivers \
-also leave a streaming writer a learned look gap (2 to 128 pause hints) when the backlog seen at \
-their last look is used up, before they look again, as `Channel::recv` does (`Waiter::before_look`).
+also leave a streaming writer a learned look gap (2 to 128 pause hints, shorter after a look that \
+found a quarter of the ring waiting) when the backlog seen at their last look is used up, before they \
+look again, as `Channel::recv` does (`Waiter::before_look`).
 - **Limits.** *memcpy*: `copy_from_slice` of the message size between two hot buffers on core 0. \
 *Cache-line round trip*: one 128-byte-aligned `AtomicU64` bounced between cores 0 and 1, each \
 round trip timed the same way as the transports' (so both include the ~20 ns timer cost). \
