@@ -111,9 +111,11 @@ impl Pace {
 /// - a look that found a single message means a ping-pong (nothing more
 ///   comes until this side answers) or a peer held back by our looks: the
 ///   first gap halves, for latency. To tell the two apart, after every
-///   64th single in a row one look starts with the longest gap: a stream
-///   then yields a batch and keeps the long gap, a ping-pong pays one slow
-///   answer and falls back;
+///   64th single in a row one look starts with the longest spin gap (32
+///   pauses): a stream then yields a batch and keeps the long gap, a
+///   ping-pong pays one slow answer and falls back;
+/// - a look that found a quarter of the ring or more halves the gap: the
+///   writer got too far ahead during it;
 /// - a wait that runs into yielding (the peer went quiet) starts the next
 ///   one from the shortest gap.
 #[derive(Debug)]
@@ -142,7 +144,7 @@ const MAX_SPIN_DOUBLINGS: u32 = 5;
 /// starts doubling the gap ([`Waiter::gap`]).
 const FLAT_LOOKS: u64 = 8;
 
-/// Singles in a row after which one wait probes with the longest gap.
+/// Singles in a row after which one wait probes with the longest spin gap.
 const PROBE_EVERY: u32 = 64;
 
 /// A look that found `capacity / CROWDED_SHARE` bytes or more waiting
@@ -285,9 +287,10 @@ impl Waiter {
     /// `found` is what the last look found, in bytes
     /// ([`Consumer::last_look_found`](crate::Consumer::last_look_found)),
     /// and `capacity` the ring's: a look that found a quarter of the ring
-    /// or more lowers the lead instead, so that a gap never lets the
-    /// writer come near a full ring (a 4 KiB ring, 1 KiB messages: 0.7-0.8
-    /// M msg/s with a 128-pause gap, one ring's worth per gap).
+    /// or more lowers the lead instead, so the gap settles where the
+    /// writer stays under a quarter ring (without this, a 4 KiB ring of 1
+    /// KiB messages moved 0.7-0.8 M msg/s at a 128-pause gap, one ring's
+    /// worth per gap).
     #[inline]
     pub fn before_look(&mut self, found: usize, capacity: usize) {
         if self.step != 0 || !self.strategy.spin_backoff || self.pace.batch == 0 {
@@ -462,13 +465,10 @@ mod tests {
         let mut w = Waiter::new(WaitStrategy::adaptive());
         assert_eq!(w.look_gap(), 0, "nothing learned: look at once");
         // Looks that each find a batch, as a reader behind a fast writer.
-        let mut look_gaps = Vec::new();
-        for _ in 0..9 {
-            w.before_look(0, RING);
-            look_gaps.push(w.look_gap());
-            w.progress(100);
-        }
-        assert_eq!(look_gaps, [0, 2, 4, 8, 16, 32, 64, 128, 128]);
+        assert_eq!(
+            stream_looks(&mut w, 9, 1024, RING),
+            [0, 2, 4, 8, 16, 32, 64, 128, 128]
+        );
         // The stream stops: the wait's spin gaps stay at most 32 pauses.
         w.before_look(0, RING);
         assert_eq!(gaps(&mut w, 3), [32, 32, 32]);
@@ -485,30 +485,30 @@ mod tests {
     #[test]
     fn a_look_that_found_a_quarter_ring_shortens_the_gap() {
         let mut w = Waiter::new(WaitStrategy::adaptive());
-        for _ in 0..9 {
-            w.before_look(1024, RING);
-            w.progress(100);
-        }
+        stream_looks(&mut w, 9, 1024, RING);
         assert_eq!(w.look_gap(), 128);
         // The writer got a quarter of the ring ahead during the gap: each
         // such look halves the next gap, batches or not.
-        let mut look_gaps = Vec::new();
-        for _ in 0..3 {
-            w.before_look(RING / 4, RING);
-            look_gaps.push(w.look_gap());
-            w.progress(100);
-        }
-        assert_eq!(look_gaps, [64, 32, 16]);
+        assert_eq!(stream_looks(&mut w, 3, RING / 4, RING), [64, 32, 16]);
         // Just under a quarter: the gap grows again.
-        w.before_look(RING / 4 - 8, RING);
-        assert_eq!(w.look_gap(), 32);
+        assert_eq!(stream_looks(&mut w, 1, RING / 4 - 8, RING), [32]);
         // A small ring keeps the gap short for the same stream.
         let mut small = Waiter::new(WaitStrategy::adaptive());
-        for _ in 0..9 {
-            small.before_look(2048, 4096);
-            small.progress(100);
-        }
-        assert_eq!(small.look_gap(), 0);
+        assert_eq!(stream_looks(&mut small, 9, 2048, 4096), [0; 9]);
+    }
+
+    /// `looks` looks at a stream, each after the last one found `found`
+    /// bytes of a `ring`-byte ring and took 100 messages; the look gap
+    /// before each.
+    fn stream_looks(w: &mut Waiter, looks: usize, found: usize, ring: usize) -> Vec<u32> {
+        (0..looks)
+            .map(|_| {
+                w.before_look(found, ring);
+                let gap = w.look_gap();
+                w.progress(100);
+                gap
+            })
+            .collect()
     }
 
     #[test]
