@@ -135,7 +135,13 @@ impl Mapping {
     /// between threads of one process (tests, benchmarks). Its pages are
     /// faulted in now, as [`shared`](Self::shared)'s are.
     pub fn anonymous(len: usize) -> io::Result<Self> {
-        Self::own(MmapOptions::new().len(len).populate().map_anon()?)
+        let mut options = MmapOptions::new();
+        options.len(len);
+        // Miri's mmap takes exactly MAP_PRIVATE | MAP_ANONYMOUS.
+        if !cfg!(miri) {
+            options.populate();
+        }
+        Self::own(options.map_anon()?)
     }
 
     fn own(mut map: MmapMut) -> io::Result<Self> {
