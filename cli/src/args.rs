@@ -59,6 +59,11 @@ pub struct RegionArgs {
     /// recommended).
     #[arg(long)]
     pub allow_other_write: bool,
+    /// Map a region lazily: its memory is allocated as the rings first
+    /// touch it, not all at once when it is mapped (for hosts that keep
+    /// many idle regions; each page's first use then costs a fault).
+    #[arg(long)]
+    pub lazy: bool,
 }
 
 impl RegionArgs {
@@ -69,7 +74,8 @@ impl RegionArgs {
             .prefix(self.place.prefix.clone())
             .size(self.size.bytes())
             .mode(self.mode)
-            .allow_other_write(self.allow_other_write);
+            .allow_other_write(self.allow_other_write)
+            .prefault(!self.lazy);
         if let Some((uid, gid)) = self.owner {
             if let Some(uid) = uid {
                 options = options.owner(uid);
@@ -155,6 +161,8 @@ mod tests {
         assert_eq!(args.owner, Some((Some(0), Some(0))));
         let options = args.options();
         assert!(options.trust_policy().owners().contains(&0));
+        assert!(options.prefaults(), "regions are faulted in by default");
+        assert!(!parse(&["--lazy"]).expect("parse").options().prefaults());
     }
 
     #[test]

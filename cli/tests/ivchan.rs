@@ -104,6 +104,19 @@ fn init_creates_a_region_with_a_header_and_keeps_an_existing_one() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
 
+    // tmpfs counts the allocated pages in the blocks: all of them, mapped
+    // at once by default.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.blocks() * 512, 2 << 20, "faulted in when mapped");
+    let lazy_vm = "0f1e2d3c-4b5a-4978-8796-a5b4c3d2e1f0";
+    let (ok, _, err) = ivchan(&["init", lazy_vm, "--dir", d, "--size", "2M", "--lazy"]);
+    assert!(ok, "{err}");
+    let lazy = std::fs::metadata(dir.path().join(format!("fg_{lazy_vm}"))).expect("created");
+    assert!(
+        lazy.blocks() * 512 < 1 << 20,
+        "--lazy: only the header's pages"
+    );
+
     // Again, with another name: the header (and its name) stays.
     let (ok, out, err) = ivchan(&["init", VM, "--dir", d, "--name", "other"]);
     assert!(ok, "{err}");

@@ -138,6 +138,12 @@ impl RegionOptions {
         self
     }
 
+    /// Whether mapping a region faults in all of its pages
+    /// ([`prefault`](Self::prefault)).
+    pub fn prefaults(&self) -> bool {
+        self.prefault
+    }
+
     /// The trust policy for existing files.
     pub fn trust_policy(&self) -> &TrustPolicy {
         &self.trust
