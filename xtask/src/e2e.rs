@@ -252,7 +252,7 @@ fn static_c_guest_agent() -> Result<PathBuf, String> {
         .arg("-I")
         .arg(root.join("capi/include"))
         .arg(root.join("capi/examples/guest_agent.c"))
-        .arg(root.join("target/release/libivchan.a"))
+        .arg(crate::target_dir().join("release/libivchan.a"))
         .args(["-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-o"])
         .arg(&agent)
         .output()
@@ -1455,7 +1455,7 @@ fn build_kit() -> Result<Kit, String> {
         "--bin",
         "ivchan-provision",
     ]));
-    let bin = |name: &str| project_root().join("target/release").join(name);
+    let bin = |name: &str| crate::target_dir().join("release").join(name);
     Ok(Kit {
         kernel,
         initrd,

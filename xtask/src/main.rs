@@ -52,6 +52,19 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative
+/// to the current directory, as cargo reads it), else `target/` at the root.
+/// The binaries the steps run are looked up here.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            env::current_dir().map_or_else(|_| dir.clone(), |cwd| cwd.join(&dir))
+        }
+        _ => project_root().join("target"),
+    }
+}
+
 /// When this xtask started, for the elapsed time in step headings.
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
@@ -262,7 +275,7 @@ fn cli_assets() {
         }
     }
     for tool in TOOLS {
-        let bin = root.join("target/debug").join(tool);
+        let bin = target_dir().join("debug").join(tool);
         run(Command::new(&bin).arg("--help"));
         run(Command::new(&bin).args(["man", "--dir"]).arg(&man));
         for (shell, file) in [

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ivchan_protocol::naming::RegionSize;
 
-use crate::{cargo, project_root, run};
+use crate::{cargo, project_root, run, target_dir};
 
 /// Where fetched and built artefacts are cached.
 pub fn cache_dir() -> PathBuf {
@@ -195,7 +195,7 @@ pub fn static_guest_agent() -> PathBuf {
         .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
         .args(["-p", "ivchan-examples", "--bin", "ivchan-guest-agent"])
         .env("RUSTFLAGS", "-C target-feature=+crt-static"));
-    project_root().join("target/x86_64-unknown-linux-gnu/release/ivchan-guest-agent")
+    target_dir().join("x86_64-unknown-linux-gnu/release/ivchan-guest-agent")
 }
 
 /// Packs an initramfs: busybox, the guest agent, and `/init` running

@@ -14,7 +14,7 @@ use super::{
     check_guest, echo_lines, region_for, totals, wait_for, Cleanup, HostAgent, Kit, Outcome,
 };
 use crate::vm::{self, Guest};
-use crate::{cargo, project_root, run};
+use crate::{cargo, run, target_dir};
 
 /// Shell lines that start the guest agent with `agent_args`, sample its
 /// CPU each second while it runs, and report its exit status and the
@@ -63,7 +63,7 @@ fn static_guest_cli() -> PathBuf {
         .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
         .args(["-p", "ivchan-cli", "--bin", "ivchan-guest"])
         .env("RUSTFLAGS", "-C target-feature=+crt-static"));
-    project_root().join("target/x86_64-unknown-linux-gnu/release/ivchan-guest")
+    target_dir().join("x86_64-unknown-linux-gnu/release/ivchan-guest")
 }
 
 /// Agent CPU over the quietest 10 s window: (milliseconds, wake-ups).
@@ -382,7 +382,7 @@ fn run_wake_bench(
     let _cleanup = Cleanup(vec![region.clone(), socket.clone()]);
     let log = vm::cache_dir().join(format!("{name}.host.log"));
     let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let bench = project_root().join("target/release/ivchan-wake-bench");
+    let bench = target_dir().join("release/ivchan-wake-bench");
     let child = std::process::Command::new(&bench)
         .args(["--uuid", uuid, "--doorbell"])
         .arg(&socket)
