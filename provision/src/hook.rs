@@ -85,6 +85,10 @@ pub struct HookConfig {
     /// Fail the libvirt operation (non-zero exit) when the hook fails: the
     /// default (`ivchan-provision hook` sets it unless `--fail-open`).
     pub strict: bool,
+    /// Leave a new region's memory unallocated until the rings touch it
+    /// ([`RegionOptions::prefault`]`(false)`). By default the hook's mapping
+    /// faults in, and so allocates on tmpfs, the whole region at `prepare`.
+    pub lazy: bool,
 }
 
 impl HookConfig {
@@ -107,7 +111,8 @@ impl HookConfig {
             .dir(dir)
             .prefix(prefix)
             .size(self.spec.size)
-            .mode(self.mode);
+            .mode(self.mode)
+            .prefault(!self.lazy);
         if let Some(uid) = self.owner.uid {
             opts = opts.owner(uid);
         }
@@ -379,6 +384,7 @@ mod tests {
             name: "hooked".into(),
             on_release: OnRelease::Remove,
             strict: false,
+            lazy: false,
         }
     }
 
@@ -494,6 +500,36 @@ mod tests {
         assert!(msg.unwrap().starts_with("removed"));
         assert!(!path.exists());
         assert_eq!(run(&args("release", "end"), &domain(), &cfg).unwrap(), None);
+    }
+
+    #[test]
+    fn prepare_allocates_the_region_unless_lazy() {
+        use std::os::unix::fs::MetadataExt;
+        // tmpfs counts a file's allocated pages in its blocks (512 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("ivchan-hook-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let allocated = || fs::metadata(region_file(dir.path())).unwrap().blocks() * 512;
+        let eager = config(dir.path());
+        run(&args("prepare", "begin"), &domain(), &eager).unwrap();
+        assert_eq!(allocated(), 1 << 20, "every page at prepare");
+        run(&args("release", "end"), &domain(), &eager).unwrap();
+
+        let lazy = HookConfig {
+            lazy: true,
+            ..config(dir.path())
+        };
+        run(&args("prepare", "begin"), &domain(), &lazy).unwrap();
+        assert_eq!(
+            header_name(&region_file(dir.path())).as_deref(),
+            Some("hooked")
+        );
+        let touched = allocated();
+        assert!(
+            touched > 0 && touched < 1 << 18,
+            "lazy: only the header's pages, got {touched}"
+        );
     }
 
     #[test]

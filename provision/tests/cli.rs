@@ -244,13 +244,20 @@ fn install_hook_does_not_clobber() {
     let o = run(&["install-hook", "--hooks-dir", d, "--legacy"], None);
     assert!(!o.status.success() && stderr(&o).contains("not overwriting"));
     let o = run(
-        &["install-hook", "--hooks-dir", d, "--on-release", "remove"],
+        &[
+            "install-hook",
+            "--hooks-dir",
+            d,
+            "--on-release",
+            "remove",
+            "--lazy",
+        ],
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let script = fs::read_to_string(Path::new(d).join("qemu.d/ivchan")).unwrap();
     assert!(
-        script.contains("'--on-release' 'remove' -- \"$@\""),
+        script.contains("'--on-release' 'remove' '--lazy' -- \"$@\""),
         "{script}"
     );
     assert_eq!(

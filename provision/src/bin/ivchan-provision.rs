@@ -288,6 +288,10 @@ struct HookOpts {
     /// Accepted for compatibility: failing closed is the default.
     #[arg(long, hide = true, conflicts_with = "fail_open")]
     strict: bool,
+    /// Leave a new region's memory unallocated until the rings touch it. By
+    /// default `prepare` allocates the whole region on /dev/shm at once.
+    #[arg(long)]
+    lazy: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -326,6 +330,7 @@ impl HookOpts {
                 ReleaseArg::Remove => OnRelease::Remove,
             },
             strict: !self.fail_open,
+            lazy: self.lazy,
         };
         cfg.region_options()?;
         Ok(cfg)
@@ -354,6 +359,9 @@ impl HookOpts {
         }
         if self.fail_open {
             a.push("--fail-open".into());
+        }
+        if self.lazy {
+            a.push("--lazy".into());
         }
         a
     }
