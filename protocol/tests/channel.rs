@@ -94,6 +94,27 @@ fn silent_peer_fires_the_timeout_and_resumes() {
 }
 
 #[test]
+fn every_call_advances_the_heartbeat_however_soon_after_the_last() {
+    let mut words = vec![0u64; (1 << 20) / 8];
+    let header = Header::create(Region::from_words(&mut words), &params()).unwrap();
+    // The default interval (100 ms) is far longer than these calls take:
+    // each call still beats, so a sender that never waits stays alive to
+    // its peer however few or many calls it makes.
+    let mut host = Channel::attach(header, Side::Host, ChannelOptions::default()).unwrap();
+    let mut guest = Channel::attach(header, Side::Guest, ChannelOptions::default()).unwrap();
+    let beats = |side| header.status(side).unwrap().heartbeat;
+    let (host_before, guest_before) = (beats(Side::Host), beats(Side::Guest));
+    assert!(guest.try_send(b"one").unwrap());
+    guest.send(b"two", None).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(guest.try_recv(&mut buf).unwrap(), None);
+    assert_eq!(beats(Side::Guest), guest_before + 3, "one beat per call");
+    assert_eq!(host.try_recv(&mut buf).unwrap(), Some(3));
+    assert_eq!(host.recv(&mut buf, None).unwrap(), 3);
+    assert_eq!(beats(Side::Host), host_before + 2, "one beat per call");
+}
+
+#[test]
 fn receive_times_out_and_closed_peer_is_an_error() {
     let mut words = vec![0u64; (1 << 20) / 8];
     let header = Header::create(Region::from_words(&mut words), &params()).unwrap();

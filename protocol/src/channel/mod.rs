@@ -4,8 +4,8 @@
 //!
 //! Liveness comes from the side blocks of the header. Attaching bumps this
 //! side's epoch and marks it ready; every channel call (and [`Channel::tick`])
-//! advances this side's heartbeat at most once per
-//! [`ChannelOptions::heartbeat_interval`], and watches the peer's block:
+//! advances this side's heartbeat, a call that waits does so at least once
+//! per [`ChannelOptions::heartbeat_interval`], and it watches the peer's block:
 //! a new epoch is a (re)attach, `closed` a clean exit, a heartbeat that has
 //! not moved for [`ChannelOptions::peer_timeout`] a silent peer. Each change
 //! is reported once by [`Channel::poll_peer`]; blocking calls that wait on a
@@ -26,7 +26,6 @@ use crate::ring::{Consumer, Producer, ReadGrant, WriteGrant};
 use crate::volatile::VolatileSlice;
 
 mod cancel;
-mod clock;
 mod owned;
 mod peer;
 mod stream;
@@ -69,9 +68,9 @@ pub const fn release_chunk(capacity: usize) -> usize {
 pub struct ChannelOptions {
     /// How blocking calls wait.
     pub wait: WaitStrategy,
-    /// How often this side advances its heartbeat (while it calls in),
-    /// judged by the kernel's coarse clock: a beat lands up to one tick
-    /// (1-10 ms) late, so keep it well above that.
+    /// How often a call that waits advances this side's heartbeat and looks
+    /// at the peer's: a sleeping wait naps no longer than this. (Every
+    /// call also beats once when it starts.)
     pub heartbeat_interval: Duration,
     /// How long the peer's heartbeat may stand still before it counts as
     /// silent; `None` never declares it silent.
@@ -255,8 +254,6 @@ pub struct Channel<'a> {
     rx: Consumer<RegionRing<'a>>,
     options: ChannelOptions,
     epoch: u64,
-    /// When this side last beat, by the coarse clock ([`clock`]).
-    beat_at: Duration,
     peer: PeerWatch,
     /// Peer events seen inside blocking calls, kept for `poll_peer`.
     events: std::collections::VecDeque<PeerEvent>,
@@ -310,7 +307,6 @@ impl<'a> Channel<'a> {
             rx,
             options,
             epoch,
-            beat_at: clock::coarse_now(),
             peer: PeerWatch {
                 last: None,
                 moved_at: now,
@@ -428,17 +424,15 @@ impl<'a> Channel<'a> {
         self.peer.last
     }
 
-    /// Advances this side's heartbeat if it is due. Agents that do not call
-    /// the channel for a while call this (or use a [`HeartbeatHandle`]).
-    /// Due is judged by a coarse clock, a few ns to read, so every call can
-    /// check: beats land up to one kernel tick (1-10 ms) late.
+    /// Advances this side's heartbeat. Every channel call does this; agents
+    /// that do not call the channel for a while call it (or use a
+    /// [`HeartbeatHandle`]). A beat is one store to this side's block, a
+    /// line the peer reads only when it checks on us: cheaper than asking
+    /// any clock whether a beat is due (the kernel's coarse clock took a
+    /// quarter of an 8 B stream's time per message; docs/bench/notes.md).
     #[inline]
     pub fn tick(&mut self) {
-        let now = clock::coarse_now();
-        if now.saturating_sub(self.beat_at) >= self.options.heartbeat_interval {
-            self.header.heartbeat(self.side);
-            self.beat_at = now;
-        }
+        self.header.heartbeat(self.side);
     }
 
     /// Reports the next change in the peer's life: one seen earlier inside
@@ -551,19 +545,20 @@ impl<'a> Channel<'a> {
     /// Sends without waiting; `Ok(false)` when the ring is full.
     pub fn try_send(&mut self, msg: &[u8]) -> Result<bool, ChannelError> {
         self.usable()?;
-        self.tick();
         let sent = self.tx.send(msg)?;
         if sent {
             self.after_publish();
         }
+        self.tick();
         Ok(sent)
     }
 
     /// Receives without waiting; `Ok(None)` when nothing is queued.
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
         self.usable()?;
+        let got = self.rx.recv_into(buf)?;
         self.tick();
-        Ok(self.rx.recv_into(buf)?)
+        Ok(got)
     }
 
     /// Reserves room for a `len`-byte message in place without waiting;
@@ -792,17 +787,19 @@ impl<'a> Channel<'a> {
     ) -> Result<T, ChannelError> {
         self.usable()?;
         self.check_cancel()?;
-        // A side that only ever calls in here and never waits (a steady
-        // sender on a ring with room) must still beat, or its peer sees it
-        // fall silent while messages arrive.
-        self.tick();
         let side = if on_receive { RECV } else { SEND };
         if on_receive {
             self.before_receive();
         }
+        let first = attempt(self);
+        // A side that only ever calls in here and never waits (a steady
+        // sender on a ring with room) must still beat, or its peer sees it
+        // fall silent while messages arrive. The beat follows the attempt:
+        // its store then queues behind the message's, not in front of it.
+        self.tick();
         // Most calls succeed at once: they read no precise clock and build
         // no waiter, and count one more message into the batch.
-        if let Some(value) = attempt(self)? {
+        if let Some(value) = first? {
             self.paces[side].took(1);
             return Ok(value);
         }

@@ -166,7 +166,7 @@ impl<M: SharedMemory> OwnedChannel<M> {
         self.channel.peer_status()
     }
 
-    /// Advances this side's heartbeat if it is due.
+    /// Advances this side's heartbeat (every call does).
     pub fn tick(&mut self) {
         self.channel.tick();
     }
