@@ -111,7 +111,7 @@ impl Pace {
 /// - a look that found a single message means a ping-pong (nothing more
 ///   comes until this side answers) or a peer held back by our looks: the
 ///   first gap halves, for latency. To tell the two apart, after every
-///   64th single in a row one look starts with the longest spin gap (32
+///   256th single in a row one look starts with the longest spin gap (32
 ///   pauses): a stream then yields a batch and keeps the long gap, a
 ///   ping-pong pays one slow answer and falls back;
 /// - a look that found a quarter of the ring or more halves the gap: the
@@ -145,7 +145,12 @@ const MAX_SPIN_DOUBLINGS: u32 = 5;
 const FLAT_LOOKS: u64 = 8;
 
 /// Singles in a row after which one wait probes with the longest spin gap.
-const PROBE_EVERY: u32 = 64;
+/// A ping-pong pays for each probe with one answer seen late (up to 32
+/// pauses, about 1 µs here): every 64th put the default's 64 B round-trip
+/// p99 at 850-880 ns, every 256th at 480-660 ns (busy-poll: 310-360), and
+/// a stream that our looks held to singles still learns within
+/// microseconds (docs/bench/notes.md).
+const PROBE_EVERY: u32 = 256;
 
 /// A look that found `capacity / CROWDED_SHARE` bytes or more waiting
 /// lowers the lead ([`Waiter::before_look`]).
@@ -281,7 +286,7 @@ impl Waiter {
     /// reads the lines the writer is filling (8 B messages: 70-75 M msg/s
     /// with a 32-pause gap, 121-123 M with 128;
     /// docs/bench/notes.md). A ping-pong learns no lead and pays nothing
-    /// (but for the probe after every 64th single), and neither does a
+    /// (but for the probe after every 256th single), and neither does a
     /// look with nothing taken since the last one (a retry).
     ///
     /// `found` is what the last look found, in bytes
