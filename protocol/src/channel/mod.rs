@@ -70,7 +70,7 @@ pub struct ChannelOptions {
     pub wait: WaitStrategy,
     /// How often a call that waits advances this side's heartbeat and looks
     /// at the peer's: a sleeping wait naps no longer than this. (Every
-    /// call also beats once when it starts.)
+    /// call also beats once, whether it waits or not.)
     pub heartbeat_interval: Duration,
     /// How long the peer's heartbeat may stand still before it counts as
     /// silent; `None` never declares it silent.
