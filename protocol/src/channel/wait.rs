@@ -113,7 +113,7 @@ impl Pace {
 ///   first gap halves, for latency. To tell the two apart, after every
 ///   256th single in a row one look starts with the longest spin gap (32
 ///   pauses): a stream then yields a batch and keeps the long gap, a
-///   ping-pong pays one slow answer and falls back;
+///   ping-pong pays one slow answer and falls straight back;
 /// - a look that found a quarter of the ring or more halves the gap: the
 ///   writer got too far ahead during it;
 /// - a wait that runs into yielding (the peer went quiet) starts the next
@@ -147,9 +147,9 @@ const FLAT_LOOKS: u64 = 8;
 /// Singles in a row after which one wait probes with the longest spin gap.
 /// A ping-pong pays for each probe with one answer seen late (up to 32
 /// pauses, about 1 µs here): every 64th put the default's 64 B round-trip
-/// p99 at 850-880 ns, every 256th at 480-660 ns (busy-poll: 310-360), and
-/// a stream that our looks held to singles still learns within
-/// microseconds (docs/bench/notes.md).
+/// p99 at 850-920 ns; every 256th, with a failed probe falling straight
+/// back, at 360-470 ns, level with busy-polling (docs/bench/notes.md). A
+/// stream that our looks held to singles still learns within microseconds.
 const PROBE_EVERY: u32 = 256;
 
 /// A look that found `capacity / CROWDED_SHARE` bytes or more waiting
@@ -333,10 +333,14 @@ impl Waiter {
             p.singles = 0;
         } else {
             p.singles += 1;
-            p.lead = if p.singles % PROBE_EVERY == 0 {
-                MAX_SPIN_DOUBLINGS
-            } else {
-                p.lead.saturating_sub(1)
+            p.lead = match p.singles % PROBE_EVERY {
+                // Probe: the next look starts far out.
+                0 => MAX_SPIN_DOUBLINGS,
+                // The probe found a single too: a ping-pong. Straight back
+                // to the shortest gap; halving down from the probe's would
+                // answer the next four round trips late as well.
+                1 if p.singles > 1 => 0,
+                _ => p.lead.saturating_sub(1),
             };
         }
     }
@@ -463,6 +467,20 @@ mod tests {
         assert_eq!(w.lead(), 0);
         batch_of(&mut w, 0);
         assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS);
+        // That probe found a single too (a ping-pong): it costs one late
+        // answer, and the next look is at once again.
+        batch_of(&mut w, 0);
+        assert_eq!(
+            w.lead(),
+            0,
+            "straight back after a probe that found a single"
+        );
+        for n in 2..PROBE_EVERY {
+            batch_of(&mut w, 0);
+            assert_eq!(w.lead(), 0, "single {n} after the probe");
+        }
+        batch_of(&mut w, 0);
+        assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS, "the next probe");
     }
 
     #[test]
