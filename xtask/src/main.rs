@@ -52,16 +52,19 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative
-/// to the current directory, as cargo reads it), else `target/` at the root.
-/// The binaries the steps run are looked up here.
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set, else
+/// `target/` at the root. The binaries the steps run are looked up here.
 fn target_dir() -> PathBuf {
-    match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => {
-            let dir = PathBuf::from(dir);
-            env::current_dir().map_or_else(|_| dir.clone(), |cwd| cwd.join(&dir))
-        }
-        _ => project_root().join("target"),
+    target_dir_under(&project_root(), env::var_os("CARGO_TARGET_DIR"))
+}
+
+/// [`target_dir`] for a given root and `CARGO_TARGET_DIR`. The steps run
+/// cargo at the root ([`run`]), and cargo reads a relative
+/// `CARGO_TARGET_DIR` against its working directory: so against the root.
+fn target_dir_under(root: &Path, env: Option<std::ffi::OsString>) -> PathBuf {
+    match env {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
     }
 }
 
@@ -600,5 +603,26 @@ fn main() {
             );
             exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_dir_follows_cargo_target_dir_from_the_root() {
+        let root = Path::new("/src/ivchan");
+        assert_eq!(target_dir_under(root, None), root.join("target"));
+        assert_eq!(target_dir_under(root, Some("".into())), root.join("target"));
+        assert_eq!(
+            target_dir_under(root, Some("/tmp/t".into())),
+            Path::new("/tmp/t")
+        );
+        // Relative: where the steps' cargo, run at the root, puts it.
+        assert_eq!(
+            target_dir_under(root, Some("build/t".into())),
+            root.join("build/t")
+        );
     }
 }
