@@ -76,7 +76,8 @@ pub struct Pace {
     lead: u32,
     /// Messages taken since the last wait ended, that one included.
     batch: u32,
-    /// Waits in a row whose look found a single message.
+    /// Waits in a row whose look found a single message, counted from 1
+    /// to [`PROBE_EVERY`] and round again.
     singles: u32,
 }
 
@@ -332,15 +333,20 @@ impl Waiter {
             p.lead = (p.lead + 1).min(MAX_LEAD);
             p.singles = 0;
         } else {
-            p.singles += 1;
-            p.lead = match p.singles % PROBE_EVERY {
+            // Counted 1 to PROBE_EVERY and round again, so that a
+            // ping-pong of any length cannot overflow it.
+            let after_probe = p.singles == PROBE_EVERY;
+            p.singles = p.singles % PROBE_EVERY + 1;
+            p.lead = if p.singles == PROBE_EVERY {
                 // Probe: the next look starts far out.
-                0 => MAX_SPIN_DOUBLINGS,
+                MAX_SPIN_DOUBLINGS
+            } else if after_probe {
                 // The probe found a single too: a ping-pong. Straight back
                 // to the shortest gap; halving down from the probe's would
                 // answer the next four round trips late as well.
-                1 if p.singles > 1 => 0,
-                _ => p.lead.saturating_sub(1),
+                0
+            } else {
+                p.lead.saturating_sub(1)
             };
         }
     }
@@ -481,6 +487,29 @@ mod tests {
         }
         batch_of(&mut w, 0);
         assert_eq!(w.lead(), MAX_SPIN_DOUBLINGS, "the next probe");
+    }
+
+    #[test]
+    fn a_ping_pong_of_any_length_keeps_its_single_count_bounded() {
+        // A ping-pong's waits all find singles, for as long as it runs: the
+        // count must not grow with it (a `u32` would overflow after 2^32
+        // round trips, about 18 minutes at 250 ns each, and panic where
+        // overflow checks are on). Probes stay PROBE_EVERY apart throughout.
+        let mut w = Waiter::new(WaitStrategy::adaptive());
+        batch_of(&mut w, 0);
+        let mut probes = Vec::new();
+        for n in 1..=4 * PROBE_EVERY {
+            batch_of(&mut w, 0);
+            assert!(w.pace.singles <= PROBE_EVERY, "single {n}: {:?}", w.pace);
+            if w.lead() == MAX_SPIN_DOUBLINGS {
+                probes.push(n);
+            }
+        }
+        assert_eq!(
+            probes,
+            [1, 2, 3, 4].map(|k| k * PROBE_EVERY),
+            "one probe every PROBE_EVERY singles"
+        );
     }
 
     #[test]
